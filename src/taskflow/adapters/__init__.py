@@ -1,0 +1,1 @@
+"""Stores: PostgreSQL (source of truth), Redis (dispatch index), embedded servers."""

@@ -1,0 +1,31 @@
+-- Index jobs for dispatch: due ones in the ready set, later ones in the delayed set.
+-- A job already indexed, or leased (running, or being claimed), is left alone, so the
+-- reconciler can call this for every job PostgreSQL says is dispatchable.
+--
+-- KEYS[1] ready set    KEYS[2] delayed set
+-- ARGV[1] lease key prefix    ARGV[2] wake-up channel
+-- ARGV[3..] triples: job id, priority (-1000..1000), due time (Unix ms)
+-- Returns the number of jobs added.
+redis.replicate_commands()
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local added = 0
+for i = 3, #ARGV, 3 do
+  local id = ARGV[i]
+  local prio = tonumber(ARGV[i + 1])
+  local due = tonumber(ARGV[i + 2])
+  local member = id .. '|' .. ARGV[i + 1]
+  if not redis.call('ZSCORE', KEYS[1], id)
+      and not redis.call('ZSCORE', KEYS[2], member)
+      and redis.call('EXISTS', ARGV[1] .. id) == 0 then
+    if due <= now then
+      -- same score formula as claim.lua
+      redis.call('ZADD', KEYS[1], (1000 - prio) * 4398046511104 + (due - 1735689600000), id)
+    else
+      redis.call('ZADD', KEYS[2], due, member)
+    end
+    added = added + 1
+  end
+end
+if added > 0 then redis.call('PUBLISH', ARGV[2], added) end
+return added

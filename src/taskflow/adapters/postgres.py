@@ -1,0 +1,162 @@
+"""PostgreSQL job store (asyncpg): the source of truth for every job and attempt."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from taskflow.adapters.sql import QUERIES
+from taskflow.models import Attempt, Claim, DispatchEntry, Job, NewJob, Outcome, StartedJob
+from taskflow.states import JobState
+
+_encode = msgspec.json.encode
+
+
+def _json_text(value: Any) -> str:
+    return _encode(value).decode()
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # jsonb columns come back decoded; parameters are sent as text (see callers), so the
+    # encoder is only a fallback for ad-hoc queries.
+    await conn.set_type_codec(
+        "jsonb", encoder=json.dumps, decoder=msgspec.json.decode, schema="pg_catalog"
+    )
+
+
+async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+    return await asyncpg.create_pool(
+        url, min_size=min_size, max_size=max_size, init=_init_connection
+    )
+
+
+def _entry(row: asyncpg.Record) -> DispatchEntry:
+    return DispatchEntry(row["id"], row["queue"], row["priority"], row["run_at"],
+                         JobState(row["state"]))
+
+
+def _job(row: asyncpg.Record) -> Job:
+    return Job(**{**row, "state": JobState(row["state"])})
+
+
+class InsertResult(msgspec.Struct, frozen=True):
+    """Jobs created by :meth:`PostgresStore.insert_jobs`, and the existing jobs returned
+    instead of new ones for repeated idempotency keys."""
+
+    created: list[DispatchEntry]
+    existing: list[Job]
+
+
+class PostgresStore:
+    """Every read and guarded state change taskflow makes in PostgreSQL.
+
+    Batch operations take and return lists so that callers can turn many jobs into one
+    round trip; each method is one statement (one implicit transaction).
+    """
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def ping(self) -> None:
+        await self.pool.fetchval("SELECT 1")
+
+    async def insert_jobs(self, jobs: Sequence[NewJob]) -> InsertResult:
+        rows = await self.pool.fetch(
+            QUERIES["insert_jobs"],
+            [j.id for j in jobs],
+            [j.tenant for j in jobs],
+            [j.task for j in jobs],
+            [j.queue for j in jobs],
+            [_json_text(j.payload) for j in jobs],
+            [j.priority for j in jobs],
+            [j.run_at for j in jobs],
+            [j.delay for j in jobs],
+            [j.max_attempts for j in jobs],
+            [None if j.retry_policy is None else _json_text(j.retry_policy) for j in jobs],
+            [j.timeout for j in jobs],
+            [j.idempotency_key for j in jobs],
+            [_json_text(j.labels) for j in jobs],
+        )
+        created = [_entry(r) for r in rows]
+        existing: list[Job] = []
+        if len(created) < len(jobs):
+            by_tenant: dict[str, list[str]] = {}
+            made = {e.id for e in created}
+            for j in jobs:
+                if j.id not in made and j.idempotency_key is not None:
+                    by_tenant.setdefault(j.tenant, []).append(j.idempotency_key)
+            for tenant, keys in by_tenant.items():
+                found = await self.pool.fetch(QUERIES["jobs_by_idempotency_key"], tenant, keys)
+                existing.extend(_job(r) for r in found)
+        return InsertResult(created, existing)
+
+    async def get_job(self, job_id: uuid.UUID | str) -> Job | None:
+        row = await self.pool.fetchrow(QUERIES["get_job"], job_id)
+        return None if row is None else _job(row)
+
+    async def get_jobs(self, ids: Sequence[uuid.UUID | str]) -> list[Job]:
+        return [_job(r) for r in await self.pool.fetch(QUERIES["get_jobs"], list(ids))]
+
+    async def job_attempts(self, job_id: uuid.UUID | str) -> list[Attempt]:
+        rows = await self.pool.fetch(QUERIES["job_attempts"], job_id)
+        return [
+            Attempt(r["attempt"], r["worker"], r["started_at"], r["finished_at"],
+                    r["duration"], r["outcome"], r["error"])
+            for r in rows
+        ]
+
+    async def start_jobs(self, claims: Sequence[Claim], worker: str) -> list[StartedJob]:
+        rows = await self.pool.fetch(
+            QUERIES["start_jobs"], [c.id for c in claims], [c.token for c in claims], worker
+        )
+        return [StartedJob(*r.values()) for r in rows]
+
+    async def finish_jobs(self, outcomes: Sequence[Outcome]) -> list[DispatchEntry]:
+        """End attempts; returns the jobs that moved (those a token guard refused are
+        absent). Entries in a dispatchable state are retries to index in Redis."""
+        rows = await self.pool.fetch(
+            QUERIES["finish_jobs"],
+            [o.id for o in outcomes],
+            [o.token for o in outcomes],
+            [o.state.value for o in outcomes],
+            [o.result for o in outcomes],
+            [o.error for o in outcomes],
+            [o.delay for o in outcomes],
+            [o.outcome for o in outcomes],
+            [o.duration for o in outcomes],
+        )
+        return [_entry(r) for r in rows]
+
+    async def hand_back_jobs(self, claims: Sequence[Claim]) -> list[DispatchEntry]:
+        rows = await self.pool.fetch(
+            QUERIES["hand_back_jobs"], [c.id for c in claims], [c.token for c in claims]
+        )
+        return [_entry(r) for r in rows]
+
+    async def rescue_jobs(self, claims: Sequence[Claim]) -> list[DispatchEntry]:
+        rows = await self.pool.fetch(
+            QUERIES["rescue_jobs"], [c.id for c in claims], [c.token for c in claims]
+        )
+        return [_entry(r) for r in rows]
+
+    async def running_jobs_started_before(
+        self, seconds: float, limit: int
+    ) -> list[tuple[str, str, str]]:
+        """(id, queue, lease token) of attempts running for longer than ``seconds``."""
+        rows = await self.pool.fetch(QUERIES["running_jobs_started_before"], seconds, limit)
+        return [(str(r["id"]), r["queue"], r["lease_token"]) for r in rows]
+
+    async def dispatchable_jobs_page(
+        self, after: uuid.UUID | None, limit: int
+    ) -> list[DispatchEntry]:
+        after = after or uuid.UUID(int=0)
+        rows = await self.pool.fetch(QUERIES["dispatchable_jobs_page"], after, limit)
+        return [_entry(r) for r in rows]

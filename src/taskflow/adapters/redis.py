@@ -1,0 +1,188 @@
+"""Redis dispatch index: per-queue ready, delayed and in-flight sorted sets, and leases.
+
+Redis is never the only copy of anything: PostgreSQL can rebuild all of it (see
+:mod:`taskflow.worker.maintenance`). Every multi-key operation is one Lua script from
+``lua/``; all keys of a queue share the ``{queue}`` hash tag, so Redis Cluster works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterable, Sequence
+from importlib import resources
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
+
+from taskflow.models import Claim, DispatchEntry
+
+
+def _load(name: str) -> str:
+    return resources.files("taskflow.adapters").joinpath("lua", f"{name}.lua").read_text()
+
+
+class ClaimResult(msgspec.Struct, frozen=True):
+    claims: list[Claim]
+    next_due_ms: int | None  # due time of the earliest delayed job, if any
+
+
+class QueueKeys(msgspec.Struct, frozen=True):
+    ready: str
+    delayed: str
+    inflight: str
+    lease_prefix: str
+    wake: str
+
+    @classmethod
+    def of(cls, prefix: str, queue: str) -> QueueKeys:
+        base = f"{prefix}:{{{queue}}}"
+        return cls(f"{base}:ready", f"{base}:delayed", f"{base}:inflight",
+                   f"{base}:lease:", f"{base}:wake")
+
+
+class RedisDispatch:
+    """The dispatch operations workers and the API perform on Redis."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str = "tf") -> None:
+        self.client = client
+        self.prefix = prefix
+        self._keys: dict[str, QueueKeys] = {}
+        self._claim = client.register_script(_load("claim"))
+        self._enqueue = client.register_script(_load("enqueue"))
+        self._extend = client.register_script(_load("extend"))
+        self._release = client.register_script(_load("release"))
+        self._reap = client.register_script(_load("reap"))
+        self.epoch_key = f"{prefix}:epoch"
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str = "tf") -> RedisDispatch:
+        return cls(aioredis.Redis.from_url(url, decode_responses=True), prefix)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def ping(self) -> None:
+        await self.client.ping()
+
+    def keys(self, queue: str) -> QueueKeys:
+        keys = self._keys.get(queue)
+        if keys is None:
+            keys = self._keys[queue] = QueueKeys.of(self.prefix, queue)
+        return keys
+
+    async def enqueue(
+        self, entries: Iterable[DispatchEntry], pipe: Pipeline | None = None
+    ) -> int:
+        """Index jobs (one script call per queue); returns how many were added."""
+        by_queue: dict[str, list[str | int]] = {}
+        for e in entries:
+            by_queue.setdefault(e.queue, []).extend((str(e.id), e.priority, e.due_ms))
+        added = 0
+        for queue, args in by_queue.items():
+            k = self.keys(queue)
+            # With a pipeline, awaiting only queues the call; the count comes from execute().
+            result = await self._enqueue(
+                keys=[k.ready, k.delayed], args=[k.lease_prefix, k.wake, *args], client=pipe
+            )
+            if pipe is None:
+                added += result
+        return added
+
+    async def claim(
+        self, queue: str, limit: int, lease_ms: int, promote_limit: int = 1000
+    ) -> ClaimResult:
+        k = self.keys(queue)
+        token_prefix = os.urandom(8).hex() + "."
+        ids_tokens, next_due = await self._claim(
+            keys=[k.ready, k.delayed, k.inflight],
+            args=[k.lease_prefix, limit, lease_ms, token_prefix, promote_limit],
+        )
+        claims = [Claim(ids_tokens[i], ids_tokens[i + 1]) for i in range(0, len(ids_tokens), 2)]
+        return ClaimResult(claims, None if next_due < 0 else int(next_due))
+
+    async def extend(self, queue: str, claims: Sequence[Claim], lease_ms: int) -> list[str]:
+        """Heartbeat; returns the ids whose lease this worker no longer holds."""
+        k = self.keys(queue)
+        args: list[str | int] = [k.lease_prefix, lease_ms]
+        for c in claims:
+            args += (c.id, c.token)
+        return await self._extend(keys=[k.inflight], args=args)
+
+    async def release(
+        self, queue: str, claims: Sequence[Claim], pipe: Pipeline | None = None
+    ) -> None:
+        k = self.keys(queue)
+        args: list[str] = [k.lease_prefix]
+        for c in claims:
+            args += (c.id, c.token)
+        await self._release(keys=[k.inflight], args=args, client=pipe)
+
+    async def settle(
+        self, released: dict[str, list[Claim]], requeued: Sequence[DispatchEntry]
+    ) -> None:
+        """After PostgreSQL recorded outcomes: give the leases back, then index the jobs
+        that run again. One round trip; releases come first so a retry is not mistaken
+        for a running job by enqueue."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for queue, claims in released.items():
+                await self.release(queue, claims, pipe)
+            if requeued:
+                await self.enqueue(requeued, pipe)
+            await pipe.execute()
+
+    async def reap(self, queue: str, limit: int = 1000) -> list[Claim]:
+        k = self.keys(queue)
+        flat = await self._reap(keys=[k.inflight], args=[k.lease_prefix, limit])
+        return [Claim(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+
+    async def lease_holders(self, queue: str, ids: Sequence[str]) -> list[str | None]:
+        """Current lease token of each job id (None where no lease exists)."""
+        k = self.keys(queue)
+        async with self.client.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.get(k.lease_prefix + job_id)
+            return await pipe.execute()
+
+    async def ensure_epoch(self) -> bool:
+        """Marks this Redis as indexed; False when the mark was missing (new, flushed or
+        restarted empty), which means the index must be rebuilt from PostgreSQL."""
+        return not await self.client.set(self.epoch_key, os.urandom(8).hex(), nx=True)
+
+    async def forget_epoch(self) -> None:
+        await self.client.delete(self.epoch_key)
+
+    async def depth(self, queue: str) -> tuple[int, int, int]:
+        """(ready, delayed, in flight) counts of a queue."""
+        k = self.keys(queue)
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.zcard(k.ready)
+            pipe.zcard(k.delayed)
+            pipe.zcard(k.inflight)
+            ready, delayed, inflight = await pipe.execute()
+        return ready, delayed, inflight
+
+
+class WakeListener:
+    """Wakes waiting workers when jobs are indexed in any of their queues (pub/sub), so
+    idle workers neither poll nor add a polling interval to latency."""
+
+    def __init__(self, dispatch: RedisDispatch, queues: Sequence[str]) -> None:
+        self.dispatch = dispatch
+        self.channels = [dispatch.keys(q).wake for q in queues]
+        self.event = asyncio.Event()
+        self._pubsub = None
+
+    async def run(self) -> None:
+        """Listen until cancelled. Raises when the connection fails (the supervisor
+        restarts it); the event is set then too, so nobody sleeps on a dead listener."""
+        pubsub = self.dispatch.client.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(*self.channels)
+            self.event.set()  # anything published before the subscription is not lost
+            async for _ in pubsub.listen():
+                self.event.set()
+        finally:
+            self.event.set()
+            await pubsub.aclose()

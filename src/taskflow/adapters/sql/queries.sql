@@ -1,0 +1,157 @@
+-- Every query taskflow sends to PostgreSQL, as named blocks ("-- name: <name>").
+-- Each state change is guarded by the state it leaves (and, for running jobs, by the
+-- attempt's lease token): zero rows back means the caller lost a race and writes nothing.
+
+-- name: migrations_lock
+SELECT pg_advisory_lock($1);
+
+-- name: migrations_unlock
+SELECT pg_advisory_unlock($1);
+
+-- name: migrations_table
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    integer PRIMARY KEY,
+    name       text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- name: migrations_applied
+SELECT version FROM schema_migrations;
+
+-- name: migrations_record
+INSERT INTO schema_migrations (version, name) VALUES ($1, $2);
+
+-- name: insert_jobs
+-- A batch of new jobs in one statement. A job whose (tenant, idempotency_key) exists
+-- already is skipped; the caller reads the existing one with jobs_by_idempotency_key.
+INSERT INTO jobs (id, tenant, task, queue, payload, priority, run_at, state, max_attempts,
+                  retry_policy, timeout, idempotency_key, labels)
+SELECT t.id, t.tenant, t.task, t.queue, t.payload::jsonb, t.priority, due.run_at,
+       CASE WHEN due.run_at > now() THEN 'scheduled' ELSE 'queued' END::job_state,
+       t.max_attempts, t.retry_policy::jsonb, t.timeout, t.idempotency_key, t.labels::jsonb
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[],
+            $7::timestamptz[], $8::float8[], $9::int[], $10::text[], $11::float8[],
+            $12::text[], $13::text[])
+     AS t(id, tenant, task, queue, payload, priority, run_at, delay, max_attempts,
+          retry_policy, timeout, idempotency_key, labels)
+CROSS JOIN LATERAL (
+    SELECT coalesce(t.run_at, now() + make_interval(secs => coalesce(t.delay, 0))) AS run_at
+) AS due
+ON CONFLICT ON CONSTRAINT jobs_idempotency DO NOTHING
+RETURNING id, queue, priority, run_at, state;
+
+-- name: jobs_by_idempotency_key
+SELECT * FROM jobs WHERE tenant = $1 AND idempotency_key = ANY($2::text[]);
+
+-- name: get_job
+SELECT * FROM jobs WHERE id = $1;
+
+-- name: get_jobs
+SELECT * FROM jobs WHERE id = ANY($1::uuid[]);
+
+-- name: job_attempts
+SELECT * FROM job_attempts WHERE job_id = $1 ORDER BY id;
+
+-- name: start_jobs
+-- queued|scheduled -> running for a batch of claims, each with its own lease token.
+-- Jobs that left those states since Redis indexed them (cancelled, already done) are not
+-- returned; the worker gives their leases back.
+UPDATE jobs AS j
+SET state = 'running', attempts = j.attempts + 1, lease_token = c.token,
+    worker = $3, started_at = now(), finished_at = NULL
+FROM unnest($1::uuid[], $2::text[]) AS c(id, token)
+WHERE j.id = c.id AND j.state IN ('queued', 'scheduled')
+RETURNING j.id, j.task, j.queue, j.payload::text AS payload, j.priority, j.attempts,
+          j.max_attempts, j.retry_policy::text AS retry_policy, j.timeout, j.lease_token,
+          j.tenant;
+
+-- name: finish_jobs
+-- Ends a batch of running attempts in one statement: each row names the state the job
+-- moves to (succeeded, scheduled or queued for a retry, failed, cancelled), and the
+-- attempt's outcome. The token guard fences off workers whose lease was taken over.
+WITH done AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::job_state[], $4::text[], $5::text[],
+                         $6::float8[], $7::text[], $8::float8[])
+        AS d(id, token, state, result, error, delay, outcome, duration)
+), moved AS (
+    UPDATE jobs AS j
+    SET state = d.state,
+        result = CASE WHEN d.state = 'succeeded' THEN d.result::jsonb ELSE j.result END,
+        error = d.error,
+        run_at = CASE WHEN d.state IN ('scheduled', 'queued')
+                      THEN now() + make_interval(secs => coalesce(d.delay, 0))
+                      ELSE j.run_at END,
+        finished_at = CASE WHEN d.state IN ('succeeded', 'failed', 'cancelled')
+                           THEN now() END,
+        lease_token = NULL
+    FROM done AS d
+    WHERE j.id = d.id AND j.state = 'running' AND j.lease_token = d.token
+    RETURNING j.id, j.queue, j.priority, j.run_at, j.state, j.attempts, j.worker,
+              j.started_at
+), recorded AS (
+    INSERT INTO job_attempts (job_id, attempt, worker, started_at, finished_at, duration,
+                              outcome, error)
+    SELECT m.id, m.attempts, m.worker, m.started_at, now(), d.duration, d.outcome, d.error
+    FROM moved AS m JOIN done AS d USING (id)
+)
+SELECT id, queue, priority, run_at, state FROM moved;
+
+-- name: hand_back_jobs
+-- running -> queued without spending an attempt: the worker is shutting down and did not
+-- finish these in its grace period.
+WITH back AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[]) AS b(id, token)
+), moved AS (
+    UPDATE jobs AS j
+    SET state = 'queued', attempts = j.attempts - 1, lease_token = NULL, run_at = now()
+    FROM back AS b
+    WHERE j.id = b.id AND j.state = 'running' AND j.lease_token = b.token
+    RETURNING j.id, j.queue, j.priority, j.run_at, j.state, j.attempts, j.worker,
+              j.started_at
+), recorded AS (
+    INSERT INTO job_attempts (job_id, attempt, worker, started_at, finished_at, outcome,
+                              error)
+    SELECT id, attempts + 1, worker, started_at, now(), 'handed_back',
+           'worker shut down before the job finished; handed back'
+    FROM moved
+)
+SELECT id, queue, priority, run_at, state FROM moved;
+
+-- name: rescue_jobs
+-- running -> queued (or failed when no attempt is left) for attempts whose lease expired:
+-- the worker crashed, froze or lost Redis. The lost attempt counts against max_attempts,
+-- so a job that kills its worker every time ends failed instead of looping.
+WITH lost AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[]) AS l(id, token)
+), moved AS (
+    UPDATE jobs AS j
+    SET state = CASE WHEN j.attempts >= j.max_attempts THEN 'failed' ELSE 'queued'
+                END::job_state,
+        error = 'lease expired: the worker running attempt ' || j.attempts
+                || ' stopped heartbeating (crashed, froze or lost Redis)',
+        finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
+        run_at = now(), lease_token = NULL
+    FROM lost AS l
+    WHERE j.id = l.id AND j.state = 'running' AND j.lease_token = l.token
+    RETURNING j.id, j.queue, j.priority, j.run_at, j.state, j.attempts, j.worker,
+              j.started_at, j.error
+), recorded AS (
+    INSERT INTO job_attempts (job_id, attempt, worker, started_at, finished_at, outcome,
+                              error)
+    SELECT id, attempts, worker, started_at, now(), 'lost', error FROM moved
+)
+SELECT id, queue, priority, run_at, state FROM moved;
+
+-- name: running_jobs_started_before
+-- Candidates for the rescuer's PostgreSQL-side sweep: running attempts older than a lease.
+SELECT id, queue, lease_token FROM jobs
+WHERE state = 'running' AND started_at < now() - make_interval(secs => $1)
+ORDER BY id
+LIMIT $2;
+
+-- name: dispatchable_jobs_page
+-- Keyset page of the jobs that belong in the Redis dispatch index (reconciler).
+SELECT id, queue, priority, run_at, state FROM jobs
+WHERE state IN ('queued', 'scheduled') AND id > $1
+ORDER BY id
+LIMIT $2;

@@ -1,0 +1,198 @@
+"""Settings: read once from dynaconf, validated into frozen structs.
+
+This is the only module that reads settings files or ``TASKFLOW_*`` environment variables.
+Everything else receives the structs below through its constructor.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta, Struct
+
+PositiveInt = Annotated[int, Meta(ge=1)]
+PositiveFloat = Annotated[float, Meta(gt=0)]
+NonNegFloat = Annotated[float, Meta(ge=0)]
+QueueName = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid; the message names the key."""
+
+
+class RetryPolicy(Struct, frozen=True, forbid_unknown_fields=True):
+    """How failed attempts are retried (see :mod:`taskflow.retry`)."""
+
+    max_attempts: PositiveInt = 3
+    base_delay: NonNegFloat = 1.0
+    factor: Annotated[float, Meta(ge=1)] = 2.0
+    max_delay: NonNegFloat = 300.0
+    jitter: Annotated[float, Meta(ge=0, le=1)] = 0.2
+
+
+class TaskPolicy(Struct, frozen=True, forbid_unknown_fields=True):
+    """Per-task overrides of the retry policy and timeout; unset fields inherit."""
+
+    max_attempts: PositiveInt | None = None
+    base_delay: NonNegFloat | None = None
+    factor: Annotated[float, Meta(ge=1)] | None = None
+    max_delay: NonNegFloat | None = None
+    jitter: Annotated[float, Meta(ge=0, le=1)] | None = None
+    timeout: NonNegFloat | None = None
+
+
+class DatabaseSettings(Struct, frozen=True, forbid_unknown_fields=True):
+    pool_min: Annotated[int, Meta(ge=0)] = 2
+    pool_max: PositiveInt = 10
+
+
+class WorkerSettings(Struct, frozen=True, forbid_unknown_fields=True):
+    queues: tuple[QueueName, ...] = ("default",)
+    concurrency: PositiveInt = 50
+    claim_batch: PositiveInt = 200
+    handler_modules: tuple[str, ...] = ()
+    lease_ttl: PositiveFloat = 30.0
+    heartbeat_interval: PositiveFloat = 10.0
+    default_timeout: NonNegFloat = 0.0
+    shutdown_grace: NonNegFloat = 25.0
+    sync_threads: PositiveInt = 16
+    max_idle_wait: PositiveFloat = 1.0
+
+
+class MaintenanceSettings(Struct, frozen=True, forbid_unknown_fields=True):
+    reaper_interval: PositiveFloat = 1.0
+    reconcile_interval: PositiveFloat = 30.0
+    reconcile_batch: PositiveInt = 1000
+
+
+class OutboundSettings(Struct, frozen=True, forbid_unknown_fields=True):
+    """Where outbound HTTP (the ``http`` task, later webhooks) may connect.
+
+    By default loopback, private, link-local and other non-public addresses are refused,
+    so a job cannot reach the server's own internals; an operator opens specific networks
+    (CIDRs) with ``allowed_networks``, or all with ``allow_private``.
+    """
+
+    allow_private: bool = False
+    allowed_networks: tuple[str, ...] = ()
+    max_response_bytes: PositiveInt = 1_048_576
+
+    def __post_init__(self) -> None:
+        import ipaddress
+
+        for net in self.allowed_networks:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError as exc:
+                raise ConfigError(f"invalid setting 'outbound.allowed_networks': {exc}") from None
+
+
+class Settings(Struct, frozen=True, forbid_unknown_fields=True):
+    """Everything taskflow reads from its configuration."""
+
+    database_url: str = ""
+    redis_url: str = ""
+    data_dir: str = ".taskflow"
+    migrations_dir: str = ""
+    log_level: str = "INFO"
+    redis_prefix: Annotated[str, Meta(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")] = "tf"
+    database: DatabaseSettings = DatabaseSettings()
+    worker: WorkerSettings = WorkerSettings()
+    maintenance: MaintenanceSettings = MaintenanceSettings()
+    retry: RetryPolicy = RetryPolicy()
+    outbound: OutboundSettings = OutboundSettings()
+    task_policies: dict[str, TaskPolicy] = {}
+
+    def __post_init__(self) -> None:
+        if self.worker.heartbeat_interval >= self.worker.lease_ttl:
+            raise ConfigError(
+                "worker.heartbeat_interval must be shorter than worker.lease_ttl "
+                f"(got {self.worker.heartbeat_interval} >= {self.worker.lease_ttl})"
+            )
+        if self.database.pool_min > self.database.pool_max:
+            raise ConfigError("database.pool_min must not exceed database.pool_max")
+
+    @property
+    def migrations_path(self) -> Path:
+        return Path(self.migrations_dir) if self.migrations_dir else REPO_ROOT / "migrations"
+
+    def policy_for(self, task: str) -> RetryPolicy:
+        """The retry policy of a task name: the defaults with its overrides applied."""
+        override = self.task_policies.get(task)
+        if override is None:
+            return self.retry
+        changes = {
+            f: getattr(override, f)
+            for f in RetryPolicy.__struct_fields__
+            if getattr(override, f) is not None
+        }
+        return msgspec.structs.replace(self.retry, **changes)
+
+    def timeout_for(self, task: str) -> float:
+        override = self.task_policies.get(task)
+        if override is not None and override.timeout is not None:
+            return override.timeout
+        return self.worker.default_timeout
+
+
+# Keys dynaconf adds on its own; they are not settings of ours.
+_DYNACONF_KEYS = {"env", "environment", "env_for_dynaconf", "settings_file", "settings_files"}
+
+
+def _lower_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k).lower(): _lower_keys(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_lower_keys(v) for v in value]
+    return value
+
+
+def load_settings(
+    files: list[str | Path] | None = None, env: str | None = None, **overrides: Any
+) -> Settings:
+    """Read settings files and ``TASKFLOW_*`` variables into a validated :class:`Settings`.
+
+    ``files`` defaults to ``settings.toml`` (this checkout's, or the one in the working
+    directory) plus any listed in ``TASKFLOW_SETTINGS_FILES``. ``overrides`` win over both.
+    """
+    from dynaconf import Dynaconf
+
+    if files is None:
+        files = [REPO_ROOT / "settings.toml"]
+        if Path("settings.toml").resolve() != files[0]:
+            files.append(Path("settings.toml"))
+        extra = os.environ.get("TASKFLOW_SETTINGS_FILES", "")
+        files.extend(f for f in extra.split(",") if f)
+    raw = Dynaconf(
+        envvar_prefix="TASKFLOW",
+        settings_files=[str(f) for f in files],
+        environments=True,
+        env_switcher="TASKFLOW_ENV",
+        env=env or os.environ.get("TASKFLOW_ENV", "development"),
+        merge_enabled=True,
+    )
+    data = _lower_keys(raw.as_dict())
+    for key in _DYNACONF_KEYS | {"settings_files_for_dynaconf"}:
+        data.pop(key, None)
+    data.update(overrides)
+    return settings_from_dict(data)
+
+
+def settings_from_dict(data: dict[str, Any]) -> Settings:
+    """Validate a plain mapping into :class:`Settings`, naming the bad key on failure."""
+    try:
+        return msgspec.convert(data, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        # msgspec says e.g. "Expected `int`, got `str` - at `$.worker.concurrency`"
+        text = str(exc)
+        where = ""
+        if " - at `$." in text:
+            text, _, path = text.partition(" - at `$.")
+            where = path.rstrip("`")
+            raise ConfigError(f"invalid setting {where!r}: {text}") from None
+        raise ConfigError(f"invalid settings: {text}") from None

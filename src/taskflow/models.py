@@ -1,0 +1,125 @@
+"""The records that cross adapter boundaries. Rows become these structs in one place
+(:mod:`taskflow.adapters.postgres`)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from msgspec import Struct, field
+
+from taskflow.config import RetryPolicy
+from taskflow.ids import uuid7
+from taskflow.states import JobState
+
+PRIORITY_MIN = -1000
+PRIORITY_MAX = 1000
+
+
+class NewJob(Struct, frozen=True, kw_only=True):
+    """A job to create. ``max_attempts`` must be resolved (task policy) by the caller."""
+
+    task: str
+    max_attempts: int
+    payload: Any = msgspec.field(default_factory=dict)
+    queue: str = "default"
+    priority: int = 0
+    tenant: str = "default"
+    run_at: datetime | None = None
+    delay: float | None = None
+    retry_policy: RetryPolicy | None = None
+    timeout: float | None = None
+    idempotency_key: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    id: uuid.UUID = field(default_factory=uuid7)
+
+
+class DispatchEntry(Struct, frozen=True):
+    """What Redis needs to index a job: where, how urgent, and when it is due."""
+
+    id: uuid.UUID
+    queue: str
+    priority: int
+    run_at: datetime
+    state: JobState
+
+    @property
+    def due_ms(self) -> int:
+        return int(self.run_at.timestamp() * 1000)
+
+
+class Claim(Struct, frozen=True, array_like=True):
+    """A lease on one attempt: the job id and the attempt's fencing token."""
+
+    id: str
+    token: str
+
+
+class StartedJob(Struct, frozen=True):
+    """A job a worker has moved to running, with what the handler needs."""
+
+    id: uuid.UUID
+    task: str
+    queue: str
+    payload: str  # raw JSON, decoded by the runner so a bad payload fails only its attempt
+    priority: int
+    attempts: int
+    max_attempts: int
+    retry_policy: str | None
+    timeout: float | None
+    lease_token: str
+    tenant: str
+
+
+class Outcome(Struct, frozen=True):
+    """How one attempt ended, and the state the job moves to."""
+
+    id: uuid.UUID
+    token: str
+    state: JobState
+    outcome: str  # succeeded | retried | failed | cancelled
+    duration: float
+    result: str | None = None  # JSON text
+    error: str | None = None
+    delay: float | None = None  # for a retry: seconds until the next attempt
+
+
+class Job(Struct, frozen=True):
+    """A job as PostgreSQL holds it."""
+
+    id: uuid.UUID
+    tenant: str
+    task: str
+    queue: str
+    payload: Any
+    priority: int
+    run_at: datetime
+    state: JobState
+    attempts: int
+    max_attempts: int
+    retry_policy: Any
+    timeout: float | None
+    idempotency_key: str | None
+    labels: dict[str, str]
+    result: Any
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    lease_token: str | None
+    worker: str | None
+    cancel_requested: bool
+
+
+class Attempt(Struct, frozen=True):
+    """One finished attempt of a job."""
+
+    attempt: int
+    worker: str | None
+    started_at: datetime
+    finished_at: datetime
+    duration: float | None
+    outcome: str
+    error: str | None

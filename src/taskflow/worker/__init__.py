@@ -1,0 +1,1 @@
+"""The worker role: claims jobs from Redis, runs handlers, records outcomes."""

@@ -1,0 +1,299 @@
+"""The worker: claims jobs in batches, runs them, records outcomes in batches.
+
+Flow of one job: ``claim.lua`` takes its lease in Redis -> ``start_jobs`` moves it to
+running in PostgreSQL (one statement per claim batch) -> the runner executes the handler
+-> its outcome waits in a buffer that the flusher writes with ``finish_jobs`` (one
+statement for everything that finished meanwhile: group commit) -> the leases are given
+back and retries indexed in one Redis round trip. Leases are heartbeated from claim until
+the outcome is durable, so a slow flush never lets a finished job be rescued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from taskflow.adapters.postgres import PostgresStore
+from taskflow.adapters.redis import RedisDispatch, WakeListener
+from taskflow.config import Settings
+from taskflow.models import Claim, Outcome, StartedJob
+from taskflow.supervise import every, supervised
+from taskflow.worker.registry import JobContext, Registry
+from taskflow.worker.runner import Runner
+
+log = logging.getLogger(__name__)
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(2).hex()}"
+
+
+class _Held:
+    """A lease this worker holds: while the handler runs and until its outcome is stored."""
+
+    __slots__ = ("claim", "queue", "task", "ctx")
+
+    def __init__(self, claim: Claim, queue: str) -> None:
+        self.claim = claim
+        self.queue = queue
+        self.task: asyncio.Task[None] | None = None
+        self.ctx: JobContext | None = None
+
+
+class Worker:
+    """Serves ``queues`` with at most ``concurrency`` handlers running at once."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: PostgresStore,
+        dispatch: RedisDispatch,
+        registry: Registry,
+        *,
+        queues: Sequence[str] | None = None,
+        concurrency: int | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.cfg = settings.worker
+        self.store = store
+        self.dispatch = dispatch
+        self.queues = list(queues or self.cfg.queues)
+        self.concurrency = concurrency or self.cfg.concurrency
+        self.name = name or worker_name()
+        self.lease_ms = int(self.cfg.lease_ttl * 1000)
+        self.threads = ThreadPoolExecutor(self.cfg.sync_threads, thread_name_prefix="taskflow-job")
+        self.runner = Runner(settings, registry, self.threads)
+        self.wake = WakeListener(dispatch, self.queues)
+        self.held: dict[str, _Held] = {}  # job id -> lease held
+        self.running = 0
+        self.outcomes: list[Outcome] = []
+        self._slot_freed = asyncio.Event()
+        self._outcomes_ready = asyncio.Event()
+        self._flushed = asyncio.Event()
+        self._max_buffered = max(self.concurrency, self.cfg.claim_batch) * 2
+        self._next_queue = 0
+
+    # -- the main loop -------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then shut down gracefully (see :meth:`_shutdown`)."""
+        duties = [
+            asyncio.create_task(supervised("wake listener", self.wake.run)),
+            asyncio.create_task(supervised("outcome flusher", self._flush_forever)),
+            asyncio.create_task(supervised("lease heartbeat", self._heartbeat_forever)),
+        ]
+        claimer = asyncio.create_task(supervised("claimer", self._claim_forever))
+        log.info("worker %s serving %s with concurrency %d", self.name, self.queues,
+                 self.concurrency)
+        try:
+            await stop.wait()
+        finally:
+            claimer.cancel()
+            await asyncio.gather(claimer, return_exceptions=True)
+            try:
+                await self._shutdown()
+            finally:
+                for duty in duties:
+                    duty.cancel()
+                await asyncio.gather(*duties, return_exceptions=True)
+                self.threads.shutdown(wait=False, cancel_futures=True)
+
+    async def _claim_forever(self) -> None:
+        while True:
+            free = self.concurrency - self.running
+            if free <= 0 or len(self.outcomes) >= self._max_buffered:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            self.wake.event.clear()
+            claimed, next_due = await self._claim(min(free, self.cfg.claim_batch))
+            if claimed:
+                continue
+            wait = self.cfg.max_idle_wait
+            if next_due is not None:
+                wait = min(wait, max(0.0, next_due / 1000 - time.time()))
+            if wait > 0:
+                try:
+                    await asyncio.wait_for(self.wake.event.wait(), wait)
+                except TimeoutError:
+                    pass
+
+    async def _claim(self, limit: int) -> tuple[int, float | None]:
+        """One claim round over the queues, starting where the last one stopped (so no
+        queue starves another). Returns (jobs started, next delayed due ms)."""
+        next_due: float | None = None
+        total = 0
+        n = len(self.queues)
+        for i in range(n):
+            if limit <= 0:
+                break
+            queue = self.queues[(self._next_queue + i) % n]
+            result = await self.dispatch.claim(queue, limit, self.lease_ms)
+            if result.next_due_ms is not None:
+                next_due = min(next_due or result.next_due_ms, result.next_due_ms)
+            if result.claims:
+                total += await self._start(queue, result.claims)
+                limit -= len(result.claims)
+        self._next_queue = (self._next_queue + 1) % n
+        return total, next_due
+
+    async def _start(self, queue: str, claims: list[Claim]) -> int:
+        for c in claims:
+            self.held[c.id] = _Held(c, queue)
+        try:
+            started = await self.store.start_jobs(claims, self.name)
+        except BaseException:
+            # Nothing started: give the leases back so another worker can claim at once.
+            await self._release_unstarted(queue, claims)
+            raise
+        started_ids = {str(j.id) for j in started}
+        if len(started_ids) < len(claims):
+            # Cancelled or finished since Redis indexed them: not ours to run.
+            await self._release_unstarted(
+                queue, [c for c in claims if c.id not in started_ids]
+            )
+        for job in started:
+            held = self.held[str(job.id)]
+            self.running += 1
+            held.task = asyncio.create_task(self._run(job, held), name=f"job {job.id}")
+        return len(started)
+
+    async def _release_unstarted(self, queue: str, claims: list[Claim]) -> None:
+        for c in claims:
+            self.held.pop(c.id, None)
+        try:
+            await self.dispatch.release(queue, claims)
+        except Exception:
+            log.exception("could not give back %d leases; they expire by themselves",
+                          len(claims))
+
+    async def _run(self, job: StartedJob, held: _Held) -> None:
+        try:
+            outcome = await self.runner.execute(job, ctx_hook=lambda ctx: setattr(held, "ctx", ctx))
+        except asyncio.CancelledError:
+            return  # lease lost or shutdown: whoever cancelled owns the lease now
+        finally:
+            self.running -= 1
+            self._slot_freed.set()
+        self.outcomes.append(outcome)
+        self._outcomes_ready.set()
+
+    # -- recording outcomes --------------------------------------------------------------
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await self._outcomes_ready.wait()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        """Write every buffered outcome in one statement, then settle Redis."""
+        self._outcomes_ready.clear()
+        batch, self.outcomes = self.outcomes, []
+        if not batch:
+            self._flushed.set()
+            return
+        try:
+            moved = await self.store.finish_jobs(batch)
+        except BaseException:
+            # Keep them: the leases are still heartbeated, the next flush retries.
+            self.outcomes[:0] = batch
+            self._outcomes_ready.set()
+            raise
+        fenced = len(batch) - len(moved)
+        if fenced:
+            log.warning("%d outcomes refused: their leases were taken over", fenced)
+        released: dict[str, list[Claim]] = {}
+        for o in batch:
+            held = self.held.pop(str(o.id), None)
+            if held is not None:
+                released.setdefault(held.queue, []).append(held.claim)
+        self._slot_freed.set()
+        self._flushed.set()
+        requeued = [e for e in moved if e.state.value in ("queued", "scheduled")]
+        try:
+            await self.dispatch.settle(released, requeued)
+        except Exception:
+            # Outcomes are durable; leases expire by themselves and the reconciler indexes
+            # the retries, so this costs only latency.
+            log.exception("could not settle %d outcomes in Redis", len(batch))
+
+    # -- leases --------------------------------------------------------------------------
+
+    async def _heartbeat_forever(self) -> None:
+        await every(self.cfg.heartbeat_interval, self._heartbeat)
+
+    async def _heartbeat(self) -> None:
+        by_queue: dict[str, list[Claim]] = {}
+        for held in list(self.held.values()):
+            by_queue.setdefault(held.queue, []).append(held.claim)
+        for queue, claims in by_queue.items():
+            for i in range(0, len(claims), 1000):
+                lost = await self.dispatch.extend(queue, claims[i : i + 1000], self.lease_ms)
+                for job_id in lost:
+                    self._abandon(job_id)
+
+    def _abandon(self, job_id: str) -> None:
+        """Our lease on this job is gone: stop its handler; its outcome would be fenced."""
+        held = self.held.pop(job_id, None)
+        if held is None:
+            return
+        log.warning("lost the lease on job %s; stopping its handler", job_id)
+        if held.ctx is not None and held.ctx.cancelled is not None:
+            held.ctx.cancelled.set()
+        if held.task is not None:
+            held.task.cancel()
+
+    # -- shutdown ------------------------------------------------------------------------
+
+    async def _shutdown(self) -> None:
+        """Claiming has stopped. Let running handlers finish within the grace period, hand
+        the rest back so another worker runs them at once, and store every outcome."""
+        tasks = [h.task for h in self.held.values() if h.task is not None and not h.task.done()]
+        if tasks:
+            log.info("waiting up to %.0fs for %d running jobs", self.cfg.shutdown_grace,
+                     len(tasks))
+            _, pending = await asyncio.wait(tasks, timeout=self.cfg.shutdown_grace)
+        else:
+            pending = set()
+        unfinished: dict[str, list[Claim]] = {}
+        for held in list(self.held.values()):
+            if held.task in pending:
+                held.task.cancel()
+                if held.ctx is not None and held.ctx.cancelled is not None:
+                    held.ctx.cancelled.set()
+                unfinished.setdefault(held.queue, []).append(held.claim)
+                self.held.pop(held.claim.id)
+        if pending:
+            await asyncio.wait(pending)
+        await self._drain_outcomes()
+        for queue, claims in unfinished.items():
+            await self._hand_back(queue, claims)
+
+    async def _drain_outcomes(self, attempts: int = 10) -> None:
+        for attempt in range(attempts):
+            if not self.outcomes:
+                return
+            try:
+                await self._flush()
+            except Exception:
+                log.exception("could not store outcomes at shutdown (try %d)", attempt + 1)
+                await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
+        if self.outcomes:
+            log.error("%d outcomes not stored; their jobs run again when their leases expire",
+                      len(self.outcomes))
+
+    async def _hand_back(self, queue: str, claims: list[Claim]) -> None:
+        try:
+            entries = await self.store.hand_back_jobs(claims)
+            await self.dispatch.release(queue, claims)
+            await self.dispatch.enqueue(entries)
+            log.info("handed back %d jobs of queue %s", len(entries), queue)
+        except Exception:
+            log.exception("could not hand back %d jobs; they run again when their leases "
+                          "expire", len(claims))

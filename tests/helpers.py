@@ -1,0 +1,82 @@
+"""Shared test helpers: running workers in-process and waiting for job states."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+from taskflow.config import Settings
+from taskflow.jobs import submit
+from taskflow.models import Job, NewJob
+from taskflow.runtime import Stores
+from taskflow.worker.builtins import builtin_registry
+from taskflow.worker.maintenance import Maintenance
+from taskflow.worker.registry import Registry
+from taskflow.worker.worker import Worker
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[Any]], timeout: float = 15.0, interval: float = 0.05
+) -> Any:
+    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last: {value!r})")
+        await asyncio.sleep(interval)
+
+
+async def wait_for_states(
+    stores: Stores, ids: Sequence[Any], states: set[str], timeout: float = 15.0
+) -> list[Job]:
+    async def check() -> list[Job] | None:
+        jobs = await stores.store.get_jobs(list(ids))
+        if len(jobs) == len(ids) and all(j.state.value in states for j in jobs):
+            return jobs
+        return None
+
+    return await wait_until(check, timeout)
+
+
+async def submit_jobs(stores: Stores, *specs: dict[str, Any]) -> list[Any]:
+    jobs = [NewJob(**{"max_attempts": 3, **spec}) for spec in specs]
+    result = await submit(stores.store, stores.dispatch, jobs)
+    return [e.id for e in result.created]
+
+
+@contextlib.asynccontextmanager
+async def running_worker(
+    stores: Stores,
+    settings: Settings,
+    registry: Registry | None = None,
+    *,
+    maintenance: bool = True,
+    **kwargs: Any,
+) -> AsyncIterator[Worker]:
+    """A worker (and its maintenance duties) running in this event loop."""
+    builtins, outbound = builtin_registry(settings.outbound)
+    merged = builtins.merged(registry) if registry else builtins
+    worker = Worker(settings, stores.store, stores.dispatch, merged, **kwargs)
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(worker.run(stop))]
+    if maintenance:
+        tasks.append(asyncio.create_task(
+            Maintenance(settings, stores.store, stores.dispatch, worker.queues).run()))
+    try:
+        yield worker
+    finally:
+        stop.set()
+        await asyncio.wait_for(tasks[0], 30)
+        for t in tasks[1:]:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await outbound.close()
+        for t in tasks:
+            if not t.cancelled() and t.exception() is not None:
+                raise t.exception()

@@ -1,0 +1,236 @@
+"""The engine against real PostgreSQL and Redis: dispatch order, delays, retries, fencing,
+recovery from lost leases and from an emptied Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import msgspec
+
+from taskflow.models import Outcome
+from taskflow.states import JobState
+from taskflow.worker.maintenance import Maintenance
+from taskflow.worker.registry import Registry
+from tests.helpers import running_worker, submit_jobs, wait_for_states, wait_until
+
+DONE = {"succeeded", "failed", "cancelled"}
+
+
+async def test_priorities_are_honoured_across_three_levels(stores, settings):
+    specs = []
+    for i in range(4):
+        for prio in (0, 10, -10):
+            specs.append({"task": "noop", "priority": prio, "payload": {"i": i}})
+    ids = await submit_jobs(stores, *specs)
+    settings1 = msgspec.structs.replace(
+        settings, worker=msgspec.structs.replace(settings.worker, claim_batch=1))
+    async with running_worker(stores, settings1, concurrency=1):
+        jobs = await wait_for_states(stores, ids, {"succeeded"})
+    order = sorted(jobs, key=lambda j: j.started_at)
+    assert [j.priority for j in order] == [10] * 4 + [0] * 4 + [-10] * 4
+    # FIFO within a priority: creation order (time-ordered ids)
+    for prio in (10, 0, -10):
+        same = [j.id for j in order if j.priority == prio]
+        assert same == sorted(same)
+
+
+async def test_delayed_job_does_not_run_early_and_runs_promptly(stores, settings):
+    async with running_worker(stores, settings):
+        [job_id] = await submit_jobs(stores, {"task": "noop", "delay": 1.0})
+        job = await stores.store.get_job(job_id)
+        assert job.state is JobState.SCHEDULED
+        [done] = await wait_for_states(stores, [job_id], {"succeeded"})
+    assert done.started_at >= done.run_at
+    assert done.run_at - done.created_at >= timedelta(seconds=1.0)
+    # Pushed wake-ups and a timed wait for the due job: no poll interval in between.
+    assert done.started_at - done.run_at < timedelta(seconds=0.5)
+
+
+async def test_retry_then_succeed(stores, settings):
+    [job_id] = await submit_jobs(stores, {"task": "fail", "payload": {"times": 2},
+                                          "max_attempts": 3})
+    async with running_worker(stores, settings):
+        [job] = await wait_for_states(stores, [job_id], {"succeeded"})
+    assert job.attempts == 3
+    assert job.result == {"succeeded_on_attempt": 3}
+    attempts = await stores.store.job_attempts(job_id)
+    assert [a.outcome for a in attempts] == ["retried", "retried", "succeeded"]
+    assert "failed on purpose (attempt 1)" in attempts[0].error
+
+
+async def test_retries_exhausted_ends_failed_with_attempts_recorded(stores, settings):
+    [job_id] = await submit_jobs(stores, {"task": "fail", "payload": {"message": "boom"},
+                                          "max_attempts": 3})
+    async with running_worker(stores, settings):
+        [job] = await wait_for_states(stores, [job_id], {"failed"})
+    assert job.attempts == 3 and job.finished_at is not None
+    assert "boom (attempt 3)" in job.error
+    attempts = await stores.store.job_attempts(job_id)
+    assert [a.outcome for a in attempts] == ["retried", "retried", "failed"]
+    assert [a.attempt for a in attempts] == [1, 2, 3]
+
+
+async def test_non_retryable_error_fails_at_once(stores, settings):
+    [job_id] = await submit_jobs(stores, {"task": "fail", "max_attempts": 5,
+                                          "payload": {"retryable": False, "message": "bad"}})
+    async with running_worker(stores, settings):
+        [job] = await wait_for_states(stores, [job_id], {"failed"})
+    assert job.attempts == 1 and "bad" in job.error
+
+
+async def test_stale_worker_cannot_write_after_its_lease_was_taken_over(stores, settings):
+    [job_id] = await submit_jobs(stores, {"task": "noop"})
+    store, dispatch = stores.store, stores.dispatch
+    # Worker A claims and starts the job, then freezes.
+    claim_a = (await dispatch.claim("default", 1, lease_ms=100)).claims
+    [started_a] = await store.start_jobs(claim_a, "worker-a")
+    await asyncio.sleep(0.2)  # A's lease expires
+    maintenance = Maintenance(settings, store, dispatch, ["default"])
+    assert await maintenance.reap_once() == 1
+    # Worker B takes the job over and succeeds.
+    claim_b = (await dispatch.claim("default", 1, lease_ms=10_000)).claims
+    assert [c.id for c in claim_b] == [str(job_id)]
+    [started_b] = await store.start_jobs(claim_b, "worker-b")
+    assert started_b.attempts == 2
+    done_b = Outcome(started_b.id, started_b.lease_token, JobState.SUCCEEDED, "succeeded",
+                     0.01, result='"from b"')
+    assert len(await store.finish_jobs([done_b])) == 1
+    # A wakes up and tries to record its own outcome: refused, B's outcome stands.
+    done_a = Outcome(started_a.id, started_a.lease_token, JobState.FAILED, "failed", 5.0,
+                     error="late")
+    assert await store.finish_jobs([done_a]) == []
+    job = await store.get_job(job_id)
+    assert job.state is JobState.SUCCEEDED and job.result == "from b" and job.error is None
+    attempts = await store.job_attempts(job_id)
+    assert [(a.attempt, a.outcome, a.worker) for a in attempts] == [
+        (1, "lost", "worker-a"), (2, "succeeded", "worker-b")]
+
+
+async def test_redis_flushall_loses_no_queued_or_delayed_job(stores, settings, redis_client):
+    ids = await submit_jobs(stores, *[{"task": "noop"} for _ in range(20)])
+    ids += await submit_jobs(stores, *[{"task": "noop", "delay": 1.0} for _ in range(5)])
+    assert sum(await stores.dispatch.depth("default")) == 25
+    await redis_client.flushall()
+    assert sum(await stores.dispatch.depth("default")) == 0
+    async with running_worker(stores, settings):
+        jobs = await wait_for_states(stores, ids, {"succeeded"})
+    assert all(j.attempts == 1 for j in jobs)
+
+
+async def test_committed_job_whose_enqueue_failed_is_indexed_by_the_reconciler(stores, settings):
+    # As if the API committed the job and then lost Redis before its ZADD.
+    from taskflow.models import NewJob
+
+    result = await stores.store.insert_jobs([NewJob(task="noop", max_attempts=1)])
+    [entry] = result.created
+    await stores.dispatch.ensure_epoch()  # Redis is otherwise intact
+    assert sum(await stores.dispatch.depth("default")) == 0
+    maintenance = Maintenance(settings, stores.store, stores.dispatch, ["default"])
+    assert await maintenance.reconcile() == 1
+    assert await stores.dispatch.depth("default") == (1, 0, 0)
+    assert await maintenance.reconcile() == 0  # idempotent: indexed jobs are left alone
+    async with running_worker(stores, settings, maintenance=False):
+        await wait_for_states(stores, [entry.id], {"succeeded"})
+
+
+async def test_long_job_is_not_rerun_because_it_outlives_its_lease(stores, settings):
+    # lease_ttl is 2s in tests; the heartbeat keeps extending it.
+    [job_id] = await submit_jobs(stores, {"task": "sleep", "payload": {"seconds": 3.0}})
+    async with running_worker(stores, settings):
+        [job] = await wait_for_states(stores, [job_id], {"succeeded"}, timeout=20)
+    assert job.attempts == 1
+    assert [a.outcome for a in await stores.store.job_attempts(job_id)] == ["succeeded"]
+
+
+async def test_two_workers_never_run_the_same_attempt_at_once(stores, settings):
+    registry = Registry()
+    running: set[str] = set()
+    overlaps: list[str] = []
+    runs: dict[str, int] = {}
+
+    @registry.task("track")
+    async def track(ctx):
+        key = str(ctx.job_id)
+        if key in running:
+            overlaps.append(key)
+        running.add(key)
+        runs[key] = runs.get(key, 0) + 1
+        await asyncio.sleep(0.002)
+        running.discard(key)
+
+    ids = await submit_jobs(stores, *[{"task": "track"} for _ in range(400)])
+    async with running_worker(stores, settings, registry), \
+            running_worker(stores, settings, registry):
+        jobs = await wait_for_states(stores, ids, {"succeeded"}, timeout=30)
+    assert overlaps == []
+    assert set(runs.values()) == {1} and len(runs) == 400
+    assert all(j.attempts == 1 for j in jobs)
+    assert len({j.worker for j in jobs}) == 2  # both workers took part
+
+
+async def test_bad_jobs_end_their_attempt_and_the_worker_goes_on(stores, settings):
+    registry = Registry()
+
+    class Custom(BaseException):
+        pass
+
+    @registry.task("raises_base")
+    async def raises_base(ctx):
+        raise Custom("not an Exception")
+
+    @registry.task("bad_result")
+    async def bad_result(ctx):
+        return {"x": object()}
+
+    @registry.task("hangs")
+    async def hangs(ctx):
+        await asyncio.sleep(3600)
+
+    @registry.task("sync_ok")
+    def sync_ok(ctx):
+        return {"thread": True, "got": ctx.payload}
+
+    @registry.task("exits")
+    async def exits(ctx):
+        raise SystemExit(3)
+
+    ids = await submit_jobs(
+        stores,
+        {"task": "nobody-knows-me", "max_attempts": 1},
+        {"task": "sleep", "payload": {"seconds": "soon"}, "max_attempts": 3},
+        {"task": "raises_base", "max_attempts": 1},
+        {"task": "bad_result", "max_attempts": 3},
+        {"task": "hangs", "timeout": 0.2, "max_attempts": 2},
+        {"task": "exits", "max_attempts": 1},
+        {"task": "sync_ok", "payload": {"a": 1}},
+        {"task": "echo", "payload": [1, 2, 3]},
+    )
+    async with running_worker(stores, settings, registry):
+        jobs = await wait_for_states(stores, ids, DONE, timeout=20)
+    by_task = {j.task: j for j in jobs}
+    assert "no handler is registered for task 'nobody-knows-me'" in by_task["nobody-knows-me"].error
+    assert by_task["sleep"].state is JobState.FAILED and by_task["sleep"].attempts == 1
+    assert "payload rejected by task 'sleep'" in by_task["sleep"].error
+    assert "Custom: not an Exception" in by_task["raises_base"].error
+    assert by_task["bad_result"].attempts == 1
+    assert "cannot be stored as JSON" in by_task["bad_result"].error
+    assert by_task["hangs"].attempts == 2 and "timed out after 0.2s" in by_task["hangs"].error
+    assert "SystemExit" in by_task["exits"].error
+    assert by_task["sync_ok"].result == {"thread": True, "got": {"a": 1}}
+    assert by_task["echo"].result == [1, 2, 3]
+    assert all(j.state is JobState.FAILED for t, j in by_task.items()
+               if t not in ("sync_ok", "echo"))
+
+
+async def test_idempotency_key_returns_the_first_job(stores):
+    from taskflow.models import NewJob
+
+    first = await stores.store.insert_jobs(
+        [NewJob(task="noop", max_attempts=1, idempotency_key="k1", tenant="t1")])
+    again = await stores.store.insert_jobs(
+        [NewJob(task="echo", max_attempts=1, idempotency_key="k1", tenant="t1"),
+         NewJob(task="noop", max_attempts=1, idempotency_key="k1", tenant="t2")])
+    assert len(first.created) == 1
+    assert [j.id for j in again.existing] == [first.created[0].id]
+    assert len(again.created) == 1  # the other tenant's key is its own
