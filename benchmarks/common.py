@@ -81,7 +81,8 @@ class WorkerProcess:
         full_env.update({"TASKFLOW_DATABASE_URL": srv.database_url,
                          "TASKFLOW_REDIS_URL": srv.redis_url,
                          "TASKFLOW_DATA_DIR": str(srv.data_dir),
-                         "TASKFLOW_LOG_LEVEL": "WARNING", **env})
+                         "TASKFLOW_LOG_LEVEL": "WARNING",
+                         "TASKFLOW_WORKER__METRICS_PORT": "0", **env})
         self.process = subprocess.Popen([sys.executable, "-m", "taskflow.cli", "work", *args],
                                         env=full_env)
 

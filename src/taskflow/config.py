@@ -62,6 +62,9 @@ class WorkerSettings(Struct, frozen=True, forbid_unknown_fields=True):
     shutdown_grace: NonNegFloat = 25.0
     sync_threads: PositiveInt = 16
     max_idle_wait: PositiveFloat = 1.0
+    # Prometheus exposition of `taskflow work` (0 = off); `serve`/`dev` use the API's /metrics.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: Annotated[int, Meta(ge=0, le=65535)] = 9101
 
 
 class MaintenanceSettings(Struct, frozen=True, forbid_unknown_fields=True):

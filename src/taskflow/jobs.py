@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from taskflow import metrics
 from taskflow.adapters.postgres import InsertResult, PostgresStore
 from taskflow.adapters.redis import RedisDispatch
 from taskflow.models import NewJob
@@ -21,6 +22,8 @@ async def submit(
     indexes them later, so the failure is logged, not raised.
     """
     result = await store.insert_jobs(jobs)
+    for entry in result.created:
+        metrics.JOBS_SUBMITTED.labels(entry.queue).inc()
     if result.created:
         try:
             await dispatch.enqueue(result.created)

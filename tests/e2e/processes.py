@@ -23,6 +23,7 @@ def role_env(servers: TestServers, **settings: str) -> dict[str, str]:
         "TASKFLOW_WORKER__HEARTBEAT_INTERVAL": "0.5",
         "TASKFLOW_MAINTENANCE__REAPER_INTERVAL": "0.2",
         "TASKFLOW_MAINTENANCE__RECONCILE_INTERVAL": "1.0",
+        "TASKFLOW_WORKER__METRICS_PORT": "0",
     })
     env.update(settings)
     return env

@@ -66,3 +66,30 @@ async def test_sigterm_lets_short_jobs_finish_and_hands_long_ones_back(
     for job_id in long:
         outcomes = [a.outcome for a in await stores.store.job_attempts(job_id)]
         assert outcomes == ["handed_back", "succeeded"]
+
+
+async def test_worker_exposes_prometheus_metrics(stores, servers, tmp_path):
+    import aiohttp
+
+    from taskflow.adapters.embedded import free_port
+
+    port = free_port()
+    ids = await submit_jobs(stores, {"task": "noop"}, {"task": "fail", "max_attempts": 1})
+    worker = Role(servers, ["work"], tmp_path / "worker.log",
+                  TASKFLOW_WORKER__METRICS_PORT=str(port))
+    try:
+        await wait_for_states(stores, ids, {"succeeded", "failed"}, timeout=20)
+
+        async def scrape():
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                    text = await resp.text()
+            return text if 'outcome="failed"' in text else None
+
+        text = await wait_until(scrape, timeout=10)
+    finally:
+        worker.signal(signal.SIGTERM)
+        worker.wait()
+    assert 'taskflow_jobs_finished_total{outcome="succeeded",queue="default",task="noop"} 1.0' in text
+    assert 'taskflow_jobs_finished_total{outcome="failed",queue="default",task="fail"} 1.0' in text
+    assert 'taskflow_queue_depth{queue="default",set="ready"}' in text

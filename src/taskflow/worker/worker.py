@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from taskflow.adapters.postgres import PostgresStore
 from taskflow.adapters.redis import RedisDispatch, WakeListener
+from taskflow import metrics
 from taskflow.config import Settings
 from taskflow.models import Claim, Outcome, StartedJob
 from taskflow.states import JobState
@@ -87,6 +88,7 @@ class Worker:
         self._flushed = asyncio.Event()
         self._max_buffered = max(self.concurrency, self.cfg.claim_batch) * 2
         self._next_queue = 0
+        metrics.WORKER_RUNNING.set_function(lambda: self.running)
 
     # -- the main loop -------------------------------------------------------------------
 
@@ -170,6 +172,7 @@ class Worker:
         for job in started:
             held = self.held[str(job.id)]
             self.running += 1
+            metrics.JOBS_STARTED.labels(queue, job.task).inc()
             held.task = asyncio.create_task(self._run(job, held), name=f"job {job.id}")
         return len(started)
 
@@ -194,6 +197,8 @@ class Worker:
         finally:
             self.running -= 1
             self._slot_freed.set()
+        metrics.JOBS_FINISHED.labels(job.queue, job.task, outcome.outcome).inc()
+        metrics.JOB_DURATION.labels(job.queue, job.task).observe(outcome.duration)
         self.outcomes.append(outcome)
         self._outcomes_ready.set()
 
@@ -226,8 +231,10 @@ class Worker:
             self.outcomes[:0] = batch
             self._outcomes_ready.set()
             raise
+        metrics.FLUSH_BATCH.observe(len(batch))
         fenced = len(batch) - len(moved)
         if fenced:
+            metrics.OUTCOMES_REFUSED.inc(fenced)
             log.warning("%d outcomes refused: their leases were taken over", fenced)
         released: dict[str, list[Claim]] = {}
         for o in batch:
