@@ -47,3 +47,15 @@ def test_task_policy_overrides_only_what_it_sets():
                                    "task_policies": {"x": {"max_attempts": 9, "timeout": 4}}})
     assert settings.policy_for("x") == RetryPolicy(max_attempts=9, base_delay=3.0)
     assert settings.timeout_for("x") == 4 and settings.timeout_for("y") == 0
+
+
+def test_yaml_files_layer_on_top_and_task_names_keep_their_case(monkeypatch, tmp_path):
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("development:\n  worker:\n    concurrency: 33\n"
+                     "  task_policies:\n    sendEmail:\n      max_attempts: 7\n")
+    monkeypatch.setenv("TASKFLOW_SETTINGS_FILES", str(extra))
+    monkeypatch.setenv("TASKFLOW_TASK_POLICIES__resize__MAX_ATTEMPTS", "10")
+    settings = load_settings()
+    assert settings.worker.concurrency == 33
+    assert settings.policy_for("sendEmail").max_attempts == 7
+    assert settings.policy_for("resize").max_attempts == 10
