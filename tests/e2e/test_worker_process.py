@@ -93,3 +93,34 @@ async def test_worker_exposes_prometheus_metrics(stores, servers, tmp_path):
     assert 'taskflow_jobs_finished_total{outcome="succeeded",queue="default",task="noop"} 1.0' in text
     assert 'taskflow_jobs_finished_total{outcome="failed",queue="default",task="fail"} 1.0' in text
     assert 'taskflow_queue_depth{queue="default",set="ready"}' in text
+
+
+async def test_worker_runs_handlers_from_configured_modules_on_several_queues(
+        stores, servers, tmp_path):
+    ids = await submit_jobs(
+        stores,
+        {"task": "sample.add", "payload": {"a": 2, "b": 3}, "queue": "math"},
+        {"task": "sample.sync_upper", "payload": {"text": "hi"}, "queue": "text"},
+        {"task": "sample.retry_later", "queue": "math"},
+        {"task": "noop", "queue": "unserved"},
+    )
+    worker = Role(servers, ["work", "-q", "math", "-q", "text"], tmp_path / "worker.log",
+                  TASKFLOW_WORKER__HANDLER_MODULES='["tests.e2e.sample_handlers"]')
+    try:
+        jobs = await wait_for_states(stores, ids[:3], {"succeeded"}, timeout=20)
+    finally:
+        worker.signal(signal.SIGTERM)
+        worker.wait()
+    assert [j.result for j in sorted(jobs, key=lambda j: j.id)] == [5, "HI", 2]
+    retry_attempts = await stores.store.job_attempts(ids[2])
+    assert [a.outcome for a in retry_attempts] == ["retried", "succeeded"]
+    assert "not yet" in retry_attempts[0].error
+    unserved = await stores.store.get_job(ids[3])
+    assert unserved.state is JobState.QUEUED  # nobody serves that queue
+
+
+async def test_worker_with_a_bad_setting_fails_fast_naming_it(servers, tmp_path):
+    worker = Role(servers, ["work"], tmp_path / "worker.log",
+                  TASKFLOW_WORKER__CONCURRENCY="zero")
+    assert worker.wait(timeout=30) != 0
+    assert "invalid setting 'worker.concurrency'" in worker.output()
