@@ -56,9 +56,19 @@ def main(argv: list[str] | None = None) -> None:
     with servers(settings) as embedded:
         settings_urls = (embedded.database_url, embedded.redis_url)
         try:
-            asyncio.run(commands[args.command](settings, args, *settings_urls))
+            _run(commands[args.command](settings, args, *settings_urls))
         except KeyboardInterrupt:
             pass
+
+
+def _run(main: Awaitable[None]) -> None:
+    """Run on uvloop where it is installed (a faster event loop), else on asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)  # type: ignore[arg-type]
+    else:
+        uvloop.run(main)  # type: ignore[arg-type]
 
 
 def _stop_event() -> asyncio.Event:
