@@ -23,7 +23,7 @@ WORKER_ENV = {"TASKFLOW_WORKER__CONCURRENCY": "500", "TASKFLOW_WORKER__CLAIM_BAT
 COUNT_DONE = "SELECT count(*) FROM jobs WHERE state = 'succeeded'"
 DRAIN_WINDOW = ("SELECT extract(epoch FROM max(finished_at) - min(started_at)) "
                 "FROM jobs WHERE state = 'succeeded'")
-RESET = "TRUNCATE jobs, job_attempts"
+RESET = "TRUNCATE jobs, job_attempts, job_dependencies, workflows"
 
 
 def noop() -> NewJob:
