@@ -130,7 +130,7 @@ BEGIN
     UPDATE jobs AS j
     SET pending_upstreams = j.pending_upstreams - c.n,
         state = CASE WHEN j.pending_upstreams - c.n > 0 THEN 'blocked'
-                     WHEN j.run_at > now() THEN 'scheduled'
+                     WHEN j.run_at > clock_timestamp() THEN 'scheduled'
                      ELSE 'queued' END::job_state
     FROM counts AS c JOIN locked AS l ON l.id = c.job_id
     WHERE j.id = c.job_id AND j.state = 'blocked'
