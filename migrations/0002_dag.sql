@@ -73,7 +73,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     m_ids uuid[]; m_queues text[]; m_priorities integer[]; m_run_ats timestamptz[];
     m_states job_state[]; m_fanout boolean[];
-    released uuid[];
+    ended_ids uuid[]; ended_states job_state[];
 BEGIN
     WITH done AS (
         SELECT * FROM unnest(ids, tokens, states, results, errors, delays, outcomes,
@@ -136,13 +136,11 @@ BEGIN
     WHERE j.id = c.job_id AND j.state = 'blocked'
     RETURNING j.id, j.queue, j.priority, j.run_at, j.state;
 
-    RETURN QUERY
-    SELECT c.* FROM (
-        SELECT array_agg(u.id) AS ids, array_agg(u.state) AS states
-        FROM unnest(m_ids, m_states, m_fanout) AS u(id, state, fanout)
-        WHERE u.state IN ('failed', 'cancelled') AND u.fanout
-    ) AS ended
-    CROSS JOIN LATERAL taskflow_cancel_dependents(ended.ids, ended.states) AS c
-    WHERE ended.ids IS NOT NULL;
+    SELECT array_agg(u.id), array_agg(u.state) INTO ended_ids, ended_states
+    FROM unnest(m_ids, m_states, m_fanout) AS u(id, state, fanout)
+    WHERE u.state IN ('failed', 'cancelled') AND u.fanout;
+    IF ended_ids IS NOT NULL THEN
+        RETURN QUERY SELECT * FROM taskflow_cancel_dependents(ended_ids, ended_states);
+    END IF;
 END;
 $$;

@@ -101,7 +101,7 @@ SELECT * FROM job_attempts WHERE job_id = $1 ORDER BY id;
 -- returned; the worker gives their leases back.
 UPDATE jobs AS j
 SET state = 'running', attempts = j.attempts + 1, lease_token = c.token,
-    worker = $3, started_at = now(), finished_at = NULL
+    worker = $3, started_at = now()
 FROM unnest($1::uuid[], $2::text[]) AS c(id, token)
 WHERE j.id = c.id AND j.state IN ('queued', 'scheduled')
 RETURNING j.id, j.task, j.queue, j.payload::text AS payload, j.priority, j.attempts,
@@ -170,13 +170,14 @@ SELECT * FROM taskflow_cancel_dependents($1::uuid[], $2::job_state[]);
 -- name: running_jobs_started_before
 -- Candidates for the rescuer's PostgreSQL-side sweep: running attempts older than a lease.
 SELECT id, queue, lease_token FROM jobs
-WHERE state = 'running' AND started_at < now() - make_interval(secs => $1)
+WHERE finished_at IS NULL AND state = 'running'
+  AND started_at < now() - make_interval(secs => $1)
 ORDER BY id
 LIMIT $2;
 
 -- name: dispatchable_jobs_page
 -- Keyset page of the jobs that belong in the Redis dispatch index (reconciler).
 SELECT id, queue, priority, run_at, state FROM jobs
-WHERE state IN ('queued', 'scheduled') AND id > $1
+WHERE finished_at IS NULL AND state IN ('queued', 'scheduled') AND id > $1
 ORDER BY id
 LIMIT $2;
