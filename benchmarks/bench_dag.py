@@ -15,16 +15,11 @@ from __future__ import annotations
 import asyncio
 import time
 
-from benchmarks.common import WorkerProcess, report, servers, stores
+from benchmarks.common import RESET, drain, report, servers, stores
 from taskflow.jobs import submit, submit_workflow
 from taskflow.models import NewJob, WorkflowNode
 
 LAYERS, WIDTH = 100, 100
-WORKER_ENV = {"TASKFLOW_WORKER__CONCURRENCY": "500", "TASKFLOW_WORKER__CLAIM_BATCH": "500"}
-COUNT_DONE = "SELECT count(*) FROM jobs WHERE state = 'succeeded'"
-WINDOW = ("SELECT extract(epoch FROM max(finished_at) - min(started_at)) FROM jobs "
-          "WHERE state = 'succeeded'")
-RESET = "TRUNCATE jobs, job_attempts, job_dependencies, workflows"
 
 
 def layered() -> list[WorkflowNode]:
@@ -47,16 +42,6 @@ def pairs(n: int) -> list[WorkflowNode]:
         nodes.append(WorkflowNode(name=f"b{i}", after=(f"a{i}",),
                                   job=NewJob(task="noop", max_attempts=1)))
     return nodes
-
-
-async def drain(srv, s, total: int) -> float:
-    worker = WorkerProcess(srv, **WORKER_ENV)
-    try:
-        while await s.store.pool.fetchval(COUNT_DONE) < total:
-            await asyncio.sleep(0.05)
-    finally:
-        worker.stop()
-    return float(await s.store.pool.fetchval(WINDOW))
 
 
 async def main(srv) -> None:

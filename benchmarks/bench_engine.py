@@ -11,19 +11,14 @@ import asyncio
 import os
 import time
 
-from benchmarks.common import WorkerProcess, percentile, report, servers, stores
+from benchmarks.common import (
+    FAST_WORKER, RESET, WorkerProcess, drain, percentile, report, servers, stores,
+)
 from taskflow.jobs import submit
 from taskflow.models import NewJob
 
 N = int(os.environ.get("BENCH_JOBS", "10000"))
 LATENCY_SAMPLES = int(os.environ.get("BENCH_LATENCY_SAMPLES", "300"))
-WORKER_ENV = {"TASKFLOW_WORKER__CONCURRENCY": "500", "TASKFLOW_WORKER__CLAIM_BATCH": "500"}
-
-# Benchmark bookkeeping only (the engine's own SQL lives in queries.sql).
-COUNT_DONE = "SELECT count(*) FROM jobs WHERE state = 'succeeded'"
-DRAIN_WINDOW = ("SELECT extract(epoch FROM max(finished_at) - min(started_at)) "
-                "FROM jobs WHERE state = 'succeeded'")
-RESET = "TRUNCATE jobs, job_attempts, job_dependencies, workflows"
 
 
 def noop() -> NewJob:
@@ -56,15 +51,9 @@ async def enqueue_rates(s) -> None:
 async def drain_rate(srv, s) -> None:
     for i in range(0, N, 1000):
         await submit(s.store, s.dispatch, [noop() for _ in range(min(1000, N - i))])
-    worker = WorkerProcess(srv, **WORKER_ENV)
-    try:
-        while await s.store.pool.fetchval(COUNT_DONE) < N:
-            await asyncio.sleep(0.05)
-    finally:
-        worker.stop()
-    seconds = await s.store.pool.fetchval(DRAIN_WINDOW)
-    report(f"drain {N:,} noop jobs, one worker process", N / float(seconds), "jobs/s",
-           f"({float(seconds):.2f}s, first start to last finish)")
+    seconds = await drain(srv, s, N)
+    report(f"drain {N:,} noop jobs, one worker process", N / seconds, "jobs/s",
+           f"({seconds:.2f}s, first start to last finish)")
     await s.store.pool.execute(RESET)
 
 
@@ -91,7 +80,7 @@ async def latency(srv, s) -> None:
     between jobs: on these VMs a process that sleeps pays ~0.3-1 ms to wake up (a plain
     INSERT goes from 0.4 to 1.4 ms), and a job crosses client, PostgreSQL, Redis and
     worker several times, so the gap shows that cost rather than taskflow's."""
-    worker = WorkerProcess(srv, **WORKER_ENV)
+    worker = WorkerProcess(srv, **FAST_WORKER)
     try:
         result = await submit(s.store, s.dispatch, [noop()])  # warm up, and wait for ready
         job_id = result.created[0].id
