@@ -39,9 +39,13 @@ CREATE INDEX jobs_unfinished ON jobs (id) WHERE finished_at IS NULL;
 CREATE INDEX jobs_tenant_id ON jobs (tenant, id);
 
 -- One row per finished attempt (running attempts are the job row's started_at/worker).
+-- No foreign key to jobs, on purpose: PostgreSQL checks a foreign key with one query per
+-- inserted row, which was 34 of the 42 ms it took to record 500 outcomes. The code is the
+-- only writer (attempts are inserted by the statement that moves their job), and whatever
+-- deletes jobs deletes their attempts with them.
 CREATE TABLE job_attempts (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    job_id      uuid NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    job_id      uuid NOT NULL,
     attempt     integer NOT NULL,
     worker      text,
     started_at  timestamptz NOT NULL,

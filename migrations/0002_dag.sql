@@ -13,8 +13,12 @@ CREATE TABLE workflows (
 );
 CREATE INDEX workflows_tenant_id ON workflows (tenant, id);
 
+-- As with job_attempts (0001), no foreign keys: they cost a query per row on the paths
+-- that insert thousands of rows at once (a workflow's jobs and edges); the code inserts a
+-- workflow, its jobs and its edges in one transaction, and edges only between jobs it has
+-- locked or created.
 ALTER TABLE jobs
-    ADD COLUMN workflow_id uuid REFERENCES workflows (id) ON DELETE CASCADE,
+    ADD COLUMN workflow_id uuid,
     ADD COLUMN node text,                                 -- its name within the workflow
     ADD COLUMN upstream_count integer NOT NULL DEFAULT 0,  -- direct upstream jobs
     ADD COLUMN pending_upstreams integer NOT NULL DEFAULT 0
@@ -24,8 +28,8 @@ ALTER TABLE jobs
 CREATE INDEX jobs_workflow ON jobs (workflow_id) WHERE workflow_id IS NOT NULL;
 
 CREATE TABLE job_dependencies (
-    upstream_id uuid NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
-    job_id      uuid NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    upstream_id uuid NOT NULL,
+    job_id      uuid NOT NULL,
     PRIMARY KEY (upstream_id, job_id),
     CHECK (upstream_id <> job_id)
 );
