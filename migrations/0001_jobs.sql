@@ -40,7 +40,7 @@ CREATE INDEX jobs_tenant_id ON jobs (tenant, id);
 
 -- One row per finished attempt (running attempts are the job row's started_at/worker).
 -- No foreign key to jobs, on purpose: PostgreSQL checks a foreign key with one query per
--- inserted row, which was 34 of the 42 ms it took to record 500 outcomes. The code is the
+-- inserted row: recording 500 outcomes took 15 ms with it, 9 ms without. The code is the
 -- only writer (attempts are inserted by the statement that moves their job), and whatever
 -- deletes jobs deletes their attempts with them.
 CREATE TABLE job_attempts (
