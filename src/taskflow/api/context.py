@@ -1,0 +1,34 @@
+"""What the API's handlers share: settings, stores, the submitter and the metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from taskflow.api.auth import TokenVerifier
+from taskflow.api.metrics import ApiMetrics
+from taskflow.api.submit import Submitter
+from taskflow.config import Settings
+from taskflow.runtime import Stores
+
+
+class ApiContext:
+    """Held in the app's state as ``state.api``."""
+
+    def __init__(self, settings: Settings, stores: Stores, submitter: Submitter,
+                 verifier: TokenVerifier, metrics: ApiMetrics) -> None:
+        self.settings = settings
+        self.stores = stores
+        self.store = stores.store
+        self.dispatch = stores.dispatch
+        self.submitter = submitter
+        self.verifier = verifier
+        self.metrics = metrics
+        self.timeout = settings.api.backend_timeout
+
+    @contextlib.asynccontextmanager
+    async def deadline(self) -> AsyncIterator[None]:
+        """Bounds a request's wait on the stores; a TimeoutError becomes a 503."""
+        async with asyncio.timeout(self.timeout):
+            yield
