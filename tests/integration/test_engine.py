@@ -234,3 +234,47 @@ async def test_idempotency_key_returns_the_first_job(stores):
     assert len(first.created) == 1
     assert [j.id for j in again.existing] == [first.created[0].id]
     assert len(again.created) == 1  # the other tenant's key is its own
+
+
+async def _running(stores, job_id):
+    job = await stores.store.get_job(job_id)
+    return job.state is JobState.RUNNING
+
+
+async def test_running_job_stops_when_its_cancellation_is_requested(stores, settings):
+    [job_id] = await submit_jobs(stores, {"task": "sleep", "payload": {"seconds": 60}})
+    async with running_worker(stores, settings):
+        await wait_until(lambda: _running(stores, job_id))
+        # What the API does: durable flag in PostgreSQL, then the message to the worker.
+        await stores.store.pool.execute(
+            "UPDATE jobs SET cancel_requested = true WHERE id = $1", job_id)
+        await stores.dispatch.request_cancel("default", str(job_id))
+        [job] = await wait_for_states(stores, [job_id], {"cancelled"}, timeout=10)
+    assert job.finished_at is not None and job.attempts == 1
+    assert [a.outcome for a in await stores.store.job_attempts(job_id)] == ["cancelled"]
+
+
+async def test_cancellation_missed_by_pubsub_is_found_by_the_heartbeat(stores, settings, redis_client):
+    [job_id] = await submit_jobs(stores, {"task": "sleep", "payload": {"seconds": 60}})
+    async with running_worker(stores, settings) as worker:
+        await wait_until(lambda: _running(stores, job_id))
+        # Only the marker, no message: the next heartbeat (0.5s in tests) must see it.
+        keys = stores.dispatch.keys("default")
+        await redis_client.set(keys.cancel_prefix + str(job_id), "1", px=60_000)
+        await wait_for_states(stores, [job_id], {"cancelled"}, timeout=10)
+        assert worker.held == {}
+
+
+async def test_failed_attempt_of_a_job_with_a_cancel_request_ends_cancelled(stores, settings):
+    # The worker never heard of the request (Redis lost it): PostgreSQL's flag still wins
+    # over a retry.
+    [job_id] = await submit_jobs(stores, {"task": "fail", "max_attempts": 5})
+    claims = (await stores.dispatch.claim("default", 1, 10_000)).claims
+    [started] = await stores.store.start_jobs(claims, "w")
+    await stores.store.pool.execute("UPDATE jobs SET cancel_requested = true WHERE id = $1",
+                                    job_id)
+    retry = Outcome(started.id, started.lease_token, JobState.SCHEDULED, "retried", 0.1,
+                    error="boom", delay=1.0)
+    [moved] = await stores.store.finish_jobs([retry])
+    assert moved.state is JobState.CANCELLED
+    assert [a.outcome for a in await stores.store.job_attempts(job_id)] == ["cancelled"]

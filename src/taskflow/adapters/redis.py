@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from importlib import resources
 
 import msgspec
@@ -33,13 +33,15 @@ class QueueKeys(msgspec.Struct, frozen=True):
     delayed: str
     inflight: str
     lease_prefix: str
-    wake: str
+    cancel_prefix: str
+    wake: str  # pub/sub: jobs were indexed
+    cancel: str  # pub/sub: a job's cancellation was requested (message: its id)
 
     @classmethod
     def of(cls, prefix: str, queue: str) -> QueueKeys:
         base = f"{prefix}:{{{queue}}}"
         return cls(f"{base}:ready", f"{base}:delayed", f"{base}:inflight",
-                   f"{base}:lease:", f"{base}:wake")
+                   f"{base}:lease:", f"{base}:cancel:", f"{base}:wake", f"{base}:cancelled")
 
 
 class RedisDispatch:
@@ -54,6 +56,7 @@ class RedisDispatch:
         self._extend = client.register_script(_load("extend"))
         self._release = client.register_script(_load("release"))
         self._reap = client.register_script(_load("reap"))
+        self._cancel = client.register_script(_load("cancel"))
         self.epoch_key = f"{prefix}:epoch"
 
     @classmethod
@@ -102,13 +105,22 @@ class RedisDispatch:
         claims = [Claim(ids_tokens[i], ids_tokens[i + 1]) for i in range(0, len(ids_tokens), 2)]
         return ClaimResult(claims, None if next_due < 0 else int(next_due))
 
-    async def extend(self, queue: str, claims: Sequence[Claim], lease_ms: int) -> list[str]:
-        """Heartbeat; returns the ids whose lease this worker no longer holds."""
+    async def extend(
+        self, queue: str, claims: Sequence[Claim], lease_ms: int
+    ) -> tuple[list[str], list[str]]:
+        """Heartbeat; returns (ids whose lease this worker no longer holds, ids whose
+        cancellation was requested)."""
         k = self.keys(queue)
-        args: list[str | int] = [k.lease_prefix, lease_ms]
+        args: list[str | int] = [k.lease_prefix, k.cancel_prefix, lease_ms]
         for c in claims:
             args += (c.id, c.token)
-        return await self._extend(keys=[k.inflight], args=args)
+        lost, cancel = await self._extend(keys=[k.inflight], args=args)
+        return lost, cancel
+
+    async def request_cancel(self, queue: str, job_id: str, ttl_ms: int = 3_600_000) -> None:
+        """Tell the worker running ``job_id`` to stop it (see ``cancel.lua``)."""
+        k = self.keys(queue)
+        await self._cancel(keys=[k.cancel_prefix + job_id], args=[k.cancel, job_id, ttl_ms])
 
     async def release(
         self, queue: str, claims: Sequence[Claim], pipe: Pipeline | None = None
@@ -166,23 +178,31 @@ class RedisDispatch:
 
 class WakeListener:
     """Wakes waiting workers when jobs are indexed in any of their queues (pub/sub), so
-    idle workers neither poll nor add a polling interval to latency."""
+    idle workers neither poll nor add a polling interval to latency; passes cancellation
+    requests to ``on_cancel``."""
 
-    def __init__(self, dispatch: RedisDispatch, queues: Sequence[str]) -> None:
+    def __init__(
+        self, dispatch: RedisDispatch, queues: Sequence[str],
+        on_cancel: Callable[[str], None] = lambda job_id: None,
+    ) -> None:
         self.dispatch = dispatch
-        self.channels = [dispatch.keys(q).wake for q in queues]
+        self.wake_channels = {dispatch.keys(q).wake for q in queues}
+        self.cancel_channels = {dispatch.keys(q).cancel for q in queues}
+        self.on_cancel = on_cancel
         self.event = asyncio.Event()
-        self._pubsub = None
 
     async def run(self) -> None:
         """Listen until cancelled. Raises when the connection fails (the supervisor
         restarts it); the event is set then too, so nobody sleeps on a dead listener."""
         pubsub = self.dispatch.client.pubsub(ignore_subscribe_messages=True)
         try:
-            await pubsub.subscribe(*self.channels)
+            await pubsub.subscribe(*self.wake_channels, *self.cancel_channels)
             self.event.set()  # anything published before the subscription is not lost
-            async for _ in pubsub.listen():
-                self.event.set()
+            async for message in pubsub.listen():
+                if message["channel"] in self.cancel_channels:
+                    self.on_cancel(message["data"])
+                else:
+                    self.event.set()
         finally:
             self.event.set()
             await pubsub.aclose()

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 from taskflow.adapters.postgres import PostgresStore
 from taskflow.adapters.redis import RedisDispatch
+from taskflow import metrics
 from taskflow.config import Settings
 from taskflow.models import Claim
 from taskflow.supervise import every, supervised
@@ -61,6 +62,10 @@ class Maintenance:
             claims = await self.dispatch.reap(queue)
             if claims:
                 rescued += await self._rescue(claims)
+            ready, delayed, inflight = await self.dispatch.depth(queue)
+            metrics.QUEUE_DEPTH.labels(queue, "ready").set(ready)
+            metrics.QUEUE_DEPTH.labels(queue, "delayed").set(delayed)
+            metrics.QUEUE_DEPTH.labels(queue, "in_flight").set(inflight)
         return rescued
 
     async def sweep_and_reconcile(self) -> None:
@@ -87,6 +92,8 @@ class Maintenance:
 
     async def _rescue(self, claims: list[Claim]) -> int:
         entries = await self.store.rescue_jobs(claims)
+        for e in entries:
+            metrics.LEASES_RESCUED.labels(e.queue).inc()
         if entries:
             requeued = [e for e in entries if e.state.value in ("queued", "scheduled")]
             await self.dispatch.enqueue(requeued)
@@ -105,5 +112,6 @@ class Maintenance:
             added += await self.dispatch.enqueue(page)
             after = page[-1].id
         if added:
+            metrics.JOBS_REINDEXED.inc(added)
             log.warning("reconciler indexed %d jobs Redis was missing", added)
         return added

@@ -20,8 +20,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 from taskflow.adapters.postgres import PostgresStore
 from taskflow.adapters.redis import RedisDispatch, WakeListener
+from taskflow import metrics
 from taskflow.config import Settings
 from taskflow.models import Claim, Outcome, StartedJob
+from taskflow.states import JobState
 from taskflow.supervise import every, supervised
 from taskflow.worker.registry import JobContext, Registry
 from taskflow.worker.runner import Runner
@@ -36,13 +38,21 @@ def worker_name() -> str:
 class _Held:
     """A lease this worker holds: while the handler runs and until its outcome is stored."""
 
-    __slots__ = ("claim", "queue", "task", "ctx")
+    __slots__ = ("claim", "queue", "task", "ctx", "cancel_requested")
 
     def __init__(self, claim: Claim, queue: str) -> None:
         self.claim = claim
         self.queue = queue
         self.task: asyncio.Task[None] | None = None
         self.ctx: JobContext | None = None
+        self.cancel_requested = False
+
+    def stop(self) -> None:
+        """Cancel the handler, and tell a sync handler (which cannot be interrupted)."""
+        if self.ctx is not None and self.ctx.cancelled is not None:
+            self.ctx.cancelled.set()
+        if self.task is not None:
+            self.task.cancel()
 
 
 class Worker:
@@ -69,7 +79,7 @@ class Worker:
         self.lease_ms = int(self.cfg.lease_ttl * 1000)
         self.threads = ThreadPoolExecutor(self.cfg.sync_threads, thread_name_prefix="taskflow-job")
         self.runner = Runner(settings, registry, self.threads)
-        self.wake = WakeListener(dispatch, self.queues)
+        self.wake = WakeListener(dispatch, self.queues, on_cancel=self._cancel_requested)
         self.held: dict[str, _Held] = {}  # job id -> lease held
         self.running = 0
         self.outcomes: list[Outcome] = []
@@ -78,6 +88,7 @@ class Worker:
         self._flushed = asyncio.Event()
         self._max_buffered = max(self.concurrency, self.cfg.claim_batch) * 2
         self._next_queue = 0
+        metrics.WORKER_RUNNING.set_function(lambda: self.running)
 
     # -- the main loop -------------------------------------------------------------------
 
@@ -161,6 +172,7 @@ class Worker:
         for job in started:
             held = self.held[str(job.id)]
             self.running += 1
+            metrics.JOBS_STARTED.labels(queue, job.task).inc()
             held.task = asyncio.create_task(self._run(job, held), name=f"job {job.id}")
         return len(started)
 
@@ -174,15 +186,29 @@ class Worker:
                           len(claims))
 
     async def _run(self, job: StartedJob, held: _Held) -> None:
+        began = time.perf_counter()
         try:
             outcome = await self.runner.execute(job, ctx_hook=lambda ctx: setattr(held, "ctx", ctx))
         except asyncio.CancelledError:
-            return  # lease lost or shutdown: whoever cancelled owns the lease now
+            if not held.cancel_requested:
+                return  # lease lost or shutdown: no outcome of ours to record
+            outcome = Outcome(job.id, job.lease_token, JobState.CANCELLED, "cancelled",
+                              time.perf_counter() - began, error="cancelled while running")
         finally:
             self.running -= 1
             self._slot_freed.set()
+        metrics.JOBS_FINISHED.labels(job.queue, job.task, outcome.outcome).inc()
+        metrics.JOB_DURATION.labels(job.queue, job.task).observe(outcome.duration)
         self.outcomes.append(outcome)
         self._outcomes_ready.set()
+
+    def _cancel_requested(self, job_id: str) -> None:
+        held = self.held.get(job_id)
+        if held is None or held.task is None or held.task.done() or held.cancel_requested:
+            return
+        log.info("cancelling running job %s on request", job_id)
+        held.cancel_requested = True
+        held.stop()
 
     # -- recording outcomes --------------------------------------------------------------
 
@@ -205,8 +231,10 @@ class Worker:
             self.outcomes[:0] = batch
             self._outcomes_ready.set()
             raise
+        metrics.FLUSH_BATCH.observe(len(batch))
         fenced = len(batch) - len(moved)
         if fenced:
+            metrics.OUTCOMES_REFUSED.inc(fenced)
             log.warning("%d outcomes refused: their leases were taken over", fenced)
         released: dict[str, list[Claim]] = {}
         for o in batch:
@@ -234,9 +262,12 @@ class Worker:
             by_queue.setdefault(held.queue, []).append(held.claim)
         for queue, claims in by_queue.items():
             for i in range(0, len(claims), 1000):
-                lost = await self.dispatch.extend(queue, claims[i : i + 1000], self.lease_ms)
+                lost, cancel = await self.dispatch.extend(
+                    queue, claims[i : i + 1000], self.lease_ms)
                 for job_id in lost:
                     self._abandon(job_id)
+                for job_id in cancel:
+                    self._cancel_requested(job_id)
 
     def _abandon(self, job_id: str) -> None:
         """Our lease on this job is gone: stop its handler; its outcome would be fenced."""
@@ -244,10 +275,7 @@ class Worker:
         if held is None:
             return
         log.warning("lost the lease on job %s; stopping its handler", job_id)
-        if held.ctx is not None and held.ctx.cancelled is not None:
-            held.ctx.cancelled.set()
-        if held.task is not None:
-            held.task.cancel()
+        held.stop()
 
     # -- shutdown ------------------------------------------------------------------------
 
@@ -264,9 +292,7 @@ class Worker:
         unfinished: dict[str, list[Claim]] = {}
         for held in list(self.held.values()):
             if held.task in pending:
-                held.task.cancel()
-                if held.ctx is not None and held.ctx.cancelled is not None:
-                    held.ctx.cancelled.set()
+                held.stop()
                 unfinished.setdefault(held.queue, []).append(held.claim)
                 self.held.pop(held.claim.id)
         if pending:

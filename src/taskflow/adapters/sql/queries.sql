@@ -69,19 +69,23 @@ RETURNING j.id, j.task, j.queue, j.payload::text AS payload, j.priority, j.attem
 -- Ends a batch of running attempts in one statement: each row names the state the job
 -- moves to (succeeded, scheduled or queued for a retry, failed, cancelled), and the
 -- attempt's outcome. The token guard fences off workers whose lease was taken over.
+-- A retry of a job whose cancellation was requested ends it cancelled instead (the
+-- request is durable here even if the worker never heard of it).
 WITH done AS (
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::job_state[], $4::text[], $5::text[],
                          $6::float8[], $7::text[], $8::float8[])
         AS d(id, token, state, result, error, delay, outcome, duration)
 ), moved AS (
     UPDATE jobs AS j
-    SET state = d.state,
+    SET state = CASE WHEN j.cancel_requested AND d.state IN ('scheduled', 'queued')
+                     THEN 'cancelled' ELSE d.state END,
         result = CASE WHEN d.state = 'succeeded' THEN d.result::jsonb ELSE j.result END,
         error = d.error,
-        run_at = CASE WHEN d.state IN ('scheduled', 'queued')
+        run_at = CASE WHEN d.state IN ('scheduled', 'queued') AND NOT j.cancel_requested
                       THEN now() + make_interval(secs => coalesce(d.delay, 0))
                       ELSE j.run_at END,
         finished_at = CASE WHEN d.state IN ('succeeded', 'failed', 'cancelled')
+                                OR j.cancel_requested
                            THEN now() END,
         lease_token = NULL
     FROM done AS d
@@ -91,7 +95,8 @@ WITH done AS (
 ), recorded AS (
     INSERT INTO job_attempts (job_id, attempt, worker, started_at, finished_at, duration,
                               outcome, error)
-    SELECT m.id, m.attempts, m.worker, m.started_at, now(), d.duration, d.outcome, d.error
+    SELECT m.id, m.attempts, m.worker, m.started_at, now(), d.duration,
+           CASE WHEN m.state = 'cancelled' THEN 'cancelled' ELSE d.outcome END, d.error
     FROM moved AS m JOIN done AS d USING (id)
 )
 SELECT id, queue, priority, run_at, state FROM moved;

@@ -1,0 +1,106 @@
+"""Shared benchmark plumbing: servers, a fresh database, worker processes, figures."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+
+from taskflow.adapters.embedded import EmbeddedPostgres, EmbeddedRedis
+from taskflow.config import Settings, settings_from_dict
+from taskflow.runtime import Stores, open_stores
+
+
+class Servers:
+    def __init__(self, database_url: str, redis_url: str, data_dir: Path) -> None:
+        self.database_url = database_url
+        self.redis_url = redis_url
+        self.data_dir = data_dir
+
+
+@contextlib.contextmanager
+def servers() -> Iterator[Servers]:
+    """The servers named by TASKFLOW_DATABASE_URL / TASKFLOW_REDIS_URL, else embedded ones;
+    a fresh database either way (dropped at the end)."""
+    data_dir = Path(tempfile.mkdtemp(prefix="taskflow-bench-"))
+    os.chmod(data_dir, 0o755)
+    started: list = []
+    admin = os.environ.get("TASKFLOW_DATABASE_URL", "")
+    if not admin:
+        started.append(EmbeddedPostgres(data_dir / "postgres"))
+        admin = started[-1].url
+    redis_url = os.environ.get("TASKFLOW_REDIS_URL", "")
+    if not redis_url:
+        started.append(EmbeddedRedis(data_dir / "redis"))
+        redis_url = started[-1].url
+    name = f"taskflow_bench_{uuid.uuid4().hex[:8]}"
+
+    async def ddl(sql: str) -> None:
+        conn = await asyncpg.connect(admin)
+        await conn.execute(sql)
+        await conn.close()
+
+    asyncio.run(ddl(f'CREATE DATABASE "{name}"'))
+    base, sep, query = admin.partition("?")
+    try:
+        yield Servers(f"{base.rpartition('/')[0]}/{name}{sep}{query}", redis_url, data_dir)
+    finally:
+        asyncio.run(ddl(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        for server in reversed(started):
+            server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def bench_settings(srv: Servers) -> Settings:
+    return settings_from_dict({"database_url": srv.database_url, "redis_url": srv.redis_url,
+                               "data_dir": str(srv.data_dir)})
+
+
+@contextlib.asynccontextmanager
+async def stores(srv: Servers, *, migrate: bool = False) -> AsyncIterator[Stores]:
+    async with open_stores(bench_settings(srv), srv.database_url, srv.redis_url,
+                           apply_migrations=migrate) as s:
+        yield s
+
+
+class WorkerProcess:
+    """``taskflow work`` as its own process, as it runs in production."""
+
+    def __init__(self, srv: Servers, *args: str, **env: str) -> None:
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("TASKFLOW_")}
+        full_env.update({"TASKFLOW_DATABASE_URL": srv.database_url,
+                         "TASKFLOW_REDIS_URL": srv.redis_url,
+                         "TASKFLOW_DATA_DIR": str(srv.data_dir),
+                         "TASKFLOW_LOG_LEVEL": "WARNING",
+                         "TASKFLOW_WORKER__METRICS_PORT": "0", **env})
+        self.process = subprocess.Popen([sys.executable, "-m", "taskflow.cli", "work", *args],
+                                        env=full_env)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def report(name: str, value: float, unit: str, note: str = "") -> None:
+    print(f"  {name:<48} {value:>12,.1f} {unit}{'  ' + note if note else ''}", flush=True)

@@ -1,0 +1,97 @@
+"""The built-in http task against a real HTTP server on loopback."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+from aiohttp import web
+
+from taskflow.adapters.embedded import free_port
+from taskflow.states import JobState
+from tests.conftest import make_settings
+from tests.helpers import running_worker, submit_jobs, wait_for_states
+
+DONE = {"succeeded", "failed"}
+
+
+@pytest.fixture
+async def server():
+    calls: dict[str, int] = {}
+
+    async def handle(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        calls[name] = calls.get(name, 0) + 1
+        if name == "ok":
+            body = await request.json() if request.can_read_body else None
+            return web.json_response({"method": request.method, "got": body,
+                                      "header": request.headers.get("X-Test")})
+        if name == "flaky":  # 503 once, then fine
+            return web.Response(status=503 if calls[name] == 1 else 200, text="flaky")
+        if name == "missing":
+            return web.Response(status=404, text="no such thing")
+        if name == "busy":
+            return web.Response(status=429, headers={"Retry-After": "0"}, text="slow down")
+        if name == "redirect":
+            raise web.HTTPFound("http://127.0.0.1:1/elsewhere")
+        return web.Response(status=500)
+
+    app = web.Application()
+    app.router.add_route("*", "/{name}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield f"http://127.0.0.1:{port}", calls
+    await runner.cleanup()
+
+
+async def test_http_task_statuses(stores, settings, server):
+    base, calls = server
+    ids = await submit_jobs(
+        stores,
+        {"task": "http", "payload": {"url": f"{base}/ok", "method": "POST",
+                                     "body": {"a": 1}, "headers": {"X-Test": "yes"}}},
+        {"task": "http", "payload": {"url": f"{base}/flaky"}},
+        {"task": "http", "payload": {"url": f"{base}/missing"}, "max_attempts": 5},
+        {"task": "http", "payload": {"url": f"{base}/busy"}, "max_attempts": 2},
+        {"task": "http", "payload": {"url": f"{base}/redirect"}, "max_attempts": 5},
+        {"task": "http", "payload": {"url": "http://127.0.0.1:1/refused"}, "max_attempts": 2},
+        {"task": "http", "payload": {"url": "ftp://example.com/x"}, "max_attempts": 5},
+    )
+    async with running_worker(stores, settings):
+        jobs = await wait_for_states(stores, ids, DONE, timeout=20)
+    ok, flaky, missing, busy, redirect, refused, ftp = jobs_in_order(jobs, ids)
+    assert ok.state is JobState.SUCCEEDED
+    assert msgspec.json.decode(ok.result["body"]) == {"method": "POST", "got": {"a": 1},
+                                                      "header": "yes"}
+    assert flaky.state is JobState.SUCCEEDED and flaky.attempts == 2
+    assert missing.state is JobState.FAILED and missing.attempts == 1  # 4xx: no retry
+    assert "answered 404" in missing.error
+    assert busy.state is JobState.FAILED and busy.attempts == 2 and calls["busy"] == 2
+    assert redirect.state is JobState.FAILED and redirect.attempts == 1  # not followed
+    assert refused.state is JobState.FAILED and refused.attempts == 2  # connection: retried
+    assert "ConnectionError" in refused.error
+    assert ftp.state is JobState.FAILED and "http(s) URL" in ftp.error
+
+
+async def test_http_task_cannot_reach_internal_addresses_unless_allowed(
+        stores, servers, server):
+    base, calls = server
+    locked = make_settings(servers, outbound={"allowed_networks": []})
+    ids = await submit_jobs(
+        stores,
+        {"task": "http", "payload": {"url": f"{base}/ok"}, "max_attempts": 3},
+        {"task": "http", "payload": {"url": base.replace("127.0.0.1", "localhost") + "/ok"},
+         "max_attempts": 3},
+    )
+    async with running_worker(stores, locked):
+        jobs = await wait_for_states(stores, ids, DONE, timeout=20)
+    for job in jobs:
+        assert job.state is JobState.FAILED and job.attempts == 1
+        assert "may not reach" in job.error
+    assert "ok" not in calls
+
+
+def jobs_in_order(jobs, ids):
+    by_id = {j.id: j for j in jobs}
+    return [by_id[i] for i in ids]

@@ -1,0 +1,39 @@
+import uuid
+
+import pytest
+
+from taskflow.adapters.sql import parse_queries
+from taskflow.config import OutboundSettings
+from taskflow.ids import uuid7
+from taskflow.outbound import AddressGuard, BlockedDestination
+
+
+def test_uuid7_is_version_7_and_time_ordered():
+    ids = [uuid7() for _ in range(5000)]
+    assert all(i.version == 7 and i.variant == uuid.RFC_4122 for i in ids)
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert ids == sorted(ids, key=str)  # text order too (Redis ties, paging)
+
+
+def test_named_queries_parse_and_reject_duplicates():
+    text = "-- name: a\nSELECT 1;\n\n-- name: b\n-- comment\nSELECT 2;\n"
+    assert parse_queries(text) == {"a": "SELECT 1;", "b": "-- comment\nSELECT 2;"}
+    with pytest.raises(ValueError, match="'a' is defined twice"):
+        parse_queries(text + "-- name: a\nSELECT 3;")
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "10.1.2.3", "192.168.0.1", "169.254.169.254",
+                                     "::1", "fe80::1", "::ffff:127.0.0.1", "0.0.0.0", "fc00::1"])
+def test_outbound_refuses_internal_addresses_by_default(address):
+    guard = AddressGuard(OutboundSettings())
+    assert not guard.permits(address)
+    with pytest.raises(BlockedDestination, match="outbound.allowed_networks"):
+        guard.check("example", [address])
+
+
+def test_outbound_allows_public_and_operator_allowed_networks():
+    guard = AddressGuard(OutboundSettings(allowed_networks=("10.0.0.0/8",)))
+    assert guard.permits("93.184.216.34")
+    assert guard.permits("10.9.9.9")
+    assert not guard.permits("127.0.0.1")
+    assert AddressGuard(OutboundSettings(allow_private=True)).permits("127.0.0.1")
