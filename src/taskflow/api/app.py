@@ -89,6 +89,7 @@ def create_app(settings: Settings, stores: Stores, *, debug: bool = False) -> Li
             security=[{"bearer": []}],
             path="/schema",
         ),
+        logging_config=None,  # the CLI configured logging already
         debug=debug,
     )
     use_msgspec_schemas(app)

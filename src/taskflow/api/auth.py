@@ -25,13 +25,13 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
 from taskflow.api.errors import ApiError, Unavailable
+from taskflow.api.scopes import ADMIN, READ, WRITE
 from taskflow.config import AuthSettings, ConfigError, Settings
 
-READ = "tasks:read"
-WRITE = "tasks:write"
-ADMIN = "admin"
-SCOPES = (READ, WRITE, ADMIN)
 MIN_SECRET_BYTES = 32
+
+__all__ = ["ADMIN", "READ", "WRITE", "Principal", "TokenVerifier", "JwtAuthMiddleware",
+           "scope_guard", "mint_token", "resolve_jwt_secret"]
 
 
 class Principal(msgspec.Struct, frozen=True):

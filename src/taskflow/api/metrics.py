@@ -1,5 +1,7 @@
-"""Prometheus metrics of the API: submitted jobs by queue, request latency by route and
-status. Each app has its own registry (several apps can live in one test process)."""
+"""Prometheus metrics of the API process: request latency by route and status (this app's
+own registry, so several apps can live in one test process), plus the process-wide
+metrics of :mod:`taskflow.metrics` (jobs submitted by queue; in ``taskflow dev`` the
+worker's too)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import time
 from typing import Any
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Histogram, generate_latest
 
 # Submits take a millisecond or two when all is well; the buckets resolve that.
 _BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -17,14 +19,13 @@ _BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 class ApiMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.submitted = Counter(
-            "taskflow_api_jobs_submitted", "Jobs created through the API.", ["queue"],
-            registry=self.registry,
-        )
         self.latency = Histogram(
             "taskflow_api_request_duration_seconds", "HTTP request latency.",
             ["method", "route", "status"], buckets=_BUCKETS, registry=self.registry,
         )
+
+    def exposition(self) -> bytes:
+        return generate_latest(REGISTRY) + generate_latest(self.registry)
 
     def middleware(self, app: ASGIApp) -> ASGIApp:
         """ASGI middleware timing each request (route = the path template, so ids do not

@@ -7,7 +7,7 @@ import asyncio
 from litestar import Controller, Response, get
 from litestar.datastructures import State
 from litestar.openapi import ResponseSpec
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from taskflow.api.errors import Unavailable
 from taskflow.api.schemas import Health, Problem
@@ -47,10 +47,10 @@ class HealthController(Controller):
     @get("/metrics", summary="Prometheus metrics of this API process",
          media_type=CONTENT_TYPE_LATEST)
     async def metrics(self, state: State) -> Response[bytes]:
-        return Response(generate_latest(state.api.metrics.registry),
+        return Response(state.api.metrics.exposition(),
                         media_type=CONTENT_TYPE_LATEST)
 
     @get("/actuator/prometheus", include_in_schema=False, media_type=CONTENT_TYPE_LATEST)
     async def actuator_prometheus(self, state: State) -> Response[bytes]:
-        return Response(generate_latest(state.api.metrics.registry),
+        return Response(state.api.metrics.exposition(),
                         media_type=CONTENT_TYPE_LATEST)

@@ -85,8 +85,6 @@ class TaskController(Controller):
         job = api.submitter.new_job(data, request.auth.tenant)
         async with api.deadline():
             created, out = await api.submitter.submit_one(job)
-        if created:
-            api.metrics.submitted.labels(job.queue).inc()
         return Response(out, status_code=201 if created else 200)
 
     @post("/batch", opt={"scope": WRITE}, status_code=201, summary="Submit jobs, all or none",
@@ -99,13 +97,6 @@ class TaskController(Controller):
                for i, spec in enumerate(data.tasks)]
         async with api.deadline():
             ids = await api.submitter.submit_batch(new)
-        made = set(ids)
-        counts: dict[str, int] = {}
-        for job in new:
-            if job.id in made:
-                counts[job.queue] = counts.get(job.queue, 0) + 1
-        for queue, n in counts.items():
-            api.metrics.submitted.labels(queue).inc(n)
         return BatchCreated(ids)
 
     @get("/", opt={"scope": READ}, summary="List jobs, newest first", responses=_READ_ERRORS)
