@@ -105,6 +105,10 @@ async def retry(
     attempt left. None when the job is in neither state (see ``get_tenant_job`` for why)."""
     job = await store.retry_job(job_id, tenant)
     if job is not None:
-        await _index(dispatch, [DispatchEntry(job.id, job.queue, job.priority, job.run_at,
-                                              job.state)])
+        entry = DispatchEntry(job.id, job.queue, job.priority, job.run_at, job.state)
+        try:
+            await dispatch.reindex([entry])
+        except Exception:
+            log.exception("job %s is queued again but could not be indexed in Redis; the "
+                          "reconciler will", job.id)
     return job
