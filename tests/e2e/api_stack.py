@@ -53,7 +53,7 @@ class Isolated(TestServers):
         await conn.close()
 
 
-def token(tenant: str, scopes: Iterable[str] = (READ, WRITE), *, key: Any = SECRET,
+def token(tenant: str, /, scopes: Iterable[str] = (READ, WRITE), *, key: Any = SECRET,
           alg: str = "HS256", ttl: float = 600, headers: dict[str, Any] | None = None,
           **claims: Any) -> str:
     now = int(time.time())

@@ -24,9 +24,10 @@ class _Server(uvicorn.Server):
         yield
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, backlog: int = 4096) -> socket.socket:
     """The listening socket, bound now so that the caller knows the port (``port=0``
-    picks a free one) and a port in use fails before anything else starts."""
+    picks a free one) and a port in use fails before anything else starts. It listens at
+    once: connections made before uvicorn is up wait in the backlog."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -35,6 +36,7 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError:
         sock.close()
         raise
+    sock.listen(backlog)
     sock.set_inheritable(True)
     return sock
 
