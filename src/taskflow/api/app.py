@@ -60,7 +60,8 @@ def create_app(settings: Settings, stores: Stores, *, debug: bool = False) -> Li
     verifier = TokenVerifier(settings.auth, resolve_jwt_secret(settings),
                              settings.api.token_cache_size)
     metrics = ApiMetrics()
-    submitter = Submitter(settings, stores, known_tasks(settings))
+    known = known_tasks(settings)
+    submitter = Submitter(settings, stores, known)
     api = ApiContext(settings, stores, submitter, verifier, metrics)
 
     async def close() -> None:
@@ -92,6 +93,6 @@ def create_app(settings: Settings, stores: Stores, *, debug: bool = False) -> Li
         logging_config=None,  # the CLI configured logging already
         debug=debug,
     )
-    use_msgspec_schemas(app)
+    use_msgspec_schemas(app, known.names if known.reject_unknown else None)
     return app
 

@@ -8,6 +8,7 @@ Schema of the same structs, the one decoding enforces.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import msgspec
@@ -31,12 +32,15 @@ class _JsonSchema(Schema):
         return self.document
 
 
-def use_msgspec_schemas(app: Litestar) -> None:
+def use_msgspec_schemas(app: Litestar, known_tasks: Collection[str] | None) -> None:
+    """``known_tasks``: when only those are accepted, the schema lists them."""
     _, components = msgspec.json.schema_components(
         _BODIES, ref_template="#/components/schemas/{name}")
     openapi = app.openapi_schema
     registry = openapi.components.schemas
     if registry is None:
         registry = openapi.components.schemas = {}
+    if known_tasks is not None:
+        components["JobSpec"]["properties"]["task"]["enum"] = sorted(known_tasks)
     for name, document in components.items():
         registry[name] = _JsonSchema(document)

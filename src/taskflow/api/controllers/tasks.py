@@ -12,6 +12,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
+import msgspec
 import redis.exceptions
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
@@ -58,6 +59,20 @@ def decode_cursor(cursor: str) -> uuid.UUID:
     except (binascii.Error, ValueError):
         raise ApiError(422, "cursor: not a cursor this API gave out (use next_cursor as is)",
                        field="cursor") from None
+
+
+_Timestamp = Annotated[datetime, msgspec.Meta(tz=True)]
+
+
+def _timestamp(name: str, text: str | None) -> datetime | None:
+    """RFC 3339 with a time zone, nothing else (no epoch numbers, no naive times)."""
+    if text is None:
+        return None
+    try:
+        return msgspec.convert(text, _Timestamp)
+    except msgspec.ValidationError as exc:
+        raise ApiError(422, f"{name}: {exc} (want RFC 3339, e.g. 2030-01-31T12:00:00Z)",
+                       field=name) from None
 
 
 def _labels(pairs: list[str] | None) -> dict[str, str]:
@@ -113,9 +128,11 @@ class TaskController(Controller):
         task: Annotated[str | None, Parameter(max_length=200)] = None,
         label: Annotated[list[str] | None, Parameter(
             description="repeatable key=value: jobs carrying every one of these labels")] = None,
-        created_after: Annotated[datetime | None, Parameter(
+        created_after: Annotated[str | None, Parameter(
+            schema_extra={"format": "date-time"},
             description="RFC 3339; created at or after")] = None,
-        created_before: Annotated[datetime | None, Parameter(
+        created_before: Annotated[str | None, Parameter(
+            schema_extra={"format": "date-time"},
             description="RFC 3339; created before")] = None,
         tenant: Annotated[str | None, Parameter(
             description="admin only: this tenant's jobs (default: every tenant's)")] = None,
@@ -128,7 +145,8 @@ class TaskController(Controller):
         query = JobQuery(
             limit=limit + 1, before=decode_cursor(cursor) if cursor else None,
             states=tuple(job_state or ()), queue=queue, task=task, labels=_labels(label),
-            created_after=created_after, created_before=created_before, tenant=tenant,
+            created_after=_timestamp("created_after", created_after),
+            created_before=_timestamp("created_before", created_before), tenant=tenant,
         )
         async with api.deadline():
             found = await api.store.list_jobs(
