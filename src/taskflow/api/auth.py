@@ -249,7 +249,7 @@ class TokenVerifier:
         tenant = claims.get(self.auth.tenant_claim)
         if not isinstance(tenant, str) or not tenant:
             raise InvalidToken(f"token has no {self.auth.tenant_claim!r} claim (the tenant)")
-        raw = claims.get("scope", claims.get("scp", ()))
+        raw = claims.get("scope") or claims.get("scp") or ()
         scopes = raw.split() if isinstance(raw, str) else raw
         if not isinstance(scopes, list | tuple) or not all(isinstance(s, str) for s in scopes):
             raise InvalidToken("token 'scope' must be a space-separated string or a list")

@@ -53,7 +53,7 @@ class Unavailable(ApiError):
         super().__init__(503, detail, headers={"Retry-After": "1"})
 
 
-_AT = re.compile(r"^(.*) - at `\$(.*)`$", re.DOTALL)
+_AT = re.compile(r"^(.*) - at (`key` in )?`\$(.*)`$", re.DOTALL)
 
 
 def invalid_body(exc: msgspec.ValidationError | msgspec.DecodeError) -> ApiError:
@@ -63,7 +63,9 @@ def invalid_body(exc: msgspec.ValidationError | msgspec.DecodeError) -> ApiError
     if isinstance(exc, msgspec.ValidationError):
         match = _AT.match(text)
         if match:
-            rule, path = match.group(1), match.group(2).lstrip(".") or "(body)"
+            rule, path = match.group(1), match.group(3).lstrip(".") or "(body)"
+            if match.group(2):
+                rule = f"a key: {rule}"
             return ApiError(422, f"{path}: {rule}", field=path)
         return ApiError(422, text)
     return ApiError(400, f"request body is not valid JSON: {text}")
