@@ -54,6 +54,9 @@ async def latency(base: str, token: str, samples: int) -> dict:
                     break
                 if state in ("failed", "cancelled"):
                     raise RuntimeError(f"job {job['id']} ended {state}")
+                # Half a millisecond between reads: back-to-back reads would compete with
+                # the worker for the two cores and slow down what they measure.
+                await asyncio.sleep(0.0005)
             out.append(time.perf_counter() - began)
             await asyncio.sleep(0.01)  # idle between jobs
     return {"latencies": out[10:]}  # the first few warm connections and caches

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 
 from taskflow.api.auth import TokenVerifier
 from taskflow.api.metrics import ApiMetrics
@@ -27,8 +25,6 @@ class ApiContext:
         self.metrics = metrics
         self.timeout = settings.api.backend_timeout
 
-    @contextlib.asynccontextmanager
-    async def deadline(self) -> AsyncIterator[None]:
+    def deadline(self) -> asyncio.Timeout:
         """Bounds a request's wait on the stores; a TimeoutError becomes a 503."""
-        async with asyncio.timeout(self.timeout):
-            yield
+        return asyncio.timeout(self.timeout)

@@ -55,6 +55,7 @@ async def run_api(app: Any, sock: socket.socket, stop: asyncio.Event) -> None:
         access_log=False,
         log_level="warning",
         server_header=False,
+        proxy_headers=False,  # we listen on loopback or behind an ingress that rewrites
         timeout_graceful_shutdown=10,
         backlog=4096,
     )
