@@ -104,3 +104,24 @@ def percentile(values: list[float], p: float) -> float:
 
 def report(name: str, value: float, unit: str, note: str = "") -> None:
     print(f"  {name:<48} {value:>12,.1f} {unit}{'  ' + note if note else ''}", flush=True)
+
+
+# Benchmark bookkeeping only (the engine's own SQL lives in queries.sql).
+COUNT_SUCCEEDED = "SELECT count(*) FROM jobs WHERE state = 'succeeded'"
+RUN_WINDOW = ("SELECT extract(epoch FROM max(finished_at) - min(started_at)) FROM jobs "
+              "WHERE state = 'succeeded'")
+RESET = "TRUNCATE jobs, job_attempts, job_dependencies, workflows"
+# One worker process sized for throughput: many handlers, large claim batches.
+FAST_WORKER = {"TASKFLOW_WORKER__CONCURRENCY": "500", "TASKFLOW_WORKER__CLAIM_BATCH": "500"}
+
+
+async def drain(srv: Servers, s: Stores, total: int) -> float:
+    """Start one worker process on what is queued, wait until ``total`` jobs succeeded;
+    returns the seconds from the first start to the last finish (PostgreSQL's clock)."""
+    worker = WorkerProcess(srv, **FAST_WORKER)
+    try:
+        while await s.store.pool.fetchval(COUNT_SUCCEEDED) < total:
+            await asyncio.sleep(0.05)
+    finally:
+        worker.stop()
+    return float(await s.store.pool.fetchval(RUN_WINDOW))

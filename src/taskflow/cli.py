@@ -88,19 +88,22 @@ def main(argv: list[str] | None = None) -> None:
         "serve": _serve,
         "dev": _dev,
     }
-    # The API's hot path gains from uvloop; the other roles keep asyncio's loop.
-    loop_factory = None
-    if args.command in ("serve", "dev"):
-        from taskflow.api.server import event_loop_factory
-
-        loop_factory = event_loop_factory()
     with servers(settings) as embedded:
         settings_urls = (embedded.database_url, embedded.redis_url)
         try:
-            with asyncio.Runner(loop_factory=loop_factory) as runner:
-                runner.run(commands[args.command](settings, args, *settings_urls))
+            _run(commands[args.command](settings, args, *settings_urls))
         except KeyboardInterrupt:
             pass
+
+
+def _run(main: Awaitable[None]) -> None:
+    """Run on uvloop where it is installed (a faster event loop), else on asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)  # type: ignore[arg-type]
+    else:
+        uvloop.run(main)  # type: ignore[arg-type]
 
 
 def _stop_event() -> asyncio.Event:

@@ -14,7 +14,7 @@ from msgspec import Struct
 from taskflow import metrics
 from taskflow.adapters.postgres import InsertResult, PostgresStore
 from taskflow.adapters.redis import RedisDispatch
-from taskflow.models import DispatchEntry, Job, NewJob
+from taskflow.models import DispatchEntry, Job, NewJob, Workflow, WorkflowNode
 from taskflow.states import JobState
 
 log = logging.getLogger(__name__)
@@ -112,3 +112,21 @@ async def retry(
             log.exception("job %s is queued again but could not be indexed in Redis; the "
                           "reconciler will", job.id)
     return job
+
+
+async def submit_workflow(
+    store: PostgresStore, dispatch: RedisDispatch, tenant: str, name: str,
+    nodes: Sequence[WorkflowNode],
+) -> tuple[Workflow, dict[str, uuid.UUID]]:
+    """Create a workflow's jobs and edges atomically, then index its root jobs. The
+    graph must have passed :func:`taskflow.dag.check_workflow`."""
+    workflow, ids = await store.insert_workflow(tenant, name, nodes)
+    for node in nodes:
+        metrics.JOBS_SUBMITTED.labels(node.job.queue).inc()
+    roots = await store.workflow_entries(workflow.id)
+    try:
+        await dispatch.enqueue(roots)
+    except Exception:
+        log.exception("committed workflow %s but could not index it in Redis; the "
+                      "reconciler will", workflow.id)
+    return workflow, ids

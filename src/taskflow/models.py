@@ -18,6 +18,15 @@ PRIORITY_MIN = -1000
 PRIORITY_MAX = 1000
 
 
+class UnknownUpstreams(ValueError):
+    """``depends_on`` names jobs that do not exist for this tenant."""
+
+    def __init__(self, ids: list[uuid.UUID]) -> None:
+        listed = ", ".join(str(i) for i in ids)
+        super().__init__(f"depends_on names jobs that do not exist: {listed}")
+        self.ids = ids
+
+
 class NewJob(Struct, frozen=True, kw_only=True):
     """A job to create. ``max_attempts`` must be resolved (task policy) by the caller."""
 
@@ -33,6 +42,7 @@ class NewJob(Struct, frozen=True, kw_only=True):
     timeout: float | None = None
     idempotency_key: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    depends_on: tuple[uuid.UUID, ...] = ()  # existing jobs of the same tenant
     id: uuid.UUID = field(default_factory=uuid7)
 
 
@@ -71,6 +81,7 @@ class StartedJob(Struct, frozen=True):
     timeout: float | None
     lease_token: str
     tenant: str
+    upstream_count: int
 
 
 class Outcome(Struct, frozen=True):
@@ -111,6 +122,29 @@ class Job(Struct, frozen=True):
     lease_token: str | None
     worker: str | None
     cancel_requested: bool
+    workflow_id: uuid.UUID | None
+    node: str | None
+    upstream_count: int
+    pending_upstreams: int
+    has_dependents: bool
+    cancelled_by: uuid.UUID | None
+
+
+class WorkflowNode(Struct, frozen=True, kw_only=True):
+    """A job of a workflow: ``job`` and the names of the nodes it runs after."""
+
+    name: str
+    job: NewJob
+    after: tuple[str, ...] = ()
+
+
+class Workflow(Struct, frozen=True):
+    """A workflow as PostgreSQL holds it."""
+
+    id: uuid.UUID
+    tenant: str
+    name: str
+    created_at: datetime
 
 
 class Attempt(Struct, frozen=True):

@@ -18,3 +18,10 @@ async def retry_later(ctx: taskflow.JobContext) -> int:
     if ctx.attempt == 1:
         raise taskflow.RetryAfter(0.2, "not yet")
     return ctx.attempt
+
+
+@taskflow.task("sample.collect")
+async def collect(ctx: taskflow.JobContext) -> dict:
+    """Sums the `i` of its upstream results (fan-in tests)."""
+    results = ctx.upstream_results.values()
+    return {"n": len(ctx.upstream_results), "sum": sum(r["i"] for r in results)}

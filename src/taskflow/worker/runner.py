@@ -70,13 +70,15 @@ class Runner:
         seconds = job.timeout if job.timeout is not None else self.settings.timeout_for(job.task)
         return seconds or None
 
-    async def execute(self, job: StartedJob, ctx_hook: Any = None) -> Outcome:
+    async def execute(
+        self, job: StartedJob, ctx_hook: Any = None, upstream: dict[str, Any] | None = None
+    ) -> Outcome:
         """Run one attempt; returns its outcome. Raises only CancelledError when the
-        attempt itself is cancelled."""
+        attempt itself is cancelled. ``upstream``: results of the direct upstream jobs."""
         began = time.perf_counter()
         retry_after: float | None = None
         try:
-            result = await self._call(job, ctx_hook)
+            result = await self._call(job, ctx_hook, upstream)
             try:
                 encoded = _encode(result).decode()
             except (TypeError, ValueError, OverflowError) as exc:
@@ -113,7 +115,9 @@ class Runner:
         return Outcome(job.id, job.lease_token, state, "retried", duration, error=error,
                        delay=decision.delay)
 
-    async def _call(self, job: StartedJob, ctx_hook: Any) -> Any:
+    async def _call(
+        self, job: StartedJob, ctx_hook: Any, upstream: dict[str, Any] | None
+    ) -> Any:
         handler = self.registry.get(job.task)
         if handler is None:
             known = ", ".join(self.registry.names())
@@ -127,7 +131,8 @@ class Runner:
             raise AttemptError(f"payload rejected by task {job.task!r}: {exc}",
                                retryable=False) from None
         ctx = JobContext(job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempts,
-                         max_attempts=job.max_attempts, tenant=job.tenant, payload=payload)
+                         max_attempts=job.max_attempts, tenant=job.tenant, payload=payload,
+                         upstream_results=upstream)
         if ctx_hook is not None:
             ctx_hook(ctx)
         timeout = self.timeout(job)

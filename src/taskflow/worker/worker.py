@@ -169,11 +169,23 @@ class Worker:
             await self._release_unstarted(
                 queue, [c for c in claims if c.id not in started_ids]
             )
+        upstream: dict = {}
+        fan_in = [j.id for j in started if j.upstream_count]
+        if fan_in:
+            try:
+                upstream = await self.store.upstream_results(fan_in)
+            except BaseException:
+                # Running in PostgreSQL but never run: stop heartbeating them, so their
+                # leases expire and the reaper requeues them (as a lost attempt).
+                for job in started:
+                    self.held.pop(str(job.id), None)
+                raise
         for job in started:
             held = self.held[str(job.id)]
             self.running += 1
             metrics.JOBS_STARTED.labels(queue, job.task).inc()
-            held.task = asyncio.create_task(self._run(job, held), name=f"job {job.id}")
+            held.task = asyncio.create_task(self._run(job, held, upstream.get(job.id)),
+                                            name=f"job {job.id}")
         return len(started)
 
     async def _release_unstarted(self, queue: str, claims: list[Claim]) -> None:
@@ -185,10 +197,11 @@ class Worker:
             log.exception("could not give back %d leases; they expire by themselves",
                           len(claims))
 
-    async def _run(self, job: StartedJob, held: _Held) -> None:
+    async def _run(self, job: StartedJob, held: _Held, upstream: dict | None) -> None:
         began = time.perf_counter()
         try:
-            outcome = await self.runner.execute(job, ctx_hook=lambda ctx: setattr(held, "ctx", ctx))
+            outcome = await self.runner.execute(
+                job, ctx_hook=lambda ctx: setattr(held, "ctx", ctx), upstream=upstream)
         except asyncio.CancelledError:
             if not held.cancel_requested:
                 return  # lease lost or shutdown: no outcome of ours to record
@@ -232,7 +245,8 @@ class Worker:
             self._outcomes_ready.set()
             raise
         metrics.FLUSH_BATCH.observe(len(batch))
-        fenced = len(batch) - len(moved)
+        own = {o.id for o in batch}
+        fenced = len(batch) - sum(1 for e in moved if e.id in own)
         if fenced:
             metrics.OUTCOMES_REFUSED.inc(fenced)
             log.warning("%d outcomes refused: their leases were taken over", fenced)

@@ -24,21 +24,64 @@ INSERT INTO schema_migrations (version, name) VALUES ($1, $2);
 -- name: insert_jobs
 -- A batch of new jobs in one statement. A job whose (tenant, idempotency_key) exists
 -- already is skipped; the caller reads the existing one with jobs_by_idempotency_key.
+-- A job waits ('blocked') while upstream jobs have not succeeded, and is born cancelled
+-- when one of them has failed or been cancelled already.
 INSERT INTO jobs (id, tenant, task, queue, payload, priority, run_at, state, max_attempts,
-                  retry_policy, timeout, idempotency_key, labels)
+                  retry_policy, timeout, idempotency_key, labels, upstream_count,
+                  pending_upstreams, has_dependents, workflow_id, node, cancelled_by, error,
+                  finished_at)
 SELECT t.id, t.tenant, t.task, t.queue, t.payload::jsonb, t.priority, due.run_at,
-       CASE WHEN due.run_at > now() THEN 'scheduled' ELSE 'queued' END::job_state,
-       t.max_attempts, t.retry_policy::jsonb, t.timeout, t.idempotency_key, t.labels::jsonb
+       CASE WHEN t.cancelled_by IS NOT NULL THEN 'cancelled'
+            WHEN t.pending > 0 THEN 'blocked'
+            WHEN due.run_at > now() THEN 'scheduled'
+            ELSE 'queued' END::job_state,
+       t.max_attempts, t.retry_policy::jsonb, t.timeout, t.idempotency_key, t.labels::jsonb,
+       t.upstream_count, t.pending, t.has_dependents, t.workflow_id, t.node, t.cancelled_by,
+       t.error, CASE WHEN t.cancelled_by IS NOT NULL THEN now() END
 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[],
             $7::timestamptz[], $8::float8[], $9::int[], $10::text[], $11::float8[],
-            $12::text[], $13::text[])
+            $12::text[], $13::text[], $14::int[], $15::int[], $16::bool[], $17::uuid[],
+            $18::text[], $19::uuid[], $20::text[])
      AS t(id, tenant, task, queue, payload, priority, run_at, delay, max_attempts,
-          retry_policy, timeout, idempotency_key, labels)
+          retry_policy, timeout, idempotency_key, labels, upstream_count, pending,
+          has_dependents, workflow_id, node, cancelled_by, error)
 CROSS JOIN LATERAL (
     SELECT coalesce(t.run_at, now() + make_interval(secs => coalesce(t.delay, 0))) AS run_at
 ) AS due
 ON CONFLICT ON CONSTRAINT jobs_idempotency DO NOTHING
 RETURNING id, queue, priority, run_at, state, created_at;
+
+-- name: lock_upstreams
+-- Marks jobs as having dependents and returns their current state. The row lock makes a
+-- concurrent completion of one of them wait for this transaction, or this transaction
+-- wait for it: either way the new edges and the completion see each other.
+-- Locked in id order so that concurrent submits sharing upstreams cannot deadlock.
+WITH locked AS (
+    SELECT id FROM jobs WHERE id = ANY($1::uuid[]) AND tenant = $2
+    ORDER BY id FOR NO KEY UPDATE
+)
+UPDATE jobs AS j SET has_dependents = true
+FROM locked WHERE j.id = locked.id
+RETURNING j.id, j.state;
+
+-- name: insert_dependencies
+INSERT INTO job_dependencies (upstream_id, job_id)
+SELECT * FROM unnest($1::uuid[], $2::uuid[]);
+
+-- name: insert_workflow
+INSERT INTO workflows (id, tenant, name) VALUES ($1, $2, $3) RETURNING *;
+
+-- name: get_workflow
+SELECT * FROM workflows WHERE id = $1;
+
+-- name: workflow_jobs
+SELECT * FROM jobs WHERE workflow_id = $1 ORDER BY id;
+
+-- name: upstream_results
+-- Results of the direct upstream jobs of a batch of started jobs, in one query.
+SELECT d.job_id, u.id, u.node, u.result::text AS result
+FROM job_dependencies AS d JOIN jobs AS u ON u.id = d.upstream_id
+WHERE d.job_id = ANY($1::uuid[]);
 
 -- name: jobs_by_idempotency_key
 SELECT * FROM jobs WHERE tenant = $1 AND idempotency_key = ANY($2::text[]);
@@ -58,48 +101,21 @@ SELECT * FROM job_attempts WHERE job_id = $1 ORDER BY id;
 -- returned; the worker gives their leases back.
 UPDATE jobs AS j
 SET state = 'running', attempts = j.attempts + 1, lease_token = c.token,
-    worker = $3, started_at = now(), finished_at = NULL
+    worker = $3, started_at = now()
 FROM unnest($1::uuid[], $2::text[]) AS c(id, token)
 WHERE j.id = c.id AND j.state IN ('queued', 'scheduled')
 RETURNING j.id, j.task, j.queue, j.payload::text AS payload, j.priority, j.attempts,
           j.max_attempts, j.retry_policy::text AS retry_policy, j.timeout, j.lease_token,
-          j.tenant;
+          j.tenant, j.upstream_count;
 
 -- name: finish_jobs
--- Ends a batch of running attempts in one statement: each row names the state the job
--- moves to (succeeded, scheduled or queued for a retry, failed, cancelled), and the
--- attempt's outcome. The token guard fences off workers whose lease was taken over.
--- A retry of a job whose cancellation was requested ends it cancelled instead (the
--- request is durable here even if the worker never heard of it).
-WITH done AS (
-    SELECT * FROM unnest($1::uuid[], $2::text[], $3::job_state[], $4::text[], $5::text[],
-                         $6::float8[], $7::text[], $8::float8[])
-        AS d(id, token, state, result, error, delay, outcome, duration)
-), moved AS (
-    UPDATE jobs AS j
-    SET state = CASE WHEN j.cancel_requested AND d.state IN ('scheduled', 'queued')
-                     THEN 'cancelled' ELSE d.state END,
-        result = CASE WHEN d.state = 'succeeded' THEN d.result::jsonb ELSE j.result END,
-        error = d.error,
-        run_at = CASE WHEN d.state IN ('scheduled', 'queued') AND NOT j.cancel_requested
-                      THEN now() + make_interval(secs => coalesce(d.delay, 0))
-                      ELSE j.run_at END,
-        finished_at = CASE WHEN d.state IN ('succeeded', 'failed', 'cancelled')
-                                OR j.cancel_requested
-                           THEN now() END,
-        lease_token = NULL
-    FROM done AS d
-    WHERE j.id = d.id AND j.state = 'running' AND j.lease_token = d.token
-    RETURNING j.id, j.queue, j.priority, j.run_at, j.state, j.attempts, j.worker,
-              j.started_at
-), recorded AS (
-    INSERT INTO job_attempts (job_id, attempt, worker, started_at, finished_at, duration,
-                              outcome, error)
-    SELECT m.id, m.attempts, m.worker, m.started_at, now(), d.duration,
-           CASE WHEN m.state = 'cancelled' THEN 'cancelled' ELSE d.outcome END, d.error
-    FROM moved AS m JOIN done AS d USING (id)
-)
-SELECT id, queue, priority, run_at, state FROM moved;
+-- Ends a batch of running attempts in one round trip (taskflow_finish_jobs, migration
+-- 0002): each row names the state the job moves to (succeeded, scheduled or queued for a
+-- retry, failed, cancelled) and the attempt's outcome. The token guard fences off workers
+-- whose lease was taken over. A retry of a job whose cancellation was requested ends it
+-- cancelled instead. Also returns the dependents it released or cancelled.
+SELECT * FROM taskflow_finish_jobs($1::uuid[], $2::text[], $3::job_state[], $4::text[],
+                                   $5::text[], $6::float8[], $7::text[], $8::float8[]);
 
 -- name: hand_back_jobs
 -- running -> queued without spending an attempt: the worker is shutting down and did not
@@ -139,25 +155,30 @@ WITH lost AS (
     FROM lost AS l
     WHERE j.id = l.id AND j.state = 'running' AND j.lease_token = l.token
     RETURNING j.id, j.queue, j.priority, j.run_at, j.state, j.attempts, j.worker,
-              j.started_at, j.error
+              j.started_at, j.error, j.has_dependents
 ), recorded AS (
     INSERT INTO job_attempts (job_id, attempt, worker, started_at, finished_at, outcome,
                               error)
     SELECT id, attempts, worker, started_at, now(), 'lost', error FROM moved
 )
-SELECT id, queue, priority, run_at, state FROM moved;
+SELECT id, queue, priority, run_at, state, has_dependents FROM moved;
+
+-- name: cancel_dependents
+-- Cancel the blocked descendants of jobs that ended failed or cancelled.
+SELECT * FROM taskflow_cancel_dependents($1::uuid[], $2::job_state[]);
 
 -- name: running_jobs_started_before
 -- Candidates for the rescuer's PostgreSQL-side sweep: running attempts older than a lease.
 SELECT id, queue, lease_token FROM jobs
-WHERE state = 'running' AND started_at < now() - make_interval(secs => $1)
+WHERE finished_at IS NULL AND state = 'running'
+  AND started_at < now() - make_interval(secs => $1)
 ORDER BY id
 LIMIT $2;
 
 -- name: dispatchable_jobs_page
 -- Keyset page of the jobs that belong in the Redis dispatch index (reconciler).
 SELECT id, queue, priority, run_at, state FROM jobs
-WHERE state IN ('queued', 'scheduled') AND id > $1
+WHERE finished_at IS NULL AND state IN ('queued', 'scheduled') AND id > $1
 ORDER BY id
 LIMIT $2;
 

@@ -1,0 +1,150 @@
+-- DAG dependencies and workflows.
+--
+-- A job waits (state 'blocked') while pending_upstreams > 0: the number of its upstream
+-- jobs that have not succeeded yet. The statement that records an upstream success
+-- decrements its dependents' counts and queues those that reach zero (taskflow_finish_jobs
+-- below): release is event-driven and costs O(edges), with no scan of blocked jobs.
+
+CREATE TABLE workflows (
+    id         uuid PRIMARY KEY,
+    tenant     text NOT NULL,
+    name       text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX workflows_tenant_id ON workflows (tenant, id);
+
+-- As with job_attempts (0001), no foreign keys: they cost a query per row on the paths
+-- that insert thousands of rows at once (a workflow's jobs and edges); the code inserts a
+-- workflow, its jobs and its edges in one transaction, and edges only between jobs it has
+-- locked or created.
+ALTER TABLE jobs
+    ADD COLUMN workflow_id uuid,
+    ADD COLUMN node text,                                 -- its name within the workflow
+    ADD COLUMN upstream_count integer NOT NULL DEFAULT 0,  -- direct upstream jobs
+    ADD COLUMN pending_upstreams integer NOT NULL DEFAULT 0
+        CHECK (pending_upstreams >= 0),
+    ADD COLUMN has_dependents boolean NOT NULL DEFAULT false,
+    ADD COLUMN cancelled_by uuid;  -- the upstream whose failure or cancellation ended it
+CREATE INDEX jobs_workflow ON jobs (workflow_id) WHERE workflow_id IS NOT NULL;
+
+CREATE TABLE job_dependencies (
+    upstream_id uuid NOT NULL,
+    job_id      uuid NOT NULL,
+    PRIMARY KEY (upstream_id, job_id),
+    CHECK (upstream_id <> job_id)
+);
+CREATE INDEX job_dependencies_job ON job_dependencies (job_id, upstream_id);
+
+-- Cancel, all the way down, the blocked descendants of jobs that ended failed or
+-- cancelled (roots, with the state each ended in); each records which root doomed it and
+-- says so in its error. Returns the jobs cancelled.
+CREATE FUNCTION taskflow_cancel_dependents(roots uuid[], root_states job_state[])
+RETURNS TABLE (id uuid, queue text, priority integer, run_at timestamptz, state job_state)
+LANGUAGE sql AS $$
+    WITH RECURSIVE root AS (
+        SELECT * FROM unnest(roots, root_states) AS r(id, state)
+    ), down (id, root) AS (
+        SELECT d.job_id, d.upstream_id
+        FROM job_dependencies AS d JOIN root ON d.upstream_id = root.id
+        UNION
+        SELECT d.job_id, down.root
+        FROM job_dependencies AS d JOIN down ON d.upstream_id = down.id
+    ), doomed AS (
+        SELECT DISTINCT ON (down.id) down.id, down.root, root.state, u.node
+        FROM down JOIN root ON root.id = down.root JOIN jobs AS u ON u.id = down.root
+        ORDER BY down.id, down.root
+    )
+    UPDATE jobs AS j
+    SET state = 'cancelled', finished_at = now(), cancelled_by = doomed.root,
+        error = 'cancelled because upstream job ' || doomed.root
+                || coalesce(' (' || doomed.node || ')', '') || ' ended ' || doomed.state
+    FROM doomed
+    WHERE j.id = doomed.id AND j.state = 'blocked'
+    RETURNING j.id, j.queue, j.priority, j.run_at, j.state;
+$$;
+
+-- Ends a batch of running attempts (see queries.sql: finish_jobs), then releases the
+-- dependents of the jobs that succeeded and cancels those of the jobs that failed.
+-- A function, not one statement, for a reason: each statement of a PL/pgSQL function
+-- takes a fresh snapshot, so the release below sees every edge committed by a concurrent
+-- submit that the first statement had to wait for (it locks the upstream row; see
+-- lock_upstreams in queries.sql). One round trip still.
+CREATE FUNCTION taskflow_finish_jobs(
+    ids uuid[], tokens text[], states job_state[], results text[], errors text[],
+    delays float8[], outcomes text[], durations float8[]
+) RETURNS TABLE (id uuid, queue text, priority integer, run_at timestamptz, state job_state)
+LANGUAGE plpgsql AS $$
+DECLARE
+    m_ids uuid[]; m_queues text[]; m_priorities integer[]; m_run_ats timestamptz[];
+    m_states job_state[]; m_fanout boolean[];
+    ended_ids uuid[]; ended_states job_state[];
+BEGIN
+    WITH done AS (
+        SELECT * FROM unnest(ids, tokens, states, results, errors, delays, outcomes,
+                             durations)
+            AS d(id, token, state, result, error, delay, outcome, duration)
+    ), moved AS (
+        UPDATE jobs AS j
+        SET state = CASE WHEN j.cancel_requested AND d.state IN ('scheduled', 'queued')
+                         THEN 'cancelled' ELSE d.state END,
+            result = CASE WHEN d.state = 'succeeded' THEN d.result::jsonb ELSE j.result END,
+            error = d.error,
+            run_at = CASE WHEN d.state IN ('scheduled', 'queued') AND NOT j.cancel_requested
+                          THEN now() + make_interval(secs => coalesce(d.delay, 0))
+                          ELSE j.run_at END,
+            finished_at = CASE WHEN d.state IN ('succeeded', 'failed', 'cancelled')
+                                    OR j.cancel_requested
+                               THEN now() END,
+            lease_token = NULL
+        FROM done AS d
+        WHERE j.id = d.id AND j.state = 'running' AND j.lease_token = d.token
+        RETURNING j.id, j.queue, j.priority, j.run_at, j.state, j.attempts, j.worker,
+                  j.started_at, j.has_dependents
+    ), recorded AS (
+        INSERT INTO job_attempts (job_id, attempt, worker, started_at, finished_at,
+                                  duration, outcome, error)
+        SELECT m.id, m.attempts, m.worker, m.started_at, now(), d.duration,
+               CASE WHEN m.state = 'cancelled' THEN 'cancelled' ELSE d.outcome END, d.error
+        FROM moved AS m JOIN done AS d USING (id)
+    )
+    SELECT coalesce(array_agg(m.id), '{}'), array_agg(m.queue), array_agg(m.priority),
+           array_agg(m.run_at), array_agg(m.state), array_agg(m.has_dependents)
+    INTO m_ids, m_queues, m_priorities, m_run_ats, m_states, m_fanout
+    FROM moved AS m;
+
+    RETURN QUERY SELECT * FROM unnest(m_ids, m_queues, m_priorities, m_run_ats, m_states);
+    IF NOT true = ANY (m_fanout) THEN
+        RETURN;  -- the common case: nobody waits on these jobs
+    END IF;
+
+    -- Release: one decrement per (dependent, succeeded upstream) edge. Dependents are
+    -- locked in id order so that concurrent flushes cannot deadlock on them.
+    RETURN QUERY
+    WITH succeeded AS (
+        SELECT u.id FROM unnest(m_ids, m_states, m_fanout) AS u(id, state, fanout)
+        WHERE u.state = 'succeeded' AND u.fanout
+    ), counts AS (
+        SELECT d.job_id, count(*)::integer AS n
+        FROM job_dependencies AS d JOIN succeeded AS s ON s.id = d.upstream_id
+        GROUP BY d.job_id
+    ), locked AS (
+        SELECT j.id FROM jobs AS j JOIN counts AS c ON c.job_id = j.id
+        WHERE j.state = 'blocked' ORDER BY j.id FOR NO KEY UPDATE OF j
+    )
+    UPDATE jobs AS j
+    SET pending_upstreams = j.pending_upstreams - c.n,
+        state = CASE WHEN j.pending_upstreams - c.n > 0 THEN 'blocked'
+                     WHEN j.run_at > clock_timestamp() THEN 'scheduled'
+                     ELSE 'queued' END::job_state
+    FROM counts AS c JOIN locked AS l ON l.id = c.job_id
+    WHERE j.id = c.job_id AND j.state = 'blocked'
+    RETURNING j.id, j.queue, j.priority, j.run_at, j.state;
+
+    SELECT array_agg(u.id), array_agg(u.state) INTO ended_ids, ended_states
+    FROM unnest(m_ids, m_states, m_fanout) AS u(id, state, fanout)
+    WHERE u.state IN ('failed', 'cancelled') AND u.fanout;
+    IF ended_ids IS NOT NULL THEN
+        RETURN QUERY SELECT * FROM taskflow_cancel_dependents(ended_ids, ended_states);
+    END IF;
+END;
+$$;
