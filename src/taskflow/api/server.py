@@ -69,11 +69,3 @@ async def run_api(app: Any, sock: socket.socket, stop: asyncio.Event) -> None:
         stopping.cancel()
         await serving
 
-
-def event_loop_factory() -> Any:
-    """uvloop's loop when it is installed (faster sockets), else asyncio's."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop
-    return uvloop.new_event_loop
