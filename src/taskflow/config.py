@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
@@ -95,6 +95,45 @@ class OutboundSettings(Struct, frozen=True, forbid_unknown_fields=True):
                 raise ConfigError(f"invalid setting 'outbound.allowed_networks': {exc}") from None
 
 
+class ApiSettings(Struct, frozen=True, forbid_unknown_fields=True):
+    """The HTTP API (``taskflow serve``)."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=0, le=65535)] = 8000
+    # Whole request body (a batch must fit) and one job's payload, JSON-encoded. The
+    # batch size and page size limits are part of the API contract (taskflow.api.schemas).
+    max_body_bytes: PositiveInt = 16 * 1024 * 1024
+    max_payload_bytes: PositiveInt = 256 * 1024
+    # "reject": a task no registry knows is a 422; "accept": any name is queued.
+    unknown_tasks: Literal["reject", "accept"] = "reject"
+    # Task names accepted besides the built-ins and worker.handler_modules' handlers.
+    known_tasks: tuple[str, ...] = ()
+    # Single submits that arrive together share one INSERT and one Redis call.
+    group_commit: bool = True
+    # Longest a request waits on PostgreSQL or Redis before answering 503.
+    backend_timeout: PositiveFloat = 10.0
+    # Tokens already verified are remembered (until they expire) to skip re-verifying.
+    token_cache_size: Annotated[int, Meta(ge=0)] = 10_000
+
+
+class AuthSettings(Struct, frozen=True, forbid_unknown_fields=True):
+    """How the API verifies bearer JWTs. The HS256 secret is ``jwt_secret`` (top level,
+    ``TASKFLOW_JWT_SECRET``); public keys and a JWKS URL serve RS256/ES256 tokens."""
+
+    algorithms: tuple[Literal["HS256", "RS256", "ES256"], ...] = ("HS256", "RS256", "ES256")
+    # PEM public keys: the text itself or a path to a file holding it.
+    public_keys: tuple[str, ...] = ()
+    jwks_url: str = ""
+    jwks_cache_seconds: PositiveFloat = 300.0
+    # Checked when set ("" = not checked); tokens minted by `taskflow token` carry them.
+    issuer: str = ""
+    audience: str = ""
+    leeway: NonNegFloat = 5.0
+    tenant_claim: Annotated[str, Meta(min_length=1)] = "tenant"
+    # In development an unset jwt_secret is generated once and kept in data_dir.
+    generate_dev_secret: bool = False
+
+
 class Settings(Struct, frozen=True, forbid_unknown_fields=True):
     """Everything taskflow reads from its configuration."""
 
@@ -110,6 +149,9 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True):
     retry: RetryPolicy = RetryPolicy()
     outbound: OutboundSettings = OutboundSettings()
     task_policies: dict[str, TaskPolicy] = {}
+    api: ApiSettings = ApiSettings()
+    auth: AuthSettings = AuthSettings()
+    jwt_secret: str = ""
 
     def __post_init__(self) -> None:
         if self.worker.heartbeat_interval >= self.worker.lease_ttl:

@@ -1,15 +1,21 @@
-"""Submitting jobs: durable in PostgreSQL first, then indexed in Redis."""
+"""Submitting, cancelling and retrying jobs: durable in PostgreSQL first, then reflected
+in Redis. A Redis failure after the commit is logged, not raised: the reconciler indexes
+what PostgreSQL holds."""
 
 from __future__ import annotations
 
+import enum
 import logging
 import uuid
 from collections.abc import Sequence
 
+from msgspec import Struct
+
 from taskflow import metrics
 from taskflow.adapters.postgres import InsertResult, PostgresStore
 from taskflow.adapters.redis import RedisDispatch
-from taskflow.models import NewJob, Workflow, WorkflowNode
+from taskflow.models import DispatchEntry, Job, NewJob, Workflow, WorkflowNode
+from taskflow.states import JobState
 
 log = logging.getLogger(__name__)
 
@@ -17,21 +23,95 @@ log = logging.getLogger(__name__)
 async def submit(
     store: PostgresStore, dispatch: RedisDispatch, jobs: Sequence[NewJob]
 ) -> InsertResult:
-    """Create jobs (one statement) and index them for dispatch (one Redis call per queue).
+    """Create jobs (one statement) and index them for dispatch (one Redis round trip).
 
     Once PostgreSQL has committed, the jobs exist: if Redis fails here the reconciler
     indexes them later, so the failure is logged, not raised.
     """
     result = await store.insert_jobs(jobs)
+    per_queue: dict[str, int] = {}
     for entry in result.created:
-        metrics.JOBS_SUBMITTED.labels(entry.queue).inc()
+        per_queue[entry.queue] = per_queue.get(entry.queue, 0) + 1
+    for queue, n in per_queue.items():  # one label lookup per queue, not per job
+        metrics.JOBS_SUBMITTED.labels(queue).inc(n)
     if result.created:
-        try:
-            await dispatch.enqueue(result.created)
-        except Exception:
-            log.exception("committed %d jobs but could not index them in Redis; the "
-                          "reconciler will", len(result.created))
+        await _index(dispatch, result.created)
     return result
+
+
+async def _index(dispatch: RedisDispatch, entries: list[DispatchEntry]) -> None:
+    try:
+        if len({e.queue for e in entries}) == 1:
+            await dispatch.enqueue(entries)
+        else:
+            async with dispatch.client.pipeline(transaction=False) as pipe:
+                await dispatch.enqueue(entries, pipe)
+                await pipe.execute()
+    except Exception:
+        log.exception("committed %d jobs but could not index them in Redis; the "
+                      "reconciler will", len(entries))
+
+
+class Cancel(str, enum.Enum):
+    """What a cancel request did."""
+
+    CANCELLED = "cancelled"
+    """The job was waiting and is now cancelled."""
+    REQUESTED = "requested"
+    """The job is running; its worker was told to stop it (it ends ``cancelled``)."""
+    ALREADY = "already"
+    """The job was cancelled before."""
+    TOO_LATE = "too_late"
+    """The job had already succeeded or failed."""
+
+
+class CancelResult(Struct, frozen=True):
+    outcome: Cancel
+    job: Job
+
+
+async def cancel(
+    store: PostgresStore, dispatch: RedisDispatch, job_id: uuid.UUID, tenant: str
+) -> CancelResult | None:
+    """Cancel a job of ``tenant``; None when it has no such job.
+
+    A running job is flagged in PostgreSQL and its worker is told through Redis
+    (``request_cancel``); a Redis failure there is raised, and repeating the request is
+    safe. The loop covers a job that changes state between the guarded updates (a retry
+    requeues it, say).
+    """
+    for _ in range(3):
+        job = await store.cancel_waiting_job(job_id, tenant)
+        if job is not None:
+            return CancelResult(Cancel.CANCELLED, job)
+        job = await store.request_running_job_cancel(job_id, tenant)
+        if job is not None:
+            await dispatch.request_cancel(job.queue, str(job.id))
+            return CancelResult(Cancel.REQUESTED, job)
+        job = await store.get_tenant_job(job_id, tenant)
+        if job is None:
+            return None
+        if job.state is JobState.CANCELLED:
+            return CancelResult(Cancel.ALREADY, job)
+        if job.state in (JobState.SUCCEEDED, JobState.FAILED):
+            return CancelResult(Cancel.TOO_LATE, job)
+    raise RuntimeError(f"job {job_id} kept changing state while being cancelled")
+
+
+async def retry(
+    store: PostgresStore, dispatch: RedisDispatch, job_id: uuid.UUID, tenant: str
+) -> Job | None:
+    """Put a failed or cancelled job of ``tenant`` back in its queue with at least one
+    attempt left. None when the job is in neither state (see ``get_tenant_job`` for why)."""
+    job = await store.retry_job(job_id, tenant)
+    if job is not None:
+        entry = DispatchEntry(job.id, job.queue, job.priority, job.run_at, job.state)
+        try:
+            await dispatch.reindex([entry])
+        except Exception:
+            log.exception("job %s is queued again but could not be indexed in Redis; the "
+                          "reconciler will", job.id)
+    return job
 
 
 async def submit_workflow(

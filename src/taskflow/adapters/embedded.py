@@ -57,6 +57,9 @@ class EmbeddedRedis:
              "--save", "", "--appendonly", "no", "--dir", str(folder),
              "--logfile", str(folder / "redis.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            # Its own session: Ctrl-C at a terminal signals our process group, and the
+            # server must outlive our graceful shutdown (pg_ctl does the same).
+            start_new_session=True,
         )
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._wait_ready()

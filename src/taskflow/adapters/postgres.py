@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -34,6 +35,10 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Nothing to undo when a connection goes back to the pool (see create_pool)."""
+
+
 async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
     return await asyncpg.create_pool(
         url, min_size=min_size, max_size=max_size, init=_init_connection,
@@ -41,6 +46,11 @@ async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asy
         # while `jobs` was small is a sequential scan joined to the batch, and it stays
         # cached as the table grows: 500 outcomes took 40 ms instead of 8 ms.
         server_settings={"plan_cache_mode": "force_custom_plan"},
+        # asyncpg's default reset on release is one more round trip (RESET ALL, UNLISTEN,
+        # advisory unlock) per statement. Pooled connections keep no session state here:
+        # queries are single statements or managed transactions, nothing LISTENs, and the
+        # migration lock has a pool of its own.
+        reset=_keep_session,
     )
 
 
@@ -51,6 +61,20 @@ def _entry(row: asyncpg.Record) -> DispatchEntry:
 
 def _job(row: asyncpg.Record) -> Job:
     return Job(**{**row, "state": JobState(row["state"])})
+
+
+class JobQuery(msgspec.Struct, frozen=True, kw_only=True):
+    """Filters and the page position of :meth:`PostgresStore.list_jobs`."""
+
+    limit: int
+    before: uuid.UUID | None = None  # the last id of the previous page
+    states: tuple[JobState, ...] = ()
+    queue: str | None = None
+    task: str | None = None
+    labels: dict[str, str] = {}
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    tenant: str | None = None  # only for cross-tenant listing
 
 
 class _Placement(msgspec.Struct):
@@ -122,6 +146,7 @@ class InsertResult(msgspec.Struct, frozen=True):
 
     created: list[DispatchEntry]
     existing: list[Job]
+    created_at: dict[uuid.UUID, datetime] = {}  # of each created job
 
 
 class PostgresStore:
@@ -216,6 +241,7 @@ class PostgresStore:
         self, jobs: Sequence[NewJob], rows: list[asyncpg.Record]
     ) -> InsertResult:
         created = [_entry(r) for r in rows]
+        created_at = {r["id"]: r["created_at"] for r in rows}
         existing: list[Job] = []
         if len(created) < len(jobs):
             by_tenant: dict[str, list[str]] = {}
@@ -226,7 +252,7 @@ class PostgresStore:
             for tenant, keys in by_tenant.items():
                 found = await self.pool.fetch(QUERIES["jobs_by_idempotency_key"], tenant, keys)
                 existing.extend(_job(r) for r in found)
-        return InsertResult(created, existing)
+        return InsertResult(created, existing, created_at)
 
     async def get_job(self, job_id: uuid.UUID | str) -> Job | None:
         row = await self.pool.fetchrow(QUERIES["get_job"], job_id)
@@ -297,3 +323,36 @@ class PostgresStore:
         after = after or uuid.UUID(int=0)
         rows = await self.pool.fetch(QUERIES["dispatchable_jobs_page"], after, limit)
         return [_entry(r) for r in rows]
+
+    async def get_tenant_job(self, job_id: uuid.UUID, tenant: str | None) -> Job | None:
+        """The job if ``tenant`` owns it (``None``: whoever owns it)."""
+        row = await self.pool.fetchrow(QUERIES["get_tenant_job"], job_id, tenant)
+        return None if row is None else _job(row)
+
+    async def list_jobs(self, tenant: str | None, query: JobQuery) -> list[Job]:
+        """One page of jobs, newest first, after ``query.before`` (keyset paging).
+        ``tenant=None`` lists every tenant's (``query.tenant`` may narrow it)."""
+        labels = _json_text(query.labels) if query.labels else None
+        states = [s.value for s in query.states] if query.states else None
+        name = "list_tenant_jobs" if tenant is not None else "list_all_jobs"
+        rows = await self.pool.fetch(
+            QUERIES[name], tenant if tenant is not None else query.tenant, query.before,
+            states, query.queue, query.task, labels, query.created_after,
+            query.created_before, query.limit,
+        )
+        return [_job(r) for r in rows]
+
+    async def cancel_waiting_job(self, job_id: uuid.UUID, tenant: str) -> Job | None:
+        """blocked/scheduled/queued -> cancelled; None if the job is not waiting."""
+        row = await self.pool.fetchrow(QUERIES["cancel_waiting_job"], job_id, tenant)
+        return None if row is None else _job(row)
+
+    async def request_running_job_cancel(self, job_id: uuid.UUID, tenant: str) -> Job | None:
+        """Flags a running job for cancellation; None if the job is not running."""
+        row = await self.pool.fetchrow(QUERIES["request_running_job_cancel"], job_id, tenant)
+        return None if row is None else _job(row)
+
+    async def retry_job(self, job_id: uuid.UUID, tenant: str) -> Job | None:
+        """failed/cancelled -> queued; None if the job is in neither state."""
+        row = await self.pool.fetchrow(QUERIES["retry_job"], job_id, tenant)
+        return None if row is None else _job(row)

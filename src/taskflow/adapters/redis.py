@@ -57,6 +57,7 @@ class RedisDispatch:
         self._release = client.register_script(_load("release"))
         self._reap = client.register_script(_load("reap"))
         self._cancel = client.register_script(_load("cancel"))
+        self._forget = client.register_script(_load("forget"))
         self.epoch_key = f"{prefix}:epoch"
 
     @classmethod
@@ -175,6 +176,22 @@ class RedisDispatch:
             ready, delayed, inflight = await pipe.execute()
         return ready, delayed, inflight
 
+
+    async def reindex(self, entries: Sequence[DispatchEntry]) -> None:
+        """Index jobs that were indexed before (a retry): their old entries and cancel
+        markers go, the new entries come, in one MULTI/EXEC per queue."""
+        by_queue: dict[str, list[DispatchEntry]] = {}
+        for e in entries:
+            by_queue.setdefault(e.queue, []).append(e)
+        for queue, group in by_queue.items():
+            k = self.keys(queue)
+            args: list[str | int] = [k.cancel_prefix]
+            for e in group:
+                args += (str(e.id), e.priority)
+            async with self.client.pipeline(transaction=True) as pipe:
+                await self._forget(keys=[k.ready, k.delayed], args=args, client=pipe)
+                await self.enqueue(group, pipe)
+                await pipe.execute()
 
 class WakeListener:
     """Wakes waiting workers when jobs are indexed in any of their queues (pub/sub), so

@@ -49,7 +49,7 @@ CROSS JOIN LATERAL (
     SELECT coalesce(t.run_at, now() + make_interval(secs => coalesce(t.delay, 0))) AS run_at
 ) AS due
 ON CONFLICT ON CONSTRAINT jobs_idempotency DO NOTHING
-RETURNING id, queue, priority, run_at, state;
+RETURNING id, queue, priority, run_at, state, created_at;
 
 -- name: lock_upstreams
 -- Marks jobs as having dependents and returns their current state. The row lock makes a
@@ -181,3 +181,62 @@ SELECT id, queue, priority, run_at, state FROM jobs
 WHERE finished_at IS NULL AND state IN ('queued', 'scheduled') AND id > $1
 ORDER BY id
 LIMIT $2;
+
+-- name: get_tenant_job
+-- A job as its tenant sees it ($2 NULL: any tenant, for operators).
+SELECT * FROM jobs WHERE id = $1 AND ($2::text IS NULL OR tenant = $2);
+
+-- name: list_tenant_jobs
+-- Newest first, keyset-paged on the time-ordered id (index jobs_tenant_id). Every filter
+-- is optional (NULL). $3 is a jsonb object of labels the job must all carry.
+SELECT * FROM jobs
+WHERE tenant = $1
+  AND ($2::uuid IS NULL OR id < $2)
+  AND ($3::job_state[] IS NULL OR state = ANY($3))
+  AND ($4::text IS NULL OR queue = $4)
+  AND ($5::text IS NULL OR task = $5)
+  AND ($6::text IS NULL OR labels @> $6::jsonb)
+  AND ($7::timestamptz IS NULL OR created_at >= $7)
+  AND ($8::timestamptz IS NULL OR created_at < $8)
+ORDER BY id DESC
+LIMIT $9;
+
+-- name: list_all_jobs
+-- Operators' cross-tenant list: list_tenant_jobs without the tenant (primary key order).
+SELECT * FROM jobs
+WHERE ($2::uuid IS NULL OR id < $2)
+  AND ($3::job_state[] IS NULL OR state = ANY($3))
+  AND ($4::text IS NULL OR queue = $4)
+  AND ($5::text IS NULL OR task = $5)
+  AND ($6::text IS NULL OR labels @> $6::jsonb)
+  AND ($7::timestamptz IS NULL OR created_at >= $7)
+  AND ($8::timestamptz IS NULL OR created_at < $8)
+  AND ($1::text IS NULL OR tenant = $1)
+ORDER BY id DESC
+LIMIT $9;
+
+-- name: cancel_waiting_job
+-- blocked|scheduled|queued -> cancelled at once. Its Redis entry, if any, stays: claiming
+-- skips jobs that are no longer queued (start_jobs) and gives the lease back.
+UPDATE jobs
+SET state = 'cancelled', finished_at = now(), error = 'cancelled by request',
+    cancel_requested = true
+WHERE id = $1 AND tenant = $2 AND state IN ('blocked', 'scheduled', 'queued')
+RETURNING *;
+
+-- name: request_running_job_cancel
+-- A running job is only flagged here; its worker stops the handler and records the
+-- attempt and the job as cancelled (finish_jobs), fenced by its lease token as usual.
+UPDATE jobs
+SET cancel_requested = true
+WHERE id = $1 AND tenant = $2 AND state = 'running'
+RETURNING *;
+
+-- name: retry_job
+-- failed|cancelled -> queued, due now, with at least one attempt left (attempt numbers
+-- keep counting up, so the history in job_attempts stays in order).
+UPDATE jobs
+SET state = 'queued', run_at = now(), max_attempts = greatest(max_attempts, attempts + 1),
+    finished_at = NULL, result = NULL, error = NULL, cancel_requested = false
+WHERE id = $1 AND tenant = $2 AND state IN ('failed', 'cancelled')
+RETURNING *;

@@ -1,0 +1,98 @@
+"""Builds the Litestar app of ``taskflow serve``: routes, auth, errors, metrics, OpenAPI."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Litestar, Request
+from litestar.datastructures import State
+from litestar.middleware import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+
+from taskflow import __version__
+from taskflow.api.auth import JwtAuthMiddleware, TokenVerifier, resolve_jwt_secret
+from taskflow.api.context import ApiContext
+from taskflow.api.controllers.health import HealthController
+from taskflow.api.controllers.tasks import TaskController
+from taskflow.api.errors import EXCEPTION_HANDLERS, invalid_body
+from taskflow.api.metrics import ApiMetrics
+from taskflow.api.openapi import use_msgspec_schemas
+from taskflow.api.submit import KnownTasks, Submitter
+from taskflow.config import Settings
+from taskflow.runtime import Stores
+from taskflow.worker.builtins import builtin_registry
+from taskflow.worker.registry import Registry, default_registry, import_handler_modules
+
+
+class StrictRequest(Request[Any, Any, Any]):
+    """Decodes a JSON body straight into the handler's ``data`` type, strictly.
+
+    Litestar's own path decodes to Python objects and then converts them leniently ("5"
+    would pass as 5); here a wrong type is an error naming the field, and the body is
+    decoded once.
+    """
+
+    __slots__ = ()
+
+    async def json(self) -> Any:
+        field = self.route_handler.parsed_fn_signature.parameters.get("data")
+        if field is None:
+            return await super().json()
+        try:
+            return msgspec.json.decode(await self.body(), type=field.annotation)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise invalid_body(exc) from None
+
+
+def known_tasks(settings: Settings) -> KnownTasks:
+    """Built-ins, the handlers of ``worker.handler_modules`` and ``api.known_tasks``."""
+    import_handler_modules(settings.worker.handler_modules)
+    builtins, _ = builtin_registry(settings.outbound)  # its client opens no connection
+    registry: Registry = builtins.merged(default_registry)
+    return KnownTasks(registry, settings.api.known_tasks,
+                      reject_unknown=settings.api.unknown_tasks == "reject")
+
+
+def create_app(settings: Settings, stores: Stores, *, debug: bool = False) -> Litestar:
+    """The API over ``stores`` (opened and closed by the caller)."""
+    verifier = TokenVerifier(settings.auth, resolve_jwt_secret(settings),
+                             settings.api.token_cache_size)
+    metrics = ApiMetrics()
+    known = known_tasks(settings)
+    submitter = Submitter(settings, stores, known)
+    api = ApiContext(settings, stores, submitter, verifier, metrics)
+
+    async def close() -> None:
+        await submitter.close()
+        await verifier.close()
+
+    app = Litestar(
+        route_handlers=[TaskController, HealthController],
+        state=State({"api": api}),
+        request_class=StrictRequest,
+        middleware=[
+            metrics.middleware,
+            DefineMiddleware(JwtAuthMiddleware, verifier=verifier, exclude=["^/schema"]),
+        ],
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        request_max_body_size=settings.api.max_body_bytes,
+        on_shutdown=[close],
+        openapi_config=OpenAPIConfig(
+            title="taskflow",
+            version=__version__,
+            description="Submit, inspect, cancel and retry jobs. Errors are RFC 9457 problem "
+                        "details. Authenticate with a bearer JWT (scopes tasks:read, "
+                        "tasks:write, admin).",
+            components=Components(security_schemes={
+                "bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")}),
+            security=[{"bearer": []}],
+            path="/schema",
+        ),
+        logging_config=None,  # the CLI configured logging already
+        debug=debug,
+    )
+    use_msgspec_schemas(app, known.names if known.reject_unknown else None)
+    return app
+

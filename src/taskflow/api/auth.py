@@ -1,0 +1,286 @@
+"""Bearer JWT authentication, scopes and tenancy.
+
+HS256 tokens are checked with ``jwt_secret``; RS256/ES256 tokens with the configured
+public keys or the keys of a JWKS URL (fetched with aiohttp, cached, refetched when a
+token names an unknown ``kid``). A verified token is remembered until it expires, so a
+client that sends the same token again costs a dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jwt
+import msgspec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
+
+from taskflow.api.errors import ApiError, Unavailable
+from taskflow.api.scopes import ADMIN, READ, WRITE
+from taskflow.config import AuthSettings, ConfigError, Settings
+
+MIN_SECRET_BYTES = 32
+
+__all__ = ["ADMIN", "READ", "WRITE", "Principal", "TokenVerifier", "JwtAuthMiddleware",
+           "scope_guard", "mint_token", "resolve_jwt_secret"]
+
+
+class Principal(msgspec.Struct, frozen=True):
+    """Who is calling: the tenant that owns what they create, and what they may do."""
+
+    tenant: str
+    subject: str | None
+    scopes: frozenset[str]
+
+    @property
+    def is_admin(self) -> bool:
+        return ADMIN in self.scopes
+
+    def may(self, scope: str) -> bool:
+        # admin is the operator's cross-tenant view: it includes reading.
+        return scope in self.scopes or (scope == READ and self.is_admin)
+
+
+class InvalidToken(ApiError):
+    """401 with the ``WWW-Authenticate`` challenge of RFC 6750."""
+
+    def __init__(self, detail: str, *, error: str | None = "invalid_token") -> None:
+        challenge = 'Bearer realm="taskflow"'
+        if error:
+            safe = detail.replace('"', "'")
+            challenge += f', error="{error}", error_description="{safe}"'
+        super().__init__(401, detail, headers={"WWW-Authenticate": challenge})
+
+
+class MissingScope(ApiError):
+    def __init__(self, scope: str) -> None:
+        super().__init__(
+            403, f"this token lacks the scope {scope!r}",
+            headers={"WWW-Authenticate":
+                     f'Bearer realm="taskflow", error="insufficient_scope", scope="{scope}"'},
+        )
+
+
+def resolve_jwt_secret(settings: Settings) -> str:
+    """``jwt_secret``, or in development (``auth.generate_dev_secret``) a random secret
+    generated once and kept in ``data_dir/jwt-secret``. Empty when neither applies."""
+    if settings.jwt_secret:
+        return settings.jwt_secret
+    if not settings.auth.generate_dev_secret:
+        return ""
+    path = Path(settings.data_dir) / "jwt-secret"
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    return secret
+
+
+def mint_token(
+    secret: str, auth: AuthSettings, *, tenant: str, subject: str, scopes: list[str],
+    ttl: float,
+) -> str:
+    """An HS256 token for ``tenant`` (``taskflow token``, the dev token, the tests)."""
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "sub": subject, auth.tenant_claim: tenant, "scope": " ".join(scopes),
+        "iat": now, "nbf": now, "exp": now + int(ttl),
+    }
+    if auth.issuer:
+        claims["iss"] = auth.issuer
+    if auth.audience:
+        claims["aud"] = auth.audience
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def _load_public_key(text_or_path: str) -> Any:
+    text = text_or_path
+    if "-----BEGIN" not in text:
+        try:
+            text = Path(text_or_path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"auth.public_keys: cannot read {text_or_path!r}: {exc}") from None
+    try:
+        return load_pem_public_key(text.encode())
+    except ValueError as exc:
+        raise ConfigError(f"auth.public_keys: not a PEM public key: {exc}") from None
+
+
+_KEY_TYPES = {"RS256": rsa.RSAPublicKey, "ES256": ec.EllipticCurvePublicKey}
+
+
+class JwksCache:
+    """The keys of a JWKS URL by ``kid``, refetched after ``ttl`` seconds or when asked
+    for an unknown ``kid`` (at most every ``min_refetch`` seconds)."""
+
+    def __init__(self, url: str, ttl: float, min_refetch: float = 5.0) -> None:
+        self.url = url
+        self.ttl = ttl
+        self.min_refetch = min_refetch
+        self.keys: dict[str | None, jwt.PyJWK] = {}
+        self._fetched = float("-inf")
+        self._lock = asyncio.Lock()
+        self._session: aiohttp.ClientSession | None = None
+
+    async def get(self, kid: str | None) -> list[jwt.PyJWK]:
+        age = time.monotonic() - self._fetched
+        if age > self.ttl or (kid not in self.keys and age > self.min_refetch):
+            await self._refresh()
+        if kid is not None:
+            return [self.keys[kid]] if kid in self.keys else []
+        return list(self.keys.values())
+
+    async def _refresh(self) -> None:
+        async with self._lock:
+            if time.monotonic() - self._fetched <= self.min_refetch:
+                return  # another request refreshed meanwhile
+            if self._session is None:
+                self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+            try:
+                async with self._session.get(self.url) as resp:
+                    resp.raise_for_status()
+                    data = await resp.json(content_type=None)
+                keyset = jwt.PyJWKSet.from_dict(data)
+            except (aiohttp.ClientError, TimeoutError, ValueError, jwt.PyJWKSetError) as exc:
+                if self.keys:
+                    self._fetched = time.monotonic() - self.ttl + self.min_refetch
+                    return  # keep serving the keys we have; try again shortly
+                raise Unavailable(f"cannot fetch signing keys from auth.jwks_url: {exc!r}")
+            self.keys = {k.key_id: k for k in keyset.keys}
+            self._fetched = time.monotonic()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+class TokenVerifier:
+    """Turns a bearer token into a :class:`Principal`, or raises :class:`InvalidToken`."""
+
+    def __init__(self, auth: AuthSettings, secret: str, cache_size: int = 10_000) -> None:
+        if secret and len(secret.encode()) < MIN_SECRET_BYTES:
+            raise ConfigError(f"jwt_secret must be at least {MIN_SECRET_BYTES} bytes")
+        self.auth = auth
+        self.secret = secret
+        self.public_keys = [_load_public_key(k) for k in auth.public_keys]
+        self.jwks = JwksCache(auth.jwks_url, auth.jwks_cache_seconds) if auth.jwks_url else None
+        if not (secret or self.public_keys or self.jwks):
+            raise ConfigError("no way to verify tokens: set jwt_secret (TASKFLOW_JWT_SECRET), "
+                              "auth.public_keys or auth.jwks_url")
+        self.cache_size = cache_size
+        self._cache: dict[str, tuple[Principal, float, float]] = {}
+        self._options = {"require": ["exp"], "verify_aud": bool(auth.audience),
+                         "verify_iss": bool(auth.issuer)}
+
+    async def close(self) -> None:
+        if self.jwks is not None:
+            await self.jwks.close()
+
+    async def verify(self, token: str) -> Principal:
+        cached = self._cache.get(token)
+        if cached is not None:
+            principal, nbf, exp = cached
+            now = time.time()
+            if nbf - self.auth.leeway <= now <= exp + self.auth.leeway:
+                return principal
+            del self._cache[token]
+        claims = await self._decode(token)
+        principal = self._principal(claims)
+        if self.cache_size:
+            if len(self._cache) >= self.cache_size:
+                self._cache.clear()  # simple bound; a cold cache only costs verification
+            self._cache[token] = (principal, float(claims.get("nbf", 0)), float(claims["exp"]))
+        return principal
+
+    async def _decode(self, token: str) -> dict[str, Any]:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError as exc:
+            raise InvalidToken(f"malformed token: {exc}") from None
+        alg = header.get("alg")
+        if alg not in self.auth.algorithms:
+            raise InvalidToken(f"tokens signed with {alg!r} are not accepted")
+        keys = await self._keys(alg, header.get("kid"))
+        if not keys:
+            raise InvalidToken(f"no key to verify a {alg} token"
+                               + (f" with kid {header['kid']!r}" if header.get("kid") else ""))
+        for i, key in enumerate(keys):
+            try:
+                return jwt.decode(
+                    token, key, algorithms=[alg], audience=self.auth.audience or None,
+                    issuer=self.auth.issuer or None, leeway=self.auth.leeway,
+                    options=self._options,
+                )
+            except jwt.InvalidSignatureError:
+                if i == len(keys) - 1:
+                    raise InvalidToken("token signature is invalid") from None
+            except jwt.ExpiredSignatureError:
+                raise InvalidToken("token has expired") from None
+            except jwt.InvalidAudienceError:
+                raise InvalidToken(f"token audience is not {self.auth.audience!r}") from None
+            except jwt.InvalidIssuerError:
+                raise InvalidToken(f"token issuer is not {self.auth.issuer!r}") from None
+            except jwt.InvalidTokenError as exc:
+                raise InvalidToken(f"invalid token: {exc}") from None
+        raise AssertionError("unreachable")
+
+    async def _keys(self, alg: str, kid: str | None) -> list[Any]:
+        if alg == "HS256":
+            return [self.secret] if self.secret else []
+        wanted = _KEY_TYPES[alg]
+        keys = [k for k in self.public_keys if isinstance(k, wanted)] if kid is None else []
+        if self.jwks is not None:
+            keys += [k.key for k in await self.jwks.get(kid) if isinstance(k.key, wanted)]
+        return keys
+
+    def _principal(self, claims: dict[str, Any]) -> Principal:
+        tenant = claims.get(self.auth.tenant_claim)
+        if not isinstance(tenant, str) or not tenant:
+            raise InvalidToken(f"token has no {self.auth.tenant_claim!r} claim (the tenant)")
+        raw = claims.get("scope") or claims.get("scp") or ()
+        scopes = raw.split() if isinstance(raw, str) else raw
+        if not isinstance(scopes, list | tuple) or not all(isinstance(s, str) for s in scopes):
+            raise InvalidToken("token 'scope' must be a space-separated string or a list")
+        sub = claims.get("sub")
+        return Principal(tenant, sub if isinstance(sub, str) else None, frozenset(scopes))
+
+
+class JwtAuthMiddleware(AbstractAuthenticationMiddleware):
+    """Puts the caller's :class:`Principal` in ``request.auth`` (routes with
+    ``opt={"exclude_from_auth": True}`` skip it)."""
+
+    def __init__(self, app: Any, verifier: TokenVerifier, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.verifier = verifier
+
+    async def authenticate_request(self, connection: ASGIConnection) -> AuthenticationResult:
+        header = connection.headers.get("authorization")
+        if not header:
+            raise InvalidToken("a bearer token is required (Authorization: Bearer <jwt>)",
+                               error=None)
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise InvalidToken("the Authorization header must be 'Bearer <jwt>'",
+                               error="invalid_request")
+        principal = await self.verifier.verify(token.strip())
+        return AuthenticationResult(user=principal, auth=principal)
+
+
+async def scope_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+    """Requires the scope named in the handler's ``opt["scope"]``. Async on purpose:
+    Litestar runs a sync guard in a worker thread, which costs more than the check."""
+    scope = handler.opt.get("scope")
+    if scope is not None and not connection.auth.may(scope):
+        raise MissingScope(scope)

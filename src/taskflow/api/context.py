@@ -1,0 +1,30 @@
+"""What the API's handlers share: settings, stores, the submitter and the metrics."""
+
+from __future__ import annotations
+
+import asyncio
+
+from taskflow.api.auth import TokenVerifier
+from taskflow.api.metrics import ApiMetrics
+from taskflow.api.submit import Submitter
+from taskflow.config import Settings
+from taskflow.runtime import Stores
+
+
+class ApiContext:
+    """Held in the app's state as ``state.api``."""
+
+    def __init__(self, settings: Settings, stores: Stores, submitter: Submitter,
+                 verifier: TokenVerifier, metrics: ApiMetrics) -> None:
+        self.settings = settings
+        self.stores = stores
+        self.store = stores.store
+        self.dispatch = stores.dispatch
+        self.submitter = submitter
+        self.verifier = verifier
+        self.metrics = metrics
+        self.timeout = settings.api.backend_timeout
+
+    def deadline(self) -> asyncio.Timeout:
+        """Bounds a request's wait on the stores; a TimeoutError becomes a 503."""
+        return asyncio.timeout(self.timeout)

@@ -1,0 +1,56 @@
+"""Liveness, readiness and metrics: no token needed (probes and scrapers)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from litestar import Controller, Response, get
+from litestar.datastructures import State
+from litestar.openapi import ResponseSpec
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from taskflow.api.errors import Unavailable
+from taskflow.api.schemas import Health, Problem
+
+_PUBLIC = {"exclude_from_auth": True}
+
+
+class HealthController(Controller):
+    tags = ["operations"]
+    security = [{}]  # type: ignore[list-item]  # no token needed
+    opt = _PUBLIC
+
+    @get("/healthz", summary="The process is alive")
+    async def healthz(self) -> Health:
+        return Health("ok")
+
+    @get("/readyz", summary="PostgreSQL and Redis are reachable",
+         responses={503: ResponseSpec(Problem, description="a store is unreachable",
+                                           media_type="application/problem+json",
+                                           generate_examples=False)})
+    async def readyz(self, state: State) -> Health:
+        api = state.api
+
+        async def check(ping: object) -> str:
+            try:
+                async with asyncio.timeout(2.0):
+                    await ping()  # type: ignore[operator]
+            except Exception as exc:  # any failure means not ready; say which
+                return f"unreachable ({type(exc).__name__})"
+            return "ok"
+
+        pg, rd = await asyncio.gather(check(api.store.ping), check(api.dispatch.ping))
+        if pg != "ok" or rd != "ok":
+            raise Unavailable(f"not ready: PostgreSQL {pg}, Redis {rd}")
+        return Health("ok", postgres=pg, redis=rd)
+
+    @get("/metrics", summary="Prometheus metrics of this API process",
+         media_type=CONTENT_TYPE_LATEST)
+    async def metrics(self, state: State) -> Response[bytes]:
+        return Response(state.api.metrics.exposition(),
+                        media_type=CONTENT_TYPE_LATEST)
+
+    @get("/actuator/prometheus", include_in_schema=False, media_type=CONTENT_TYPE_LATEST)
+    async def actuator_prometheus(self, state: State) -> Response[bytes]:
+        return Response(state.api.metrics.exposition(),
+                        media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,224 @@
+"""``/tasks``: submit, batch submit, read, list, cancel and retry jobs.
+
+Every read and write is scoped to the caller's tenant: another tenant's job is a 404.
+Tokens with the ``admin`` scope read across tenants.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+import redis.exceptions
+from litestar import Controller, Request, Response, get, post
+from litestar.datastructures import State
+from litestar.openapi import ResponseSpec
+from litestar.params import Parameter
+
+from taskflow import jobs
+from taskflow.adapters.postgres import JobQuery
+from taskflow.api.auth import READ, WRITE, Principal, scope_guard
+from taskflow.api.context import ApiContext
+from taskflow.api.errors import ApiError, Unavailable
+from taskflow.api.schemas import (
+    DEFAULT_PAGE, MAX_PAGE, AttemptList, AttemptOut, BatchCreated, BatchSpec, JobOut, JobPage,
+    JobSpec, Problem,
+)
+from taskflow.states import JobState
+
+
+def _problems(*codes: int) -> dict[int, ResponseSpec]:
+    text = {400: "malformed request", 401: "missing or invalid token",
+            403: "the token lacks the scope", 404: "no such job for this tenant",
+            409: "the job is not in a state that allows this", 413: "body or payload too large",
+            422: "the request breaks a rule (the message names the field)",
+            503: "PostgreSQL or Redis unavailable"}
+    return {c: ResponseSpec(Problem, description=text[c], media_type="application/problem+json",
+                         generate_examples=False)
+            for c in codes}
+
+
+_READ_ERRORS = _problems(400, 401, 403, 404, 422, 503)
+_WRITE_ERRORS = _problems(400, 401, 403, 404, 409, 413, 422, 503)
+
+JobId = Annotated[uuid.UUID, Parameter(description="job id (UUIDv7)")]
+
+
+def encode_cursor(job_id: uuid.UUID) -> str:
+    return base64.urlsafe_b64encode(job_id.bytes).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> uuid.UUID:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        return uuid.UUID(bytes=raw)
+    except (binascii.Error, ValueError):
+        raise ApiError(422, "cursor: not a cursor this API gave out (use next_cursor as is)",
+                       field="cursor") from None
+
+
+_Timestamp = Annotated[datetime, msgspec.Meta(tz=True)]
+
+
+def _timestamp(name: str, text: str | None) -> datetime | None:
+    """RFC 3339 with a time zone, nothing else (no epoch numbers, no naive times)."""
+    if text is None:
+        return None
+    try:
+        return msgspec.convert(text, _Timestamp)
+    except msgspec.ValidationError as exc:
+        raise ApiError(422, f"{name}: {exc} (want RFC 3339, e.g. 2030-01-31T12:00:00Z)",
+                       field=name) from None
+
+
+def _labels(pairs: list[str] | None) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ApiError(422, f"label: {pair!r} is not of the form key=value", field="label")
+        labels[key] = value
+    return labels
+
+
+class TaskController(Controller):
+    path = "/tasks"
+    tags = ["tasks"]
+    guards = [scope_guard]
+
+    @post("/", opt={"scope": WRITE}, status_code=201, summary="Submit a job",
+          responses={200: ResponseSpec(JobOut, generate_examples=False, description="idempotent replay: the first job "
+                                       "with this idempotency_key; nothing was created"),
+                     **_WRITE_ERRORS})
+    async def submit(self, request: Request[Any, Principal, Any], state: State,
+                     data: JobSpec) -> Response[JobOut]:
+        api: ApiContext = state.api
+        job = api.submitter.new_job(data, request.auth.tenant)
+        async with api.deadline():
+            created, out = await api.submitter.submit_one(job)
+        return Response(out, status_code=201 if created else 200)
+
+    @post("/batch", opt={"scope": WRITE}, status_code=201, summary="Submit jobs, all or none",
+          responses=_WRITE_ERRORS)
+    async def submit_batch(self, request: Request[Any, Principal, Any], state: State,
+                           data: BatchSpec) -> BatchCreated:
+        api: ApiContext = state.api
+        tenant = request.auth.tenant
+        new = [api.submitter.new_job(spec, tenant, f"tasks[{i}].")
+               for i, spec in enumerate(data.tasks)]
+        async with api.deadline():
+            ids = await api.submitter.submit_batch(new)
+        return BatchCreated(ids)
+
+    @get("/", opt={"scope": READ}, summary="List jobs, newest first", responses=_READ_ERRORS)
+    async def list_jobs(
+        self,
+        request: Request[Any, Principal, Any],
+        state: State,
+        limit: Annotated[int, Parameter(ge=1, le=MAX_PAGE, description="page size")] = DEFAULT_PAGE,
+        cursor: Annotated[str | None, Parameter(
+            description="next_cursor of the previous page", max_length=64)] = None,
+        job_state: Annotated[list[JobState] | None, Parameter(
+            query="state", description="repeatable: any of these states")] = None,
+        queue: Annotated[str | None, Parameter(max_length=128)] = None,
+        task: Annotated[str | None, Parameter(max_length=200)] = None,
+        label: Annotated[list[str] | None, Parameter(
+            description="repeatable key=value: jobs carrying every one of these labels")] = None,
+        created_after: Annotated[str | None, Parameter(
+            schema_extra={"format": "date-time"},
+            description="RFC 3339; created at or after")] = None,
+        created_before: Annotated[str | None, Parameter(
+            schema_extra={"format": "date-time"},
+            description="RFC 3339; created before")] = None,
+        tenant: Annotated[str | None, Parameter(
+            description="admin only: this tenant's jobs (default: every tenant's)")] = None,
+    ) -> JobPage:
+        api: ApiContext = state.api
+        principal = request.auth
+        if tenant is not None and not principal.is_admin:
+            raise ApiError(403, "tenant: only an admin token lists other tenants' jobs",
+                           field="tenant")
+        query = JobQuery(
+            limit=limit + 1, before=decode_cursor(cursor) if cursor else None,
+            states=tuple(job_state or ()), queue=queue, task=task, labels=_labels(label),
+            created_after=_timestamp("created_after", created_after),
+            created_before=_timestamp("created_before", created_before), tenant=tenant,
+        )
+        async with api.deadline():
+            found = await api.store.list_jobs(
+                None if principal.is_admin else principal.tenant, query)
+        page = found[:limit]
+        more = len(found) > limit
+        return JobPage([JobOut.of(j) for j in page],
+                       encode_cursor(page[-1].id) if more else None)
+
+    @get("/{job_id:uuid}", opt={"scope": READ}, summary="A job", responses=_READ_ERRORS)
+    async def get_job(self, request: Request[Any, Principal, Any], state: State,
+                      job_id: JobId) -> JobOut:
+        api: ApiContext = state.api
+        async with api.deadline():
+            job = await api.store.get_tenant_job(job_id, _reader(request.auth))
+        if job is None:
+            raise _not_found(job_id)
+        return JobOut.of(job)
+
+    @get("/{job_id:uuid}/attempts", opt={"scope": READ}, summary="A job's finished attempts",
+         responses=_READ_ERRORS)
+    async def attempts(self, request: Request[Any, Principal, Any], state: State,
+                       job_id: JobId) -> AttemptList:
+        api: ApiContext = state.api
+        async with api.deadline():
+            job = await api.store.get_tenant_job(job_id, _reader(request.auth))
+            if job is None:
+                raise _not_found(job_id)
+            found = await api.store.job_attempts(job_id)
+        return AttemptList([AttemptOut.of(a) for a in found])
+
+    @post("/{job_id:uuid}/cancel", opt={"scope": WRITE}, status_code=200,
+          summary="Cancel a job (a running one is stopped by its worker)",
+          responses={202: ResponseSpec(JobOut, generate_examples=False, description="running: its worker was told to "
+                                       "stop it; it ends cancelled"), **_WRITE_ERRORS})
+    async def cancel(self, request: Request[Any, Principal, Any], state: State,
+                     job_id: JobId) -> Response[JobOut]:
+        api: ApiContext = state.api
+        try:
+            async with api.deadline():
+                result = await jobs.cancel(api.store, api.dispatch, job_id, request.auth.tenant)
+        except redis.exceptions.RedisError as exc:
+            raise Unavailable(f"the cancellation is recorded but the worker could not be "
+                              f"told ({type(exc).__name__}); repeat the request") from None
+        if result is None:
+            raise _not_found(job_id)
+        if result.outcome is jobs.Cancel.TOO_LATE:
+            raise ApiError(409, f"job {job_id} has already {result.job.state.value}; only "
+                           "blocked, scheduled, queued or running jobs can be cancelled")
+        status = 202 if result.outcome is jobs.Cancel.REQUESTED else 200
+        return Response(JobOut.of(result.job), status_code=status)
+
+    @post("/{job_id:uuid}/retry", opt={"scope": WRITE}, status_code=200,
+          summary="Run a failed or cancelled job again", responses=_WRITE_ERRORS)
+    async def retry(self, request: Request[Any, Principal, Any], state: State,
+                    job_id: JobId) -> JobOut:
+        api: ApiContext = state.api
+        tenant = request.auth.tenant
+        async with api.deadline():
+            job = await jobs.retry(api.store, api.dispatch, job_id, tenant)
+            if job is None:
+                current = await api.store.get_tenant_job(job_id, tenant)
+                if current is None:
+                    raise _not_found(job_id)
+                raise ApiError(409, f"job {job_id} is {current.state.value}; only failed or "
+                               "cancelled jobs can be retried")
+        return JobOut.of(job)
+
+
+def _reader(principal: Principal) -> str | None:
+    return None if principal.is_admin else principal.tenant
+
+
+def _not_found(job_id: uuid.UUID) -> ApiError:
+    return ApiError(404, f"no job {job_id} for this tenant")

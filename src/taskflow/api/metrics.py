@@ -1,0 +1,55 @@
+"""Prometheus metrics of the API process: request latency by route and status (this app's
+own registry, so several apps can live in one test process), plus the process-wide
+metrics of :mod:`taskflow.metrics` (jobs submitted by queue; in ``taskflow dev`` the
+worker's too)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client import REGISTRY, CollectorRegistry, Histogram, generate_latest
+
+# Submits take a millisecond or two when all is well; the buckets resolve that.
+_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            10.0)
+
+
+class ApiMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.latency = Histogram(
+            "taskflow_api_request_duration_seconds", "HTTP request latency.",
+            ["method", "route", "status"], buckets=_BUCKETS, registry=self.registry,
+        )
+
+    def exposition(self) -> bytes:
+        return generate_latest(REGISTRY) + generate_latest(self.registry)
+
+    def middleware(self, app: ASGIApp) -> ASGIApp:
+        """ASGI middleware timing each request (route = the path template, so ids do not
+        make new series)."""
+        latency = self.latency
+
+        async def timed(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http":
+                await app(scope, receive, send)
+                return
+            start = time.perf_counter()
+            status = 500
+
+            async def send_wrapper(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                await send(message)
+
+            try:
+                await app(scope, receive, send_wrapper)
+            finally:
+                route: Any = scope.get("path_template") or "unmatched"
+                latency.labels(scope["method"], route, str(status)).observe(
+                    time.perf_counter() - start)
+
+        return timed

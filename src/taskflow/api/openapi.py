@@ -1,0 +1,46 @@
+"""Makes the OpenAPI document state exactly the rules the API enforces.
+
+Litestar generates the document from the handlers. For the body structs it drops some
+msgspec constraints (dict key patterns and sizes, ``forbid_unknown_fields``, bounds on
+optional numbers), so their component schemas are replaced with msgspec's own JSON
+Schema of the same structs, the one decoding enforces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any
+
+import msgspec
+from litestar import Litestar
+from litestar.openapi.spec import Schema
+
+from taskflow.api import schemas
+
+_BODIES = (schemas.JobSpec, schemas.BatchSpec, schemas.BatchCreated, schemas.JobOut,
+           schemas.JobPage, schemas.AttemptList, schemas.Problem, schemas.Health)
+
+
+class _JsonSchema(Schema):
+    """A component given as a finished JSON Schema document."""
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        super().__init__()
+        self.document = document
+
+    def to_schema(self) -> dict[str, Any]:
+        return self.document
+
+
+def use_msgspec_schemas(app: Litestar, known_tasks: Collection[str] | None) -> None:
+    """``known_tasks``: when only those are accepted, the schema lists them."""
+    _, components = msgspec.json.schema_components(
+        _BODIES, ref_template="#/components/schemas/{name}")
+    openapi = app.openapi_schema
+    registry = openapi.components.schemas
+    if registry is None:
+        registry = openapi.components.schemas = {}
+    if known_tasks is not None:
+        components["JobSpec"]["properties"]["task"]["enum"] = sorted(known_tasks)
+    for name, document in components.items():
+        registry[name] = _JsonSchema(document)

@@ -1,0 +1,161 @@
+"""Request and response bodies of the HTTP API (msgspec structs; the OpenAPI schema is
+generated from them). Constraints live in the annotations so that decoding enforces
+exactly what the schema documents."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta, Struct, field
+
+from taskflow.config import QueueName
+from taskflow.models import PRIORITY_MAX, PRIORITY_MIN, Attempt, Job
+from taskflow.states import JobState
+
+TaskName = Annotated[
+    str, Meta(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$",
+              description="handler name, as registered with a worker")
+]
+LabelKey = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:/-]+$")]
+LabelValue = Annotated[str, Meta(max_length=200)]
+Priority = Annotated[
+    int, Meta(ge=PRIORITY_MIN, le=PRIORITY_MAX, description="higher runs first")
+]
+MAX_BATCH = 5000
+"""Most jobs in one ``POST /tasks/batch``."""
+MAX_PAGE = 1000
+"""Most jobs in one page of ``GET /tasks``."""
+DEFAULT_PAGE = 100
+
+# A year: far enough for any delay a scheduler is asked for, small enough for timestamps.
+MAX_DELAY = 366 * 86_400.0
+Seconds = Annotated[float, Meta(ge=0, le=MAX_DELAY)]
+
+
+class Backoff(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Per-job override of the retry backoff (fields of the task's retry policy)."""
+
+    base_delay: Annotated[float, Meta(ge=0, le=MAX_DELAY)] | None = None
+    factor: Annotated[float, Meta(ge=1, le=100)] | None = None
+    max_delay: Annotated[float, Meta(ge=0, le=MAX_DELAY)] | None = None
+    jitter: Annotated[float, Meta(ge=0, le=1)] | None = None
+
+
+class JobSpec(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A job to submit. ``delay`` and ``run_at`` are exclusive; neither means now."""
+
+    task: TaskName
+    payload: Any = field(default_factory=dict)
+    queue: QueueName = "default"
+    priority: Priority = 0
+    delay: Annotated[Seconds, Meta(description="seconds from now")] | None = None
+    run_at: Annotated[datetime, Meta(tz=True, description="RFC 3339 due time")] | None = None
+    max_attempts: Annotated[int, Meta(ge=1, le=1000)] | None = None
+    backoff: Backoff | None = None
+    timeout: Annotated[float, Meta(gt=0, le=MAX_DELAY)] | None = None
+    idempotency_key: Annotated[str, Meta(min_length=1, max_length=200)] | None = None
+    labels: Annotated[dict[LabelKey, LabelValue], Meta(max_length=50)] = field(
+        default_factory=dict
+    )
+
+    def __post_init__(self) -> None:
+        if self.delay is not None and self.run_at is not None:
+            raise ValueError("`delay` and `run_at` are exclusive; give at most one")
+
+
+class BatchSpec(Struct, frozen=True, forbid_unknown_fields=True):
+    """Jobs submitted together, all or none (at most ``MAX_BATCH``)."""
+
+    tasks: Annotated[list[JobSpec], Meta(min_length=1, max_length=MAX_BATCH)]
+
+
+class BatchCreated(Struct, frozen=True):
+    """Ids of a batch's jobs in the order given (an idempotent replay gives the first
+    job's id)."""
+
+    ids: list[uuid.UUID]
+
+
+class JobOut(Struct, frozen=True):
+    """A job as the API shows it."""
+
+    id: uuid.UUID
+    task: str
+    queue: str
+    state: JobState
+    priority: int
+    payload: Any
+    attempts: int
+    max_attempts: int
+    run_at: datetime
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    result: Any
+    error: str | None
+    labels: dict[str, str]
+    tenant: str
+    idempotency_key: str | None
+    timeout: float | None
+    cancel_requested: bool
+
+    @classmethod
+    def of(cls, job: Job) -> JobOut:
+        return cls(
+            job.id, job.task, job.queue, job.state, job.priority, job.payload, job.attempts,
+            job.max_attempts, job.run_at, job.created_at, job.started_at, job.finished_at,
+            job.result, job.error, job.labels, job.tenant, job.idempotency_key, job.timeout,
+            job.cancel_requested,
+        )
+
+
+class AttemptOut(Struct, frozen=True):
+    """One finished attempt of a job."""
+
+    attempt: int
+    worker: str | None
+    started_at: datetime
+    finished_at: datetime
+    duration: float | None
+    outcome: str
+    error: str | None
+
+    @classmethod
+    def of(cls, a: Attempt) -> AttemptOut:
+        return cls(a.attempt, a.worker, a.started_at, a.finished_at, a.duration, a.outcome,
+                   a.error)
+
+
+class AttemptList(Struct, frozen=True):
+    items: list[AttemptOut]
+
+
+class JobPage(Struct, frozen=True):
+    """One page of a listing; pass ``next_cursor`` as ``cursor`` for the next one (null
+    at the end)."""
+
+    items: list[JobOut]
+    next_cursor: str | None
+
+
+class Problem(Struct, frozen=True, omit_defaults=True):
+    """An error (RFC 9457 problem details), served as ``application/problem+json``."""
+
+    title: str
+    status: int
+    detail: str
+    type: str = "about:blank"
+    field: str | None = None  # JSON path of the offending input, when there is one
+
+
+class Health(Struct, frozen=True):
+    status: str
+    postgres: str | None = None
+    redis: str | None = None
+
+
+def encode_problem(problem: Problem) -> bytes:
+    return msgspec.json.encode(problem)

@@ -1,0 +1,10 @@
+"""The scopes a token may carry (kept apart from :mod:`taskflow.api.auth` so the CLI can
+name them without importing the web stack)."""
+
+READ = "tasks:read"
+"""Read jobs of the token's tenant."""
+WRITE = "tasks:write"
+"""Submit, cancel and retry jobs of the token's tenant."""
+ADMIN = "admin"
+"""Operators: read every tenant's jobs."""
+SCOPES = (READ, WRITE, ADMIN)

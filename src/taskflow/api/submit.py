@@ -1,0 +1,174 @@
+"""From job specs to jobs: task and payload checks, retry policy, and group commit.
+
+Single submits that arrive while an INSERT is in flight wait for it and then go together
+in the next one (one statement, one Redis call for all of them): under load this turns
+many small transactions into a few larger ones, and an idle system pays no added wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from taskflow.adapters.postgres import InsertResult
+from taskflow.api.errors import ApiError
+from taskflow.api.schemas import MAX_BATCH, JobOut, JobSpec
+from taskflow.config import Settings
+from taskflow.jobs import submit
+from taskflow.models import DispatchEntry, Job, NewJob
+from taskflow.runtime import Stores
+from taskflow.worker.registry import Registry
+
+log = logging.getLogger(__name__)
+
+
+class KnownTasks:
+    """Task names the API accepts, and the payload type of each handler that has one."""
+
+    def __init__(self, registry: Registry, extra: Sequence[str], reject_unknown: bool) -> None:
+        self.payload_types: dict[str, Any] = {}
+        for name in registry.names():
+            handler = registry.get(name)
+            if handler is not None and handler.payload_type is not None:
+                self.payload_types[name] = handler.payload_type
+        self.names = frozenset(registry.names()) | frozenset(extra)
+        self.reject_unknown = reject_unknown
+
+    def check(self, spec: JobSpec, where: str) -> None:
+        if self.reject_unknown and spec.task not in self.names:
+            raise ApiError(
+                422, f"{where}task: no worker knows the task {spec.task!r} (known: "
+                f"{', '.join(sorted(self.names))}; see api.known_tasks)", field=f"{where}task")
+        payload_type = self.payload_types.get(spec.task)
+        if payload_type is not None:
+            try:
+                msgspec.convert(spec.payload, payload_type)
+            except msgspec.ValidationError as exc:
+                text, _, path = str(exc).partition(" - at `$")
+                field = f"{where}payload{path.rstrip('`')}"
+                raise ApiError(422, f"{field}: {text} (payload of task {spec.task!r})",
+                               field=field) from None
+
+
+class Submitter:
+    """Validates specs into :class:`NewJob` and submits them (PostgreSQL, then Redis)."""
+
+    def __init__(self, settings: Settings, stores: Stores, known: KnownTasks) -> None:
+        self.settings = settings
+        self.stores = stores
+        self.known = known
+        self.max_payload = settings.api.max_payload_bytes
+        self.max_inflight = max(1, settings.database.pool_max // 2)
+        self._pending: list[tuple[NewJob, asyncio.Future[Any]]] = []
+        self._inflight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def new_job(self, spec: JobSpec, tenant: str, where: str = "") -> NewJob:
+        self.known.check(spec, where)
+        size = len(msgspec.json.encode(spec.payload))
+        if size > self.max_payload:
+            raise ApiError(413, f"{where}payload: {size} bytes is over the limit of "
+                           f"{self.max_payload} (api.max_payload_bytes)", field=f"{where}payload")
+        policy = self.settings.policy_for(spec.task)
+        retry_policy = None
+        if spec.backoff is not None:
+            changes = {k: v for k, v in msgspec.structs.asdict(spec.backoff).items()
+                       if v is not None}
+            retry_policy = msgspec.structs.replace(policy, **changes)
+        return NewJob(
+            task=spec.task, payload=spec.payload, queue=spec.queue, priority=spec.priority,
+            tenant=tenant, run_at=spec.run_at, delay=spec.delay,
+            max_attempts=spec.max_attempts or policy.max_attempts, retry_policy=retry_policy,
+            timeout=spec.timeout, idempotency_key=spec.idempotency_key, labels=spec.labels,
+        )
+
+    async def submit_batch(self, jobs: Sequence[NewJob]) -> list[uuid.UUID]:
+        """All or none, in one statement; ids in the order given."""
+        return _Answers(await self._insert(jobs)).ids(jobs)
+
+    async def _insert(self, jobs: Sequence[NewJob]) -> InsertResult:
+        return await submit(self.stores.store, self.stores.dispatch, jobs)
+
+    async def submit_one(self, job: NewJob) -> tuple[bool, JobOut]:
+        """(created, the job): an idempotent replay gives (False, the first job)."""
+        if not self.settings.api.group_commit:
+            return _Answers(await self._insert([job])).of(job)
+        future: asyncio.Future[tuple[bool, JobOut]] = asyncio.get_running_loop().create_future()
+        self._pending.append((job, future))
+        if self._inflight < self.max_inflight:
+            self._flush()
+        return await future
+
+    def _flush(self) -> None:
+        batch = self._pending[:MAX_BATCH]
+        del self._pending[: len(batch)]
+        self._inflight += 1
+        task = asyncio.create_task(self._commit(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _commit(self, batch: list[tuple[NewJob, asyncio.Future[Any]]]) -> None:
+        try:
+            answers = _Answers(await self._insert([job for job, _ in batch]))
+        except Exception as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+        else:
+            for job, future in batch:
+                if future.done():
+                    continue  # the client went away; the job exists all the same
+                try:
+                    future.set_result(answers.of(job))
+                except ApiError as err:
+                    future.set_exception(err)
+        finally:
+            self._inflight -= 1
+            if self._pending:
+                self._flush()
+
+    async def close(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class _Answers:
+    """What an insert gave each job: created, or the first job of its idempotency key."""
+
+    def __init__(self, result: InsertResult) -> None:
+        self.result = result
+        self.created = {e.id: e for e in result.created}
+        self.existing = {(j.tenant, j.idempotency_key): j for j in result.existing}
+
+    def of(self, job: NewJob) -> tuple[bool, JobOut]:
+        entry = self.created.get(job.id)
+        if entry is not None:
+            return True, _created(job, entry, self.result.created_at[job.id])
+        return False, JobOut.of(self.first(job))
+
+    def first(self, job: NewJob) -> Job:
+        found = self.existing.get((job.tenant, job.idempotency_key))
+        if found is None:
+            raise ApiError(409, "the job was neither created nor found by its idempotency "
+                           "key (deleted meanwhile?); submit it again")
+        return found
+
+    def ids(self, jobs: Sequence[NewJob]) -> list[uuid.UUID]:
+        """Ids in the order given (a repeated idempotency key gives the first job's)."""
+        return [job.id if job.id in self.created else self.first(job).id for job in jobs]
+
+
+def _created(job: NewJob, entry: DispatchEntry, created_at: datetime) -> JobOut:
+    return JobOut(
+        id=job.id, task=job.task, queue=job.queue, state=entry.state, priority=job.priority,
+        payload=job.payload, attempts=0, max_attempts=job.max_attempts, run_at=entry.run_at,
+        created_at=created_at, started_at=None, finished_at=None, result=None, error=None,
+        labels=job.labels, tenant=job.tenant, idempotency_key=job.idempotency_key,
+        timeout=job.timeout, cancel_requested=False,
+    )

@@ -1,0 +1,98 @@
+"""Bad input to ``taskflow serve``: every case is a 4xx problem document naming the
+field and the rule, never a 500, and nothing is created."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from tests.e2e.api_stack import Client
+
+pytestmark = pytest.mark.slow
+
+BAD_SUBMITS = [
+    # (body, status, field, words in the detail)
+    (b'{"task": "noop"', 400, None, "not valid JSON"),
+    (b"", 400, None, "data"),
+    (b'["noop"]', 422, None, "Expected `object`, got `array`"),
+    (b'{"payload": {}}', 422, None, "missing required field `task`"),
+    (b'{"task": 7}', 422, "task", "Expected `str`, got `int`"),
+    (b'{"task": "noop", "priority": "5"}', 422, "priority", "Expected `int`, got `str`"),
+    (b'{"task": "noop", "priority": 1001}', 422, "priority", "<= 1000"),
+    (b'{"task": "noop", "priority": -1001}', 422, "priority", ">= -1000"),
+    (b'{"task": "noop", "max_attempts": 0}', 422, "max_attempts", ">= 1"),
+    (b'{"task": "noop", "delay": -1}', 422, "delay", ">= 0"),
+    (b'{"task": "noop", "timeout": 0}', 422, "timeout", "> 0"),
+    (b'{"task": "noop", "queue": "no spaces"}', 422, "queue", "matching regex"),
+    (b'{"task": "noop", "colour": "red"}', 422, None, "unknown field `colour`"),
+    (b'{"task": "noop", "backoff": {"factor": 0.5}}', 422, "backoff.factor", ">= 1"),
+    (b'{"task": "noop", "backoff": {"retries": 2}}', 422, "backoff", "unknown field"),
+    (b'{"task": "noop", "labels": {"k": 1}}', 422, "labels[...]", "Expected `str`"),
+    (b'{"task": "noop", "run_at": "tomorrow"}', 422, "run_at", "Invalid RFC3339"),
+    (b'{"task": "noop", "run_at": "2030-01-01T00:00:00"}', 422, "run_at", "timezone"),
+    (b'{"task": "noop", "delay": 5, "run_at": "2030-01-01T00:00:00Z"}', 422, None,
+     "`delay` and `run_at` are exclusive"),
+    (b'{"task": "no-such-task"}', 422, "task", "no worker knows the task 'no-such-task'"),
+    (b'{"task": "sleep", "payload": {"seconds": "long"}}', 422, "payload.seconds",
+     "Expected `float`, got `str`"),
+    (b'{"task": "sleep", "payload": {}}', 422, "payload", "missing required field `seconds`"),
+    (b'{"task": "noop", "payload": {"blob": "' + b"x" * 5000 + b'"}}', 413, "payload",
+     "api.max_payload_bytes"),
+]
+
+
+@pytest.mark.parametrize("body,status,field,words", BAD_SUBMITS,
+                         ids=[c[3][:30] for c in BAD_SUBMITS])
+async def test_bad_submit_is_a_4xx_naming_the_problem(client: Client, body, status, field,
+                                                       words):
+    reply = await client.post("/tasks", data=body,
+                              headers={"Content-Type": "application/json"})
+    assert reply.status == status, reply
+    assert reply.headers["content-type"] == "application/problem+json"
+    assert reply.body["status"] == status and reply.body["title"]
+    assert words in reply.body["detail"], reply.body
+    if field is not None:
+        assert reply.body.get("field") == field, reply.body
+    assert (await client.get("/tasks")).body["items"] == []
+
+
+async def test_body_over_the_limit_is_413(client: Client):
+    specs = [{"task": "noop", "payload": {"pad": "x" * 3000}} for _ in range(700)]
+    reply = await client.post("/tasks/batch", json={"tasks": specs})  # ~2.1 MB > 2 MB
+    assert reply.status == 413, reply
+    assert "api.max_body_bytes" in reply.body["detail"]
+
+
+async def test_batch_limits(client: Client):
+    empty = await client.post("/tasks/batch", json={"tasks": []})
+    assert empty.status == 422 and empty.body["field"] == "tasks"
+    huge = await client.post("/tasks/batch", json={"tasks": [{"task": "noop"}] * 5001})
+    assert huge.status == 422 and "length <= 5000" in huge.body["detail"]
+    bad = await client.post("/tasks/batch", json={"tasks": [{"task": "noop"}, {"task": "zzz"}]})
+    assert bad.status == 422 and bad.body["field"] == "tasks[1].task"
+
+
+@pytest.mark.parametrize("params,words", [
+    ({"limit": "0"}, "limit"),
+    ({"limit": "1001"}, "limit"),
+    ({"limit": "ten"}, "limit"),
+    ({"state": "sleeping"}, "state"),
+    ({"cursor": "!!!"}, "cursor"),
+    ({"label": "no-equals-sign"}, "key=value"),
+    ({"created_after": "yesterday"}, "created_after"),
+])
+async def test_bad_list_parameters_are_4xx(client: Client, params, words):
+    reply = await client.get("/tasks", params=params)
+    assert reply.status in (400, 422), reply
+    assert reply.headers["content-type"] == "application/problem+json"
+    assert words in reply.body["detail"] or words == reply.body.get("field"), reply.body
+
+
+async def test_unknown_routes_ids_and_methods_are_problem_documents(client: Client):
+    for method, path, status in [("GET", "/tasks/not-a-uuid", 404),
+                                 ("GET", f"/tasks/{uuid.uuid4()}", 404),
+                                 ("GET", "/nowhere", 404), ("DELETE", "/tasks", 405)]:
+        reply = await client.call(method, path)
+        assert reply.status == status, (method, path, reply)
+        assert reply.headers["content-type"] == "application/problem+json"

@@ -1,0 +1,50 @@
+"""schemathesis against ``taskflow serve``'s generated OpenAPI schema, with a valid
+token: valid and invalid requests alike get no 5xx, and every response matches the
+schema (status codes, content types, bodies, headers)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from taskflow.api.scopes import ADMIN, READ, WRITE
+from tests.e2e.api_stack import Isolated, start_api, stop, token
+
+pytestmark = pytest.mark.slow
+
+CHECKS = ",".join([
+    "not_a_server_error", "status_code_conformance", "content_type_conformance",
+    "response_schema_conformance", "response_headers_conformance", "negative_data_rejection",
+])
+
+
+async def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(
+        servers, tmp_path_factory, stack):
+    folder = tmp_path_factory.mktemp("schemathesis")
+    iso = Isolated(servers, folder)  # a database of its own: fuzzed jobs run nowhere
+    await iso.create()
+    env = {**stack.env, "TASKFLOW_REDIS_PREFIX": iso.prefix}
+    api, url = await start_api(iso, folder / "api.log", **env)
+    try:
+        bearer = token("fuzz", [READ, WRITE, ADMIN])
+        st = Path(sys.executable).with_name("st")
+        result = subprocess.run(
+            [str(st), "run", f"{url}/schema/openapi.json",
+             "--header", f"Authorization: Bearer {bearer}",
+             "--checks", CHECKS, "--max-examples", "15", "--seed", "20261129",
+             "--phases", "examples,coverage,fuzzing", "--generation-database", "none",
+             "--workers", "2", "--request-timeout", "10", "--no-color"],
+            capture_output=True, text=True, timeout=300,
+            env={**os.environ, "SCHEMATHESIS_TELEMETRY": "false"}, cwd=folder,
+        )
+        report = result.stdout + result.stderr
+        assert result.returncode == 0, report[-6000:]
+        assert "No issues found" in report or "passed" in report, report[-3000:]
+    finally:
+        stop(api)
+        await iso.drop()
+    assert "Traceback" not in api.output(), api.output()[-5000:]
