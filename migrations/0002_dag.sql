@@ -148,3 +148,35 @@ BEGIN
     END IF;
 END;
 $$;
+
+-- Jobs cancelled because of an upstream, found when that upstream is retried.
+CREATE INDEX jobs_cancelled_by ON jobs (cancelled_by) WHERE cancelled_by IS NOT NULL;
+
+-- A failed or cancelled job is being retried: its descendants that it cancelled return to
+-- 'blocked' (they wait for it again) unless another of their upstreams has failed or been
+-- cancelled for its own reasons, in which case they, and what hangs below them, stay
+-- cancelled. Returns the jobs revived.
+CREATE FUNCTION taskflow_revive_dependents(root uuid)
+RETURNS SETOF uuid
+LANGUAGE plpgsql AS $$
+DECLARE
+    revived uuid[];
+    kept uuid[];
+BEGIN
+    SELECT coalesce(array_agg(j.id), '{}') INTO revived
+    FROM jobs AS j WHERE j.cancelled_by = root AND j.state = 'cancelled';
+    LOOP
+        SELECT coalesce(array_agg(DISTINCT d.job_id), '{}') INTO kept
+        FROM job_dependencies AS d JOIN jobs AS u ON u.id = d.upstream_id
+        WHERE d.job_id = ANY (revived) AND d.upstream_id <> root
+          AND u.state IN ('failed', 'cancelled') AND NOT u.id = ANY (revived);
+        EXIT WHEN cardinality(kept) = 0;
+        revived := ARRAY(SELECT unnest(revived) EXCEPT SELECT unnest(kept));
+    END LOOP;
+    RETURN QUERY
+    UPDATE jobs AS j
+    SET state = 'blocked', finished_at = NULL, error = NULL, cancelled_by = NULL
+    WHERE j.id = ANY (revived) AND j.state = 'cancelled'
+    RETURNING j.id;
+END;
+$$;

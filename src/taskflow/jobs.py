@@ -102,7 +102,9 @@ async def retry(
     store: PostgresStore, dispatch: RedisDispatch, job_id: uuid.UUID, tenant: str
 ) -> Job | None:
     """Put a failed or cancelled job of ``tenant`` back in its queue with at least one
-    attempt left. None when the job is in neither state (see ``get_tenant_job`` for why)."""
+    attempt left (or back to waiting, if upstream jobs have not succeeded); the
+    dependents its failure cancelled wait for it again. None when the job is in neither
+    state (see ``get_tenant_job`` for why)."""
     job = await store.retry_job(job_id, tenant)
     if job is not None:
         entry = DispatchEntry(job.id, job.queue, job.priority, job.run_at, job.state)
@@ -130,3 +132,15 @@ async def submit_workflow(
         log.exception("committed workflow %s but could not index it in Redis; the "
                       "reconciler will", workflow.id)
     return workflow, ids
+
+
+async def cancel_workflow(
+    store: PostgresStore, dispatch: RedisDispatch, workflow_id: uuid.UUID
+) -> int:
+    """Cancel every unfinished job of a workflow; returns how many were running (their
+    workers are told to stop them, and they end cancelled). A Redis failure is raised:
+    the flags are durable, so repeating the request is safe."""
+    running = await store.cancel_workflow(workflow_id)
+    for job_id, queue in running:
+        await dispatch.request_cancel(queue, str(job_id))
+    return len(running)

@@ -343,8 +343,12 @@ class PostgresStore:
         return [_job(r) for r in rows]
 
     async def cancel_waiting_job(self, job_id: uuid.UUID, tenant: str) -> Job | None:
-        """blocked/scheduled/queued -> cancelled; None if the job is not waiting."""
-        row = await self.pool.fetchrow(QUERIES["cancel_waiting_job"], job_id, tenant)
+        """blocked/scheduled/queued -> cancelled, and its blocked descendants with it (one
+        transaction); None if the job is not waiting."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(QUERIES["cancel_waiting_job"], job_id, tenant)
+            if row is not None and row["has_dependents"]:
+                await conn.fetch(QUERIES["cancel_dependents"], [job_id], ["cancelled"])
         return None if row is None else _job(row)
 
     async def request_running_job_cancel(self, job_id: uuid.UUID, tenant: str) -> Job | None:
@@ -353,6 +357,32 @@ class PostgresStore:
         return None if row is None else _job(row)
 
     async def retry_job(self, job_id: uuid.UUID, tenant: str) -> Job | None:
-        """failed/cancelled -> queued; None if the job is in neither state."""
-        row = await self.pool.fetchrow(QUERIES["retry_job"], job_id, tenant)
+        """failed/cancelled -> queued (blocked while upstreams are unfinished); the
+        descendants its failure cancelled wait for it again. None if the job is in
+        neither state."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(QUERIES["retry_job"], job_id, tenant)
+            if row is not None and row["has_dependents"]:
+                await conn.fetch(QUERIES["revive_dependents"], job_id)
         return None if row is None else _job(row)
+
+    async def get_tenant_workflow(
+        self, workflow_id: uuid.UUID, tenant: str | None
+    ) -> Workflow | None:
+        """The workflow if ``tenant`` owns it (``None``: whoever owns it)."""
+        row = await self.pool.fetchrow(QUERIES["get_tenant_workflow"], workflow_id, tenant)
+        return None if row is None else Workflow(**row)
+
+    async def cancel_workflow(self, workflow_id: uuid.UUID) -> list[tuple[uuid.UUID, str]]:
+        """Cancel a workflow's waiting jobs (and any job outside it that depends on them)
+        and flag its running ones; returns the (id, queue) of those running jobs, whose
+        workers must be told."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            cancelled = [r["id"] for r in
+                         await conn.fetch(QUERIES["cancel_waiting_workflow_jobs"], workflow_id)]
+            if cancelled:
+                await conn.fetch(QUERIES["cancel_dependents"], cancelled,
+                                 ["cancelled"] * len(cancelled))
+            running = await conn.fetch(QUERIES["request_running_workflow_jobs_cancel"],
+                                       workflow_id)
+        return [(r["id"], r["queue"]) for r in running]

@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
 from taskflow.models import Claim, DispatchEntry
+from taskflow.states import DISPATCHABLE
 
 
 def _load(name: str) -> str:
@@ -179,7 +180,8 @@ class RedisDispatch:
 
     async def reindex(self, entries: Sequence[DispatchEntry]) -> None:
         """Index jobs that were indexed before (a retry): their old entries and cancel
-        markers go, the new entries come, in one MULTI/EXEC per queue."""
+        markers go, the new entries come (for jobs that are dispatchable now: a blocked
+        one waits for its upstreams), in one MULTI/EXEC per queue."""
         by_queue: dict[str, list[DispatchEntry]] = {}
         for e in entries:
             by_queue.setdefault(e.queue, []).append(e)
@@ -188,9 +190,11 @@ class RedisDispatch:
             args: list[str | int] = [k.cancel_prefix]
             for e in group:
                 args += (str(e.id), e.priority)
+            ready = [e for e in group if e.state in DISPATCHABLE]
             async with self.client.pipeline(transaction=True) as pipe:
                 await self._forget(keys=[k.ready, k.delayed], args=args, client=pipe)
-                await self.enqueue(group, pipe)
+                if ready:
+                    await self.enqueue(ready, pipe)
                 await pipe.execute()
 
 class WakeListener:

@@ -16,6 +16,7 @@ from taskflow.api.auth import JwtAuthMiddleware, TokenVerifier, resolve_jwt_secr
 from taskflow.api.context import ApiContext
 from taskflow.api.controllers.health import HealthController
 from taskflow.api.controllers.tasks import TaskController
+from taskflow.api.controllers.workflows import WorkflowController
 from taskflow.api.errors import EXCEPTION_HANDLERS, invalid_body
 from taskflow.api.metrics import ApiMetrics
 from taskflow.api.openapi import use_msgspec_schemas
@@ -69,7 +70,7 @@ def create_app(settings: Settings, stores: Stores, *, debug: bool = False) -> Li
         await verifier.close()
 
     app = Litestar(
-        route_handlers=[TaskController, HealthController],
+        route_handlers=[TaskController, WorkflowController, HealthController],
         state=State({"api": api}),
         request_class=StrictRequest,
         middleware=[

@@ -18,7 +18,8 @@ from litestar.openapi.spec import Schema
 from taskflow.api import schemas
 
 _BODIES = (schemas.JobSpec, schemas.BatchSpec, schemas.BatchCreated, schemas.JobOut,
-           schemas.JobPage, schemas.AttemptList, schemas.Problem, schemas.Health)
+           schemas.JobPage, schemas.AttemptList, schemas.Problem, schemas.Health,
+           schemas.WorkflowSpec, schemas.WorkflowCreated, schemas.WorkflowOut)
 
 
 class _JsonSchema(Schema):
@@ -41,6 +42,7 @@ def use_msgspec_schemas(app: Litestar, known_tasks: Collection[str] | None) -> N
     if registry is None:
         registry = openapi.components.schemas = {}
     if known_tasks is not None:
-        components["JobSpec"]["properties"]["task"]["enum"] = sorted(known_tasks)
+        for spec in ("JobSpec", "WorkflowJobSpec"):
+            components[spec]["properties"]["task"]["enum"] = sorted(known_tasks)
     for name, document in components.items():
         registry[name] = _JsonSchema(document)

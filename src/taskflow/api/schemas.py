@@ -26,6 +26,12 @@ Priority = Annotated[
 ]
 MAX_BATCH = 5000
 """Most jobs in one ``POST /tasks/batch``."""
+MAX_UPSTREAMS = 10_000
+"""Most jobs one job may depend on."""
+MAX_WORKFLOW = 20_000
+"""Most jobs in one workflow."""
+NodeName = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$",
+                               description="a job's name within its workflow")]
 MAX_PAGE = 1000
 """Most jobs in one page of ``GET /tasks``."""
 DEFAULT_PAGE = 100
@@ -59,6 +65,11 @@ class JobSpec(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     idempotency_key: Annotated[str, Meta(min_length=1, max_length=200)] | None = None
     labels: Annotated[dict[LabelKey, LabelValue], Meta(max_length=50)] = field(
         default_factory=dict
+    )
+    depends_on: Annotated[list[uuid.UUID], Meta(
+        max_length=MAX_UPSTREAMS,
+        description="ids of jobs (of the same tenant) that must succeed first")] = field(
+        default_factory=list
     )
 
     def __post_init__(self) -> None:
@@ -101,6 +112,10 @@ class JobOut(Struct, frozen=True):
     idempotency_key: str | None
     timeout: float | None
     cancel_requested: bool
+    workflow_id: uuid.UUID | None = None
+    node: str | None = None
+    pending_upstreams: int = 0  # upstream jobs that have not succeeded yet
+    cancelled_by: uuid.UUID | None = None  # the upstream whose failure cancelled it
 
     @classmethod
     def of(cls, job: Job) -> JobOut:
@@ -108,7 +123,8 @@ class JobOut(Struct, frozen=True):
             job.id, job.task, job.queue, job.state, job.priority, job.payload, job.attempts,
             job.max_attempts, job.run_at, job.created_at, job.started_at, job.finished_at,
             job.result, job.error, job.labels, job.tenant, job.idempotency_key, job.timeout,
-            job.cancel_requested,
+            job.cancel_requested, job.workflow_id, job.node, job.pending_upstreams,
+            job.cancelled_by,
         )
 
 
@@ -139,6 +155,48 @@ class JobPage(Struct, frozen=True):
 
     items: list[JobOut]
     next_cursor: str | None
+
+
+class WorkflowJobSpec(JobSpec, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A job of a workflow: any job field, its ``name`` and the names it runs ``after``."""
+
+    name: NodeName
+    after: Annotated[list[NodeName], Meta(max_length=MAX_WORKFLOW)] = field(
+        default_factory=list)
+
+
+class WorkflowSpec(Struct, frozen=True, forbid_unknown_fields=True):
+    """A graph of jobs submitted together, all or none; edges go by job name."""
+
+    name: Annotated[str, Meta(min_length=1, max_length=200)]
+    jobs: Annotated[list[WorkflowJobSpec], Meta(min_length=1, max_length=MAX_WORKFLOW)]
+
+
+class WorkflowCreated(Struct, frozen=True):
+    id: uuid.UUID
+    jobs: dict[str, uuid.UUID]  # name -> job id
+
+
+class WorkflowJobOut(Struct, frozen=True):
+    name: str
+    id: uuid.UUID
+    state: JobState
+    task: str
+    attempts: int
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+
+
+class WorkflowOut(Struct, frozen=True):
+    """A workflow: running while any job is unfinished, then succeeded if every job did,
+    failed if any failed, cancelled otherwise."""
+
+    id: uuid.UUID
+    name: str
+    state: str
+    created_at: datetime
+    jobs: list[WorkflowJobOut]
 
 
 class Problem(Struct, frozen=True, omit_defaults=True):

@@ -21,7 +21,7 @@ from taskflow.api.errors import ApiError
 from taskflow.api.schemas import MAX_BATCH, JobOut, JobSpec
 from taskflow.config import Settings
 from taskflow.jobs import submit
-from taskflow.models import DispatchEntry, Job, NewJob
+from taskflow.models import DispatchEntry, Job, NewJob, UnknownUpstreams
 from taskflow.runtime import Stores
 from taskflow.worker.registry import Registry
 
@@ -86,6 +86,7 @@ class Submitter:
             tenant=tenant, run_at=spec.run_at, delay=spec.delay,
             max_attempts=spec.max_attempts or policy.max_attempts, retry_policy=retry_policy,
             timeout=spec.timeout, idempotency_key=spec.idempotency_key, labels=spec.labels,
+            depends_on=tuple(spec.depends_on),
         )
 
     async def submit_batch(self, jobs: Sequence[NewJob]) -> list[uuid.UUID]:
@@ -93,10 +94,20 @@ class Submitter:
         return _Answers(await self._insert(jobs)).ids(jobs)
 
     async def _insert(self, jobs: Sequence[NewJob]) -> InsertResult:
-        return await submit(self.stores.store, self.stores.dispatch, jobs)
+        try:
+            return await submit(self.stores.store, self.stores.dispatch, jobs)
+        except UnknownUpstreams as exc:
+            raise _unknown_upstreams(jobs, exc) from None
 
     async def submit_one(self, job: NewJob) -> tuple[bool, JobOut]:
         """(created, the job): an idempotent replay gives (False, the first job)."""
+        # A job with upstreams goes alone: an unknown upstream must fail only its request.
+        if job.depends_on:
+            created, out = _Answers(await self._insert([job])).of(job)
+            if created:  # its DAG fields (state, pending upstreams) come from the row
+                stored = await self.stores.store.get_job(job.id)
+                out = JobOut.of(stored) if stored is not None else out
+            return created, out
         if not self.settings.api.group_commit:
             return _Answers(await self._insert([job])).of(job)
         future: asyncio.Future[tuple[bool, JobOut]] = asyncio.get_running_loop().create_future()
@@ -136,6 +147,18 @@ class Submitter:
     async def close(self) -> None:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _unknown_upstreams(jobs: Sequence[NewJob], exc: UnknownUpstreams) -> ApiError:
+    """422 naming the ids (and, in a batch, the first job that names one)."""
+    missing = set(exc.ids)
+    where = ""
+    if len(jobs) > 1:
+        index = next(i for i, j in enumerate(jobs) if missing & set(j.depends_on))
+        where = f"tasks[{index}]."
+    listed = ", ".join(str(i) for i in exc.ids)
+    return ApiError(422, f"{where}depends_on: no job {listed} for this tenant",
+                    field=f"{where}depends_on")
 
 
 class _Answers:

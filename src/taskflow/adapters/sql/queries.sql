@@ -234,9 +234,31 @@ RETURNING *;
 
 -- name: retry_job
 -- failed|cancelled -> queued, due now, with at least one attempt left (attempt numbers
--- keep counting up, so the history in job_attempts stays in order).
+-- keep counting up, so the history in job_attempts stays in order); -> blocked instead
+-- while some of its upstream jobs have not succeeded.
 UPDATE jobs
-SET state = 'queued', run_at = now(), max_attempts = greatest(max_attempts, attempts + 1),
-    finished_at = NULL, result = NULL, error = NULL, cancel_requested = false
+SET state = CASE WHEN pending_upstreams > 0 THEN 'blocked' ELSE 'queued' END::job_state,
+    run_at = now(), max_attempts = greatest(max_attempts, attempts + 1),
+    finished_at = NULL, result = NULL, error = NULL, cancel_requested = false,
+    cancelled_by = NULL
 WHERE id = $1 AND tenant = $2 AND state IN ('failed', 'cancelled')
 RETURNING *;
+
+-- name: revive_dependents
+SELECT * FROM taskflow_revive_dependents($1);
+
+-- name: cancel_waiting_workflow_jobs
+-- Every waiting job of a workflow -> cancelled at once.
+UPDATE jobs
+SET state = 'cancelled', finished_at = now(), error = 'cancelled with its workflow',
+    cancel_requested = true
+WHERE workflow_id = $1 AND state IN ('blocked', 'scheduled', 'queued')
+RETURNING id;
+
+-- name: request_running_workflow_jobs_cancel
+UPDATE jobs SET cancel_requested = true
+WHERE workflow_id = $1 AND state = 'running'
+RETURNING id, queue;
+
+-- name: get_tenant_workflow
+SELECT * FROM workflows WHERE id = $1 AND ($2::text IS NULL OR tenant = $2);
