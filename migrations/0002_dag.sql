@@ -117,8 +117,10 @@ BEGIN
         RETURN;  -- the common case: nobody waits on these jobs
     END IF;
 
-    -- Release: one decrement per (dependent, succeeded upstream) edge. Dependents are
-    -- locked in id order so that concurrent flushes cannot deadlock on them.
+    -- Release: one decrement per (dependent, succeeded upstream) edge. The count stays
+    -- true for dependents cancelled meanwhile too (a retry may revive them), but only
+    -- blocked ones move. Dependents are locked in id order so that concurrent flushes
+    -- cannot deadlock on them.
     RETURN QUERY
     WITH succeeded AS (
         SELECT u.id FROM unnest(m_ids, m_states, m_fanout) AS u(id, state, fanout)
@@ -129,15 +131,16 @@ BEGIN
         GROUP BY d.job_id
     ), locked AS (
         SELECT j.id FROM jobs AS j JOIN counts AS c ON c.job_id = j.id
-        WHERE j.state = 'blocked' ORDER BY j.id FOR NO KEY UPDATE OF j
+        WHERE j.state IN ('blocked', 'cancelled') ORDER BY j.id FOR NO KEY UPDATE OF j
     )
     UPDATE jobs AS j
     SET pending_upstreams = j.pending_upstreams - c.n,
-        state = CASE WHEN j.pending_upstreams - c.n > 0 THEN 'blocked'
+        state = CASE WHEN j.state = 'cancelled' THEN 'cancelled'
+                     WHEN j.pending_upstreams - c.n > 0 THEN 'blocked'
                      WHEN j.run_at > clock_timestamp() THEN 'scheduled'
                      ELSE 'queued' END::job_state
     FROM counts AS c JOIN locked AS l ON l.id = c.job_id
-    WHERE j.id = c.job_id AND j.state = 'blocked'
+    WHERE j.id = c.job_id AND j.state IN ('blocked', 'cancelled')
     RETURNING j.id, j.queue, j.priority, j.run_at, j.state;
 
     SELECT array_agg(u.id), array_agg(u.state) INTO ended_ids, ended_states
@@ -149,13 +152,10 @@ BEGIN
 END;
 $$;
 
--- Jobs cancelled because of an upstream, found when that upstream is retried.
-CREATE INDEX jobs_cancelled_by ON jobs (cancelled_by) WHERE cancelled_by IS NOT NULL;
-
--- A failed or cancelled job is being retried: its descendants that it cancelled return to
--- 'blocked' (they wait for it again) unless another of their upstreams has failed or been
--- cancelled for its own reasons, in which case they, and what hangs below them, stay
--- cancelled. Returns the jobs revived.
+-- A failed or cancelled job is being retried: the descendants that were cancelled because
+-- of an upstream return to 'blocked' (they wait for it again) unless another of their
+-- upstreams, outside that set, has failed or been cancelled, in which case they, and what
+-- hangs below them, stay cancelled. Returns the jobs revived.
 CREATE FUNCTION taskflow_revive_dependents(root uuid)
 RETURNS SETOF uuid
 LANGUAGE plpgsql AS $$
@@ -163,8 +163,14 @@ DECLARE
     revived uuid[];
     kept uuid[];
 BEGIN
+    WITH RECURSIVE down (id) AS (
+        SELECT d.job_id FROM job_dependencies AS d WHERE d.upstream_id = root
+        UNION
+        SELECT d.job_id FROM job_dependencies AS d JOIN down ON d.upstream_id = down.id
+    )
     SELECT coalesce(array_agg(j.id), '{}') INTO revived
-    FROM jobs AS j WHERE j.cancelled_by = root AND j.state = 'cancelled';
+    FROM down JOIN jobs AS j ON j.id = down.id
+    WHERE j.state = 'cancelled' AND j.cancelled_by IS NOT NULL;
     LOOP
         SELECT coalesce(array_agg(DISTINCT d.job_id), '{}') INTO kept
         FROM job_dependencies AS d JOIN jobs AS u ON u.id = d.upstream_id

@@ -29,9 +29,12 @@ def collector() -> tuple[Registry, list]:
 
 
 def node(name: str, *after: str, task: str = "collect", **job) -> WorkflowNode:
+    payload = job.pop("payload", {})
+    if task == "collect":
+        payload = {"name": name, **payload}
     return WorkflowNode(name=name, after=after,
                         job=NewJob(task=task, max_attempts=job.pop("max_attempts", 1),
-                                   payload={"name": name, **job.pop("payload", {})}, **job))
+                                   payload=payload, **job))
 
 
 async def test_diamond_runs_in_order_and_passes_results_by_node_name(stores, settings):
@@ -143,3 +146,63 @@ async def test_submit_racing_the_upstreams_completion_never_leaves_the_child_blo
         assert job.state is JobState.QUEUED, (job.state, job.pending_upstreams)
         assert job.pending_upstreams == 0
         await stores.dispatch.release("default", claims)
+
+
+async def _retry(stores, job_id, tenant="t"):
+    from taskflow.jobs import retry
+
+    job = await retry(stores.store, stores.dispatch, job_id, tenant)
+    assert job is not None
+    return job
+
+
+async def test_child_of_two_failed_upstreams_runs_once_both_are_retried(stores, settings):
+    # x and y fail once each (fail the first attempt, max_attempts 1); d needs both.
+    nodes = [node("x", task="fail", payload={"times": 1}),
+             node("y", task="fail", payload={"times": 1}),
+             node("d", "x", "y")]
+    registry, seen = collector()
+    workflow, ids = await submit_workflow(stores.store, stores.dispatch, "t", "two", nodes)
+    async with running_worker(stores, settings, registry):
+        jobs = await wait_for_states(stores, list(ids.values()), DONE)
+        assert {j.node: j.state.value for j in jobs} == {
+            "x": "failed", "y": "failed", "d": "cancelled"}
+        await _retry(stores, ids["x"])
+        await wait_for_states(stores, [ids["x"]], {"succeeded"})
+        [d] = await stores.store.get_jobs([ids["d"]])
+        assert d.state is JobState.CANCELLED  # y has still failed
+        assert d.pending_upstreams == 1  # but x's success was counted
+        await _retry(stores, ids["y"])
+        [d] = await wait_for_states(stores, [ids["d"]], {"succeeded"})
+    assert d.attempts == 1 and d.cancelled_by is None
+    assert [name for name, _ in seen] == ["d"]
+
+
+async def test_job_born_cancelled_behind_a_failed_upstream_runs_after_its_retry(
+        stores, settings):
+    [up] = await submit_jobs(stores, {"task": "fail", "payload": {"times": 1},
+                                      "max_attempts": 1, "tenant": "t"})
+    async with running_worker(stores, settings):
+        await wait_for_states(stores, [up], {"failed"})
+        result = await submit(stores.store, stores.dispatch, [
+            NewJob(task="noop", max_attempts=1, tenant="t", depends_on=(up,))])
+        [entry] = result.created
+        assert entry.state is JobState.CANCELLED
+        [child] = await stores.store.get_jobs([entry.id])
+        assert child.cancelled_by == up and "ended failed" in child.error
+        await _retry(stores, up)
+        await wait_for_states(stores, [entry.id], {"succeeded"})
+
+
+async def test_retrying_a_cancelled_child_while_its_upstream_has_failed_keeps_it_waiting(
+        stores, settings):
+    nodes = [node("up", task="fail", payload={"times": 1}), node("child", "up", task="noop")]
+    workflow, ids = await submit_workflow(stores.store, stores.dispatch, "t", "w", nodes)
+    async with running_worker(stores, settings):
+        await wait_for_states(stores, [ids["child"]], {"cancelled"})
+        child = await _retry(stores, ids["child"])
+        assert child.state is JobState.BLOCKED and child.pending_upstreams == 1
+        assert await stores.dispatch.depth("default") == (0, 0, 0)  # not indexed
+        await _retry(stores, ids["up"])
+        [done] = await wait_for_states(stores, [ids["child"]], {"succeeded"})
+    assert done.attempts == 1

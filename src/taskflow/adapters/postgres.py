@@ -181,10 +181,10 @@ class PostgresStore:
                 placed.upstream_count = len(set(job.depends_on))
                 for up in set(job.depends_on):
                     state = upstreams[(job.tenant, up)]
+                    if state is not JobState.SUCCEEDED:
+                        placed.pending += 1  # a failed one too: a retry may still succeed
                     if state in (JobState.FAILED, JobState.CANCELLED):
                         placed.doom(up, state)
-                    elif state is not JobState.SUCCEEDED:
-                        placed.pending += 1
             rows = await conn.fetch(QUERIES["insert_jobs"], *_job_columns(jobs, dag))
             created = {r["id"] for r in rows}
             edges = [(up, j.id) for j in jobs if j.id in created for up in set(j.depends_on)]
