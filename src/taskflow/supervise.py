@@ -28,6 +28,11 @@ async def supervised(
         except asyncio.CancelledError:
             raise
         except Exception:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # A library turned our cancellation into an error of its own (a client
+                # interrupted mid-command): we were asked to stop, so stop.
+                raise asyncio.CancelledError() from None
             log.exception("%s failed; restarting in %.1fs", name, backoff)
         if loop.time() - began > max_backoff:
             backoff = min_backoff  # it ran well for a while: this is a new failure
