@@ -23,7 +23,7 @@ from taskflow.adapters.redis import RedisDispatch, WakeListener
 from taskflow import metrics
 from taskflow.config import Settings
 from taskflow.models import Claim, Outcome, StartedJob
-from taskflow.states import JobState
+from taskflow.states import DISPATCHABLE, JobState
 from taskflow.supervise import every, supervised
 from taskflow.worker.registry import JobContext, Registry
 from taskflow.worker.runner import Runner
@@ -74,6 +74,7 @@ class Worker:
         self.store = store
         self.dispatch = dispatch
         self.queues = list(queues or self.cfg.queues)
+        self._served = frozenset(self.queues)
         self.concurrency = concurrency or self.cfg.concurrency
         self.name = name or worker_name()
         self.lease_ms = int(self.cfg.lease_ttl * 1000)
@@ -257,13 +258,18 @@ class Worker:
                 released.setdefault(held.queue, []).append(held.claim)
         self._slot_freed.set()
         self._flushed.set()
-        requeued = [e for e in moved if e.state.value in ("queued", "scheduled")]
+        requeued = [e for e in moved if e.state in DISPATCHABLE]
         try:
             await self.dispatch.settle(released, requeued)
         except Exception:
             # Outcomes are durable; leases expire by themselves and the reconciler indexes
             # the retries, so this costs only latency.
             log.exception("could not settle %d outcomes in Redis", len(batch))
+            return
+        if any(e.state is JobState.QUEUED and e.queue in self._served for e in requeued):
+            # Released dependents (or retries) for our own queues: claim them now rather
+            # than after our own wake-up message has gone round Redis.
+            self.wake.event.set()
 
     # -- leases --------------------------------------------------------------------------
 
