@@ -41,7 +41,8 @@ CREATE INDEX job_dependencies_job ON job_dependencies (job_id, upstream_id);
 CREATE FUNCTION taskflow_cancel_dependents(roots uuid[], root_states job_state[])
 RETURNS TABLE (id uuid, queue text, priority integer, run_at timestamptz, state job_state)
 LANGUAGE sql
-SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off  -- see below
+-- Reaches every row by key: see the release in taskflow_finish_jobs for why.
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
 AS $$
     WITH RECURSIVE root AS (
         SELECT * FROM unnest(roots, root_states) AS r(id, state)
@@ -71,22 +72,18 @@ $$;
 -- takes a fresh snapshot, so the release below sees every edge committed by a concurrent
 -- submit that the first statement had to wait for (it locks the upstream row; see
 -- lock_upstreams in queries.sql). One round trip still.
---
--- Every statement here reaches rows by key (a batch of ids, their edges), so index
--- lookups in nested loops are always the right plan; the planner, misjudging the size of
--- the intermediate results (200 groups where there is 1), otherwise hash-joins whole
--- scans of jobs and job_dependencies: 3 ms per release at 10,000 jobs, and growing.
 CREATE FUNCTION taskflow_finish_jobs(
     ids uuid[], tokens text[], states job_state[], results text[], errors text[],
     delays float8[], outcomes text[], durations float8[]
 ) RETURNS TABLE (id uuid, queue text, priority integer, run_at timestamptz, state job_state)
-LANGUAGE plpgsql
-SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
-AS $$
+LANGUAGE plpgsql AS $$
 DECLARE
     m_ids uuid[]; m_queues text[]; m_priorities integer[]; m_run_ats timestamptz[];
     m_states job_state[]; m_fanout boolean[];
     ended_ids uuid[]; ended_states job_state[];
+    saved_seqscan text := current_setting('enable_seqscan');
+    saved_hashjoin text := current_setting('enable_hashjoin');
+    saved_mergejoin text := current_setting('enable_mergejoin');
 BEGIN
     WITH done AS (
         SELECT * FROM unnest(ids, tokens, states, results, errors, delays, outcomes,
@@ -108,13 +105,13 @@ BEGIN
         FROM done AS d
         WHERE j.id = d.id AND j.state = 'running' AND j.lease_token = d.token
         RETURNING j.id, j.queue, j.priority, j.run_at, j.state, j.attempts, j.worker,
-                  j.started_at, j.has_dependents
+                  j.started_at, j.has_dependents, d.duration, d.outcome, d.error
     ), recorded AS (
         INSERT INTO job_attempts (job_id, attempt, worker, started_at, finished_at,
                                   duration, outcome, error)
-        SELECT m.id, m.attempts, m.worker, m.started_at, now(), d.duration,
-               CASE WHEN m.state = 'cancelled' THEN 'cancelled' ELSE d.outcome END, d.error
-        FROM moved AS m JOIN done AS d USING (id)
+        SELECT m.id, m.attempts, m.worker, m.started_at, now(), m.duration,
+               CASE WHEN m.state = 'cancelled' THEN 'cancelled' ELSE m.outcome END, m.error
+        FROM moved AS m
     )
     SELECT coalesce(array_agg(m.id), '{}'), array_agg(m.queue), array_agg(m.priority),
            array_agg(m.run_at), array_agg(m.state), array_agg(m.has_dependents)
@@ -130,27 +127,39 @@ BEGIN
     -- true for dependents cancelled meanwhile too (a retry may revive them), but only
     -- blocked ones move. Dependents are locked in id order so that concurrent flushes
     -- cannot deadlock on them.
+    --
+    -- This statement reaches every row by key (edges of the succeeded jobs, then their
+    -- dependents), so index lookups in nested loops are the right plan at any size; the
+    -- planner, misjudging the intermediate sizes (200 groups where there is one), would
+    -- otherwise hash-join whole scans of jobs and job_dependencies: 3 ms per release at
+    -- 10,000 jobs, and growing with the tables. Hence the settings, for it alone.
+    PERFORM set_config('enable_seqscan', 'off', true),
+            set_config('enable_hashjoin', 'off', true),
+            set_config('enable_mergejoin', 'off', true);
     RETURN QUERY
     WITH succeeded AS (
         SELECT u.id FROM unnest(m_ids, m_states, m_fanout) AS u(id, state, fanout)
         WHERE u.state = 'succeeded' AND u.fanout
     ), counts AS (
         SELECT d.job_id, count(*)::integer AS n
-        FROM job_dependencies AS d JOIN succeeded AS s ON s.id = d.upstream_id
+        FROM succeeded AS s JOIN job_dependencies AS d ON d.upstream_id = s.id
         GROUP BY d.job_id
     ), locked AS (
-        SELECT j.id FROM jobs AS j JOIN counts AS c ON c.job_id = j.id
+        SELECT j.id, c.n FROM counts AS c JOIN jobs AS j ON j.id = c.job_id
         WHERE j.state IN ('blocked', 'cancelled') ORDER BY j.id FOR NO KEY UPDATE OF j
     )
     UPDATE jobs AS j
-    SET pending_upstreams = j.pending_upstreams - c.n,
+    SET pending_upstreams = j.pending_upstreams - l.n,
         state = CASE WHEN j.state = 'cancelled' THEN 'cancelled'
-                     WHEN j.pending_upstreams - c.n > 0 THEN 'blocked'
+                     WHEN j.pending_upstreams - l.n > 0 THEN 'blocked'
                      WHEN j.run_at > clock_timestamp() THEN 'scheduled'
                      ELSE 'queued' END::job_state
-    FROM counts AS c JOIN locked AS l ON l.id = c.job_id
-    WHERE j.id = c.job_id AND j.state IN ('blocked', 'cancelled')
+    FROM locked AS l
+    WHERE j.id = l.id AND j.state IN ('blocked', 'cancelled')
     RETURNING j.id, j.queue, j.priority, j.run_at, j.state;
+    PERFORM set_config('enable_seqscan', saved_seqscan, true),
+            set_config('enable_hashjoin', saved_hashjoin, true),
+            set_config('enable_mergejoin', saved_mergejoin, true);
 
     SELECT array_agg(u.id), array_agg(u.state) INTO ended_ids, ended_states
     FROM unnest(m_ids, m_states, m_fanout) AS u(id, state, fanout)
