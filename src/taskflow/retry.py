@@ -24,6 +24,9 @@ class GiveUp(Struct, frozen=True):
 
 Decision = Retry | GiveUp
 
+MAX_RETRY_DELAY = 366 * 86_400.0
+"""No retry waits longer than a year, whatever a handler or a server's Retry-After asks."""
+
 
 def backoff_delay(
     attempt: int, policy: RetryPolicy, rand: Callable[[], float] = random.random
@@ -63,5 +66,5 @@ def decide(
     if attempt >= max_attempts:
         return GiveUp(f"retries exhausted after {attempt} attempt{'s' if attempt != 1 else ''}")
     if retry_after is not None:
-        return Retry(max(0.0, retry_after))
-    return Retry(backoff_delay(attempt, policy, rand))
+        return Retry(min(MAX_RETRY_DELAY, max(0.0, retry_after)))
+    return Retry(min(MAX_RETRY_DELAY, backoff_delay(attempt, policy, rand)))

@@ -278,3 +278,70 @@ async def test_failed_attempt_of_a_job_with_a_cancel_request_ends_cancelled(stor
     [moved] = await stores.store.finish_jobs([retry])
     assert moved.state is JobState.CANCELLED
     assert [a.outcome for a in await stores.store.job_attempts(job_id)] == ["cancelled"]
+
+
+async def test_values_postgresql_refuses_fail_only_their_own_job(stores, settings):
+    registry = Registry()
+
+    @registry.task("nul_result")
+    async def nul_result(ctx):
+        return {"text": "a\x00b"}
+
+    @registry.task("nul_error")
+    async def nul_error(ctx):
+        raise ValueError("bad\x00byte")
+
+    @registry.task("far_retry")
+    async def far_retry(ctx):
+        from taskflow import RetryAfter
+        raise RetryAfter(1e15)
+
+    @registry.task("literal")
+    async def literal(ctx):
+        return "not a NUL: \\u0000"
+
+    ids = await submit_jobs(
+        stores,
+        {"task": "nul_result"}, {"task": "nul_error", "max_attempts": 1},
+        {"task": "far_retry", "max_attempts": 2}, {"task": "literal"},
+        *[{"task": "echo", "payload": i} for i in range(20)])
+    async with running_worker(stores, settings, registry):
+        jobs = {j.id: j for j in await wait_for_states(
+            stores, [i for n, i in enumerate(ids) if n != 2],
+            {"succeeded", "failed"}, timeout=20)}
+        far = await wait_until(lambda: _scheduled(stores, ids[2]))
+    nul_result_job, nul_error_job = jobs[ids[0]], jobs[ids[1]]
+    assert nul_result_job.state is JobState.FAILED and nul_result_job.attempts == 1
+    assert "NUL character" in nul_result_job.error
+    assert nul_error_job.state is JobState.FAILED and "bad\\x00byte" in nul_error_job.error
+    assert jobs[ids[3]].result == "not a NUL: \\u0000"
+    assert all(jobs[i].state is JobState.SUCCEEDED for i in ids[4:])
+    assert far.run_at - far.created_at < timedelta(days=367)  # capped, not an overflow
+
+
+async def _scheduled(stores, job_id):
+    job = await stores.store.get_job(job_id)
+    return job if job.state is JobState.SCHEDULED and job.attempts == 1 else None
+
+
+async def test_an_outcome_postgresql_refuses_is_recorded_as_a_failure_alone(stores, settings):
+    from taskflow.worker.builtins import builtin_registry
+    from taskflow.worker.worker import Worker
+
+    ids = await submit_jobs(stores, {"task": "noop"}, {"task": "noop"})
+    claims = (await stores.dispatch.claim("default", 2, 10_000)).claims
+    started = await stores.store.start_jobs(claims, "w")
+    registry, outbound = builtin_registry(settings.outbound)
+    worker = Worker(settings, stores.store, stores.dispatch, registry)
+    bad, good = started
+    outcomes = [Outcome(bad.id, bad.lease_token, JobState.SUCCEEDED, "succeeded", 0.0,
+                        result='"\\u0000"'),
+                Outcome(good.id, good.lease_token, JobState.SUCCEEDED, "succeeded", 0.0,
+                        result='"fine"')]
+    moved = await worker._record(outcomes)
+    assert {e.id for e in moved} == {bad.id, good.id}
+    jobs = {j.id: j for j in await stores.store.get_jobs(ids)}
+    assert jobs[good.id].state is JobState.SUCCEEDED and jobs[good.id].result == "fine"
+    assert jobs[bad.id].state is JobState.FAILED
+    assert "outcome could not be stored" in jobs[bad.id].error
+    await outbound.close()

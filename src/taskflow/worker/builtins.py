@@ -83,14 +83,15 @@ class HttpTask:
         try:
             self.client.check_literal(url.host)
             async with self.client.session().request(spec.method, url, **kwargs) as resp:
-                body = await resp.content.read(self.client.settings.max_response_bytes)
+                body = await _read_up_to(resp.content, self.client.settings.max_response_bytes)
                 status = resp.status
                 retry_after = resp.headers.get("Retry-After")
         except BlockedDestination as exc:
             raise NonRetryableError(str(exc)) from None
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise ConnectionError(f"{spec.method} {spec.url}: {type(exc).__name__}: {exc}") from None
-        text = body.decode("utf-8", "replace")
+        # NUL cannot be stored in PostgreSQL text or jsonb.
+        text = body.decode("utf-8", "replace").replace("\x00", "\ufffd")
         if 200 <= status < 300:
             return {"status": status, "body": text}
         message = f"{spec.method} {spec.url} answered {status}: {text[:500]}"
@@ -99,6 +100,19 @@ class HttpTask:
         if status in _RETRYABLE or status >= 500:
             raise ConnectionError(message)
         raise NonRetryableError(message)
+
+
+async def _read_up_to(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    """The body, or its first ``limit`` bytes (``read(n)`` returns what has arrived)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await stream.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def builtin_registry(outbound: OutboundSettings) -> tuple[Registry, OutboundClient]:

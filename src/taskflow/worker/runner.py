@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,8 @@ from taskflow.worker.registry import JobContext, NonRetryableError, Registry, Re
 _decode = msgspec.json.decode
 _encode = msgspec.json.encode
 MAX_ERROR_CHARS = 8000
+# A JSON \u0000 escape (not an escaped backslash followed by "u0000").
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 class AttemptError(Exception):
@@ -40,6 +43,7 @@ def _describe(exc: BaseException) -> str:
     text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
     tb = "".join(traceback.format_tb(exc.__traceback__)[-5:])
     full = f"{text}\n{tb}" if tb else text
+    full = full.replace("\x00", "\\x00")  # PostgreSQL text cannot hold NUL
     return full if len(full) <= MAX_ERROR_CHARS else full[: MAX_ERROR_CHARS - 3] + "..."
 
 
@@ -86,6 +90,10 @@ class Runner:
                     f"result of task {job.task!r} cannot be stored as JSON: {exc}",
                     retryable=False,
                 ) from None
+            if "\\u0000" in encoded and _NUL_ESCAPE.search(encoded):
+                raise AttemptError(
+                    f"result of task {job.task!r} cannot be stored: it contains a NUL "
+                    "character (\\u0000), which PostgreSQL's jsonb refuses", retryable=False)
             return Outcome(job.id, job.lease_token, JobState.SUCCEEDED, "succeeded",
                            time.perf_counter() - began, result=encoded)
         except asyncio.CancelledError:
@@ -102,7 +110,7 @@ class Runner:
         except NonRetryableError as exc:
             error, retryable = _describe(exc), False
         except AttemptError as exc:
-            error, retryable = str(exc), exc.retryable
+            error, retryable = str(exc).replace("\x00", "\\x00"), exc.retryable
         except BaseException as exc:  # noqa: BLE001 - see module docstring
             error, retryable = _describe(exc), True
         duration = time.perf_counter() - began

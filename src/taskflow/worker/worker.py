@@ -18,11 +18,13 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+import asyncpg
+
+from taskflow import metrics
 from taskflow.adapters.postgres import PostgresStore
 from taskflow.adapters.redis import RedisDispatch, WakeListener
-from taskflow import metrics
 from taskflow.config import Settings
-from taskflow.models import Claim, Outcome, StartedJob
+from taskflow.models import Claim, DispatchEntry, Outcome, StartedJob
 from taskflow.states import DISPATCHABLE, JobState
 from taskflow.supervise import every, supervised
 from taskflow.worker.registry import JobContext, Registry
@@ -86,7 +88,7 @@ class Worker:
         self.outcomes: list[Outcome] = []
         self._slot_freed = asyncio.Event()
         self._outcomes_ready = asyncio.Event()
-        self._flushed = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
         self._max_buffered = max(self.concurrency, self.cfg.claim_batch) * 2
         self._next_queue = 0
         metrics.WORKER_RUNNING.set_function(lambda: self.running)
@@ -104,17 +106,18 @@ class Worker:
         log.info("worker %s serving %s with concurrency %d", self.name, self.queues,
                  self.concurrency)
         try:
-            await stop.wait()
-        finally:
-            claimer.cancel()
-            await asyncio.gather(claimer, return_exceptions=True)
             try:
-                await self._shutdown()
+                await stop.wait()
             finally:
-                for duty in duties:
-                    duty.cancel()
-                await asyncio.gather(*duties, return_exceptions=True)
-                self.threads.shutdown(wait=False, cancel_futures=True)
+                claimer.cancel()
+                await asyncio.gather(claimer, return_exceptions=True)
+                await self._shutdown()
+        finally:
+            # Even when the shutdown itself is cancelled: no duty outlives the worker.
+            for duty in duties:
+                duty.cancel()
+            await asyncio.gather(*duties, return_exceptions=True)
+            self.threads.shutdown(wait=False, cancel_futures=True)
 
     async def _claim_forever(self) -> None:
         while True:
@@ -232,19 +235,50 @@ class Worker:
             await self._flush()
 
     async def _flush(self) -> None:
-        """Write every buffered outcome in one statement, then settle Redis."""
-        self._outcomes_ready.clear()
-        batch, self.outcomes = self.outcomes, []
-        if not batch:
-            self._flushed.set()
-            return
+        """Write every buffered outcome in one statement, then settle Redis. One flush at
+        a time: the flusher and the shutdown both call this, and the shutdown must wait
+        for a batch the flusher is writing."""
+        async with self._flush_lock:
+            self._outcomes_ready.clear()
+            batch, self.outcomes = self.outcomes, []
+            if not batch:
+                return
+            try:
+                moved = await self._record(batch)
+            except BaseException:
+                # Keep them: the leases are still heartbeated, the next flush retries.
+                self.outcomes[:0] = batch
+                self._outcomes_ready.set()
+                raise
+            await self._settle(batch, moved)
+
+    async def _record(self, batch: list[Outcome]) -> list[DispatchEntry]:
         try:
-            moved = await self.store.finish_jobs(batch)
-        except BaseException:
-            # Keep them: the leases are still heartbeated, the next flush retries.
-            self.outcomes[:0] = batch
-            self._outcomes_ready.set()
-            raise
+            return await self.store.finish_jobs(batch)
+        except asyncpg.DataError as exc:
+            # A value PostgreSQL refuses (an untranslatable character, an interval out of
+            # range) must not hold up the other outcomes: record them one by one, and a
+            # refused one as a failure that says why.
+            if len(batch) > 1:
+                moved = []
+                for outcome in batch:
+                    moved += await self._record([outcome])
+                return moved
+            [bad] = batch
+            log.error("job %s: PostgreSQL refused its outcome: %s", bad.id, exc)
+            failed = Outcome(bad.id, bad.token, JobState.FAILED, "failed", bad.duration,
+                             error=f"the attempt's outcome could not be stored: {exc}"
+                             .replace("\x00", "\\x00"))
+            try:
+                return await self.store.finish_jobs([failed])
+            except asyncpg.DataError:
+                log.exception("job %s: dropping an outcome PostgreSQL refuses twice; the "
+                              "job runs again when its lease expires", bad.id)
+                return []
+
+    async def _settle(self, batch: list[Outcome], moved: list[DispatchEntry]) -> None:
+        """Give back the leases of recorded (or fenced) attempts and index what runs
+        again."""
         metrics.FLUSH_BATCH.observe(len(batch))
         own = {o.id for o in batch}
         fenced = len(batch) - sum(1 for e in moved if e.id in own)
@@ -253,11 +287,13 @@ class Worker:
             log.warning("%d outcomes refused: their leases were taken over", fenced)
         released: dict[str, list[Claim]] = {}
         for o in batch:
-            held = self.held.pop(str(o.id), None)
-            if held is not None:
+            key = str(o.id)
+            held = self.held.get(key)
+            # Only this attempt's lease: the job may have been claimed again since.
+            if held is not None and held.claim.token == o.token:
+                del self.held[key]
                 released.setdefault(held.queue, []).append(held.claim)
         self._slot_freed.set()
-        self._flushed.set()
         requeued = [e for e in moved if e.state in DISPATCHABLE]
         try:
             await self.dispatch.settle(released, requeued)
@@ -316,20 +352,24 @@ class Worker:
                 unfinished.setdefault(held.queue, []).append(held.claim)
                 self.held.pop(held.claim.id)
         if pending:
-            await asyncio.wait(pending)
+            # A handler that swallows its cancellation must not hold the exit for ever.
+            _, stuck = await asyncio.wait(pending, timeout=5.0)
+            if stuck:
+                log.error("%d handlers ignored cancellation; exiting without them", len(stuck))
         await self._drain_outcomes()
         for queue, claims in unfinished.items():
             await self._hand_back(queue, claims)
 
     async def _drain_outcomes(self, attempts: int = 10) -> None:
         for attempt in range(attempts):
-            if not self.outcomes:
-                return
             try:
-                await self._flush()
+                await self._flush()  # after any flush in progress, the rest
             except Exception:
                 log.exception("could not store outcomes at shutdown (try %d)", attempt + 1)
                 await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
+                continue
+            if not self.outcomes:
+                return
         if self.outcomes:
             log.error("%d outcomes not stored; their jobs run again when their leases expire",
                       len(self.outcomes))
