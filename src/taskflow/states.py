@@ -52,9 +52,10 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
         }
     ),
     JobState.SUCCEEDED: frozenset(),
-    # A manual retry puts a failed or cancelled job back in line.
-    JobState.FAILED: frozenset({JobState.QUEUED}),
-    JobState.CANCELLED: frozenset({JobState.QUEUED}),
+    # A manual retry puts a failed or cancelled job back in line, or back to waiting for
+    # its upstreams; the retry of an upstream revives the dependents it cancelled.
+    JobState.FAILED: frozenset({JobState.QUEUED, JobState.BLOCKED}),
+    JobState.CANCELLED: frozenset({JobState.QUEUED, JobState.BLOCKED}),
 }
 
 

@@ -345,3 +345,16 @@ async def test_an_outcome_postgresql_refuses_is_recorded_as_a_failure_alone(stor
     assert jobs[bad.id].state is JobState.FAILED
     assert "outcome could not be stored" in jobs[bad.id].error
     await outbound.close()
+
+
+async def test_a_cancel_request_survives_the_loss_of_the_running_worker(stores, settings):
+    [job_id] = await submit_jobs(stores, {"task": "noop", "tenant": "t"})
+    claims = (await stores.dispatch.claim("default", 1, lease_ms=100)).claims
+    await stores.store.start_jobs(claims, "worker-a")
+    assert await stores.store.request_running_job_cancel(job_id, "t") is not None
+    await asyncio.sleep(0.2)  # the worker died before it heard of the request
+    await Maintenance(settings, stores.store, stores.dispatch, ["default"]).reap_once()
+    job = await stores.store.get_job(job_id)
+    assert job.state is JobState.CANCELLED and job.finished_at is not None
+    # and nothing runs it again
+    assert (await stores.dispatch.claim("default", 1, 10_000)).claims == []

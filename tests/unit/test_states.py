@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,8 @@ def test_the_database_enum_lists_the_same_states():
 
 @pytest.mark.parametrize("state", sorted(TERMINAL - {JobState.SUCCEEDED}))
 def test_failed_and_cancelled_jobs_can_only_be_retried(state):
-    assert TRANSITIONS[state] == {JobState.QUEUED}
+    # back in line, or back to waiting for upstream jobs
+    assert TRANSITIONS[state] == {JobState.QUEUED, JobState.BLOCKED}
 
 
 def test_succeeded_is_final():
@@ -50,27 +52,49 @@ def test_check_transition_names_both_states():
         check_transition(JobState.SUCCEEDED, JobState.RUNNING)
 
 
-# The guarded statements must follow the table: each names the states it leaves.
-@pytest.mark.parametrize(
-    ("query", "source", "targets"),
-    [
-        ("start_jobs", {JobState.QUEUED, JobState.SCHEDULED}, {JobState.RUNNING}),
-        ("finish_jobs", {JobState.RUNNING},
-         {JobState.SUCCEEDED, JobState.FAILED, JobState.SCHEDULED, JobState.QUEUED,
-          JobState.CANCELLED}),
-        ("hand_back_jobs", {JobState.RUNNING}, {JobState.QUEUED}),
-        ("rescue_jobs", {JobState.RUNNING}, {JobState.QUEUED, JobState.FAILED}),
-    ],
-)
-def test_guarded_queries_follow_the_transition_table(query, source, targets):
-    sql = QUERIES[query]
-    if query == "finish_jobs":
-        assert "taskflow_finish_jobs" in sql
-        sql = FINISH_FUNCTION
-    if source == {JobState.RUNNING}:
-        assert "j.state = 'running'" in sql and "lease_token = " in sql
-    else:
-        assert "j.state IN ('queued', 'scheduled')" in sql
-    for s in source:
-        for t in targets:
-            assert can_transition(s, t), f"{query}: {s.value} -> {t.value}"
+# The guarded statements must follow the table. Sources and targets are read from the SQL
+# itself: the states its WHERE guard accepts, and every state its SET state may write.
+_STATE = "|".join(s.value for s in JobState)
+_SET = re.compile(r"SET state = (.*?)(?:,\s*$|\n\s*\w+ = )", re.S | re.M)
+_GUARD = re.compile(r"WHERE [^;]*?\bj?\.?state (?:= '(\w+)'|IN \(([^)]*)\))", re.S)
+
+
+def _states(text: str) -> set[JobState]:
+    return {JobState(m) for m in re.findall(rf"'({_STATE})'", text)}
+
+
+def _sql(name: str) -> str:
+    if name == "finish_jobs":
+        assert "taskflow_finish_jobs" in QUERIES[name]
+        return FINISH_FUNCTION.partition("RETURN QUERY")[0]
+    return QUERIES[name]
+
+
+@pytest.mark.parametrize("query", [
+    "start_jobs", "finish_jobs", "hand_back_jobs", "rescue_jobs", "cancel_waiting_job",
+    "request_running_job_cancel", "retry_job", "cancel_waiting_workflow_jobs",
+])
+def test_guarded_queries_follow_the_transition_table(query):
+    sql = _sql(query)
+    guard = _GUARD.search(sql)
+    assert guard, f"{query} has no state guard"
+    sources = _states(guard.group(0))
+    assert sources, query
+    set_clause = _SET.search(sql)
+    targets = _states(set_clause.group(1)) if set_clause else set()
+    if query == "finish_jobs":  # the target comes in as a parameter; these are what it sends
+        targets |= {JobState.SUCCEEDED, JobState.FAILED, JobState.SCHEDULED, JobState.QUEUED}
+    if JobState.RUNNING in sources and targets:
+        assert "lease_token = " in sql, f"{query} ends running attempts without fencing"
+    for source in sources:
+        for target in targets:
+            assert can_transition(source, target), f"{query}: {source.value} -> {target.value}"
+
+
+def test_the_guard_reader_sees_what_it_claims():
+    # start_jobs: queued|scheduled -> running
+    sql = QUERIES["start_jobs"]
+    assert _states(_GUARD.search(sql).group(0)) == {JobState.QUEUED, JobState.SCHEDULED}
+    assert _states(_SET.search(sql).group(1)) == {JobState.RUNNING}
+    assert _states(_SET.search(QUERIES["rescue_jobs"]).group(1)) == {
+        JobState.CANCELLED, JobState.FAILED, JobState.QUEUED}

@@ -295,22 +295,25 @@ class PostgresStore:
         return [_entry(r) for r in rows]
 
     async def hand_back_jobs(self, claims: Sequence[Claim]) -> list[DispatchEntry]:
-        rows = await self.pool.fetch(
-            QUERIES["hand_back_jobs"], [c.id for c in claims], [c.token for c in claims]
-        )
-        return [_entry(r) for r in rows]
+        """Requeue unfinished attempts at shutdown (cancel them, if asked to)."""
+        return await self._end_running("hand_back_jobs", claims)
 
     async def rescue_jobs(self, claims: Sequence[Claim]) -> list[DispatchEntry]:
-        """Requeue (or fail) attempts whose lease expired; the dependents of jobs that
-        failed here are cancelled in the same transaction."""
+        """Requeue (or fail, or cancel) attempts whose lease expired."""
+        return await self._end_running("rescue_jobs", claims)
+
+    async def _end_running(self, query: str, claims: Sequence[Claim]) -> list[DispatchEntry]:
+        """Run a guarded running -> * statement; the dependents of jobs it ended failed or
+        cancelled are cancelled in the same transaction."""
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
-                QUERIES["rescue_jobs"], [c.id for c in claims], [c.token for c in claims]
+                QUERIES[query], [c.id for c in claims], [c.token for c in claims]
             )
-            failed = [r["id"] for r in rows if r["has_dependents"] and r["state"] == "failed"]
-            if failed:
-                rows += await conn.fetch(QUERIES["cancel_dependents"], failed,
-                                         ["failed"] * len(failed))
+            ended = [r for r in rows
+                     if r["has_dependents"] and r["state"] in ("failed", "cancelled")]
+            if ended:
+                rows += await conn.fetch(QUERIES["cancel_dependents"],
+                                         [r["id"] for r in ended], [r["state"] for r in ended])
         return [_entry(r) for r in rows]
 
     async def running_jobs_started_before(

@@ -103,7 +103,7 @@ UPDATE jobs AS j
 SET state = 'running', attempts = j.attempts + 1, lease_token = c.token,
     worker = $3, started_at = now()
 FROM unnest($1::uuid[], $2::text[]) AS c(id, token)
-WHERE j.id = c.id AND j.state IN ('queued', 'scheduled')
+WHERE j.id = c.id AND j.state IN ('queued', 'scheduled') AND NOT j.cancel_requested
 RETURNING j.id, j.task, j.queue, j.payload::text AS payload, j.priority, j.attempts,
           j.max_attempts, j.retry_policy::text AS retry_policy, j.timeout, j.lease_token,
           j.tenant, j.upstream_count;
@@ -119,38 +119,48 @@ SELECT * FROM taskflow_finish_jobs($1::uuid[], $2::text[], $3::job_state[], $4::
 
 -- name: hand_back_jobs
 -- running -> queued without spending an attempt: the worker is shutting down and did not
--- finish these in its grace period.
+-- finish these in its grace period. A job whose cancellation was requested ends
+-- cancelled instead (its worker stopped it, in effect).
 WITH back AS (
     SELECT * FROM unnest($1::uuid[], $2::text[]) AS b(id, token)
 ), moved AS (
     UPDATE jobs AS j
-    SET state = 'queued', attempts = j.attempts - 1, lease_token = NULL, run_at = now()
+    SET state = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'queued' END::job_state,
+        attempts = CASE WHEN j.cancel_requested THEN j.attempts ELSE j.attempts - 1 END,
+        finished_at = CASE WHEN j.cancel_requested THEN now() END,
+        error = CASE WHEN j.cancel_requested THEN 'cancelled while running' END,
+        lease_token = NULL, run_at = now()
     FROM back AS b
     WHERE j.id = b.id AND j.state = 'running' AND j.lease_token = b.token
     RETURNING j.id, j.queue, j.priority, j.run_at, j.state, j.attempts, j.worker,
-              j.started_at
+              j.started_at, j.has_dependents
 ), recorded AS (
     INSERT INTO job_attempts (job_id, attempt, worker, started_at, finished_at, outcome,
                               error)
-    SELECT id, attempts + 1, worker, started_at, now(), 'handed_back',
+    SELECT id, CASE WHEN state = 'cancelled' THEN attempts ELSE attempts + 1 END, worker,
+           started_at, now(),
+           CASE WHEN state = 'cancelled' THEN 'cancelled' ELSE 'handed_back' END,
            'worker shut down before the job finished; handed back'
     FROM moved
 )
-SELECT id, queue, priority, run_at, state FROM moved;
+SELECT id, queue, priority, run_at, state, has_dependents FROM moved;
 
 -- name: rescue_jobs
 -- running -> queued (or failed when no attempt is left) for attempts whose lease expired:
 -- the worker crashed, froze or lost Redis. The lost attempt counts against max_attempts,
--- so a job that kills its worker every time ends failed instead of looping.
+-- so a job that kills its worker every time ends failed instead of looping. A job whose
+-- cancellation was requested ends cancelled: it must not run again.
 WITH lost AS (
     SELECT * FROM unnest($1::uuid[], $2::text[]) AS l(id, token)
 ), moved AS (
     UPDATE jobs AS j
-    SET state = CASE WHEN j.attempts >= j.max_attempts THEN 'failed' ELSE 'queued'
-                END::job_state,
+    SET state = CASE WHEN j.cancel_requested THEN 'cancelled'
+                     WHEN j.attempts >= j.max_attempts THEN 'failed'
+                     ELSE 'queued' END::job_state,
         error = 'lease expired: the worker running attempt ' || j.attempts
                 || ' stopped heartbeating (crashed, froze or lost Redis)',
-        finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
+        finished_at = CASE WHEN j.cancel_requested OR j.attempts >= j.max_attempts
+                           THEN now() END,
         run_at = now(), lease_token = NULL
     FROM lost AS l
     WHERE j.id = l.id AND j.state = 'running' AND j.lease_token = l.token
