@@ -113,6 +113,7 @@ async def test_failed_node_cancels_its_descendants_and_its_retry_releases_them(c
     ([{"name": "a", "task": "noop"}, {"name": "a", "task": "echo"}],
      "duplicate job name(s): a"),
     ([{"name": "a", "task": "noop", "priority": 5000}], "jobs[0].priority"),
+    ([{"name": "a", "task": "noop", "idempotency_key": "k"}], "jobs[0].idempotency_key"),
 ])
 async def test_invalid_workflows_are_rejected_naming_the_problem(client: Client, jobs, message):
     reply = await client.post("/workflows", json={"name": "bad", "jobs": jobs})

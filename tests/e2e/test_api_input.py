@@ -39,6 +39,10 @@ BAD_SUBMITS = [
     (b'{"task": "sleep", "payload": {}}', 422, "payload", "missing required field `seconds`"),
     (b'{"task": "noop", "payload": {"blob": "' + b"x" * 5000 + b'"}}', 413, "payload",
      "api.max_payload_bytes"),
+    # PostgreSQL cannot store NUL: a clear 422, not a 500 (and not for anyone else)
+    (b'{"task": "noop", "payload": {"a": "x\\u0000y"}}', 422, "payload", "NUL character"),
+    (b'{"task": "noop", "labels": {"k": "x\\u0000"}}', 422, "labels.k", "NUL character"),
+    (b'{"task": "noop", "idempotency_key": "\\u0000"}', 422, "idempotency_key", "NUL"),
 ]
 
 
@@ -96,3 +100,9 @@ async def test_unknown_routes_ids_and_methods_are_problem_documents(client: Clie
         reply = await client.call(method, path)
         assert reply.status == status, (method, path, reply)
         assert reply.headers["content-type"] == "application/problem+json"
+
+
+async def test_nul_in_a_list_filter_is_a_4xx(client: Client):
+    reply = await client.get("/tasks?queue=a%00b")
+    assert reply.status == 422, reply
+    assert "cannot be stored" in reply.body["detail"]

@@ -199,7 +199,10 @@ class PostgresStore:
         self, tenant: str, name: str, nodes: Sequence[WorkflowNode]
     ) -> tuple[Workflow, dict[str, uuid.UUID]]:
         """Create a workflow and all its jobs and edges atomically. ``nodes`` must be
-        validated already (see :func:`taskflow.dag.check_workflow`)."""
+        validated already (see :func:`taskflow.dag.check_workflow`), and carry no
+        idempotency keys: a job skipped as a duplicate would leave its dependents waiting."""
+        if any(n.job.idempotency_key is not None for n in nodes):
+            raise ValueError("workflow jobs cannot have idempotency keys")
         ids = {n.name: n.job.id for n in nodes}
         with_dependents = {up for n in nodes for up in n.after}
         jobs = [msgspec.structs.replace(n.job, tenant=tenant) for n in nodes]

@@ -115,7 +115,24 @@ def on_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Re
                      exc.headers)
 
 
+# Transient conflicts between concurrent transactions: the request may simply be repeated.
+CONFLICT_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+)
+
+
 def on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    if isinstance(exc, asyncpg.DataError):
+        # A value PostgreSQL cannot store (a NUL character, say) that the request checks
+        # did not catch: the client's input, so a 4xx, not a 500.
+        return _response(Problem("Unprocessable Content", 422,
+                                 f"a value in the request cannot be stored: {exc}"))
+    if isinstance(exc, CONFLICT_ERRORS):
+        log.warning("%s %s: transaction conflict: %r", request.method, request.url.path, exc)
+        return _response(Problem("Service Unavailable", 503,
+                                 "the request collided with a concurrent one; repeat it"),
+                         {"Retry-After": "0"})
     if isinstance(exc, BACKEND_ERRORS):
         log.warning("%s %s: backend unavailable: %r", request.method, request.url.path, exc)
         return _response(

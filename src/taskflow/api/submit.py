@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
@@ -17,7 +18,7 @@ from typing import Any
 import msgspec
 
 from taskflow.adapters.postgres import InsertResult
-from taskflow.api.errors import ApiError
+from taskflow.api.errors import BACKEND_ERRORS, ApiError
 from taskflow.api.schemas import MAX_BATCH, JobOut, JobSpec
 from taskflow.config import Settings
 from taskflow.jobs import submit
@@ -26,6 +27,9 @@ from taskflow.runtime import Stores
 from taskflow.worker.registry import Registry
 
 log = logging.getLogger(__name__)
+
+# A JSON \u0000 escape (not an escaped backslash followed by "u0000").
+_NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
 class KnownTasks:
@@ -71,7 +75,16 @@ class Submitter:
 
     def new_job(self, spec: JobSpec, tenant: str, where: str = "") -> NewJob:
         self.known.check(spec, where)
-        size = len(msgspec.json.encode(spec.payload))
+        encoded = msgspec.json.encode(spec.payload)
+        size = len(encoded)
+        if b"\\u0000" in encoded and _NUL_ESCAPE.search(encoded):
+            raise ApiError(422, f"{where}payload: contains a NUL character (\\u0000), which "
+                           "cannot be stored", field=f"{where}payload")
+        for name, text in (("idempotency_key", spec.idempotency_key or ""),
+                           *((f"labels.{k}", k + v) for k, v in spec.labels.items())):
+            if "\x00" in text:
+                raise ApiError(422, f"{where}{name}: contains a NUL character",
+                               field=f"{where}{name}")
         if size > self.max_payload:
             raise ApiError(413, f"{where}payload: {size} bytes is over the limit of "
                            f"{self.max_payload} (api.max_payload_bytes)", field=f"{where}payload")
@@ -126,23 +139,33 @@ class Submitter:
 
     async def _commit(self, batch: list[tuple[NewJob, asyncio.Future[Any]]]) -> None:
         try:
-            answers = _Answers(await self._insert([job for job, _ in batch]))
-        except Exception as exc:
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-        else:
-            for job, future in batch:
-                if future.done():
-                    continue  # the client went away; the job exists all the same
-                try:
-                    future.set_result(answers.of(job))
-                except ApiError as err:
-                    future.set_exception(err)
+            await self._answer(batch)
         finally:
             self._inflight -= 1
             if self._pending:
                 self._flush()
+
+    async def _answer(self, batch: list[tuple[NewJob, asyncio.Future[Any]]]) -> None:
+        """Insert the batch and settle each request's future with its answer."""
+        try:
+            answers = _Answers(await self._insert([job for job, _ in batch]))
+        except Exception as exc:
+            if len(batch) > 1 and not isinstance(exc, BACKEND_ERRORS):
+                # Something in one request broke the shared statement: each goes alone,
+                # so that only that request fails.
+                await asyncio.gather(*(self._answer([item]) for item in batch))
+                return
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for job, future in batch:
+            if future.done():
+                continue  # the client went away; the job exists all the same
+            try:
+                future.set_result(answers.of(job))
+            except ApiError as err:
+                future.set_exception(err)
 
     async def close(self) -> None:
         if self._tasks:

@@ -70,6 +70,10 @@ class WorkflowController(Controller):
             if spec.depends_on:
                 raise ApiError(422, f"jobs[{i}].depends_on: inside a workflow, name the jobs "
                                "to run after in `after`", field=f"jobs[{i}].depends_on")
+            if spec.idempotency_key is not None:
+                raise ApiError(422, f"jobs[{i}].idempotency_key: not supported inside a "
+                               "workflow (a job replaced by an existing one would leave its "
+                               "dependents waiting)", field=f"jobs[{i}].idempotency_key")
             job = api.submitter.new_job(spec, tenant, f"jobs[{i}].")
             nodes.append(WorkflowNode(name=spec.name, after=tuple(spec.after), job=job))
         try:
