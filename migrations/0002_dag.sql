@@ -191,6 +191,12 @@ BEGIN
     SELECT coalesce(array_agg(j.id), '{}') INTO revived
     FROM down JOIN jobs AS j ON j.id = down.id
     WHERE j.state = 'cancelled' AND j.cancelled_by IS NOT NULL;
+    -- Lock their upstreams (in id order) before reading their states: an upstream failing
+    -- concurrently either finishes first, and is seen failed below, or waits for this
+    -- transaction and then finds the revived job blocked and cancels it.
+    PERFORM 1 FROM job_dependencies AS d JOIN jobs AS u ON u.id = d.upstream_id
+    WHERE d.job_id = ANY (revived) AND u.id <> root
+    ORDER BY u.id FOR SHARE OF u;
     LOOP
         SELECT coalesce(array_agg(DISTINCT d.job_id), '{}') INTO kept
         FROM job_dependencies AS d JOIN jobs AS u ON u.id = d.upstream_id

@@ -21,6 +21,26 @@ from taskflow.config import OutboundSettings
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+_NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+
+
+def _embedded_ipv4(ip: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries (mapped, IPv4-compatible, NAT64, 6to4,
+    Teredo), which is where a connection to it may end up."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return None
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip.teredo is not None:
+        return ip.teredo[1]
+    if any(ip in net for net in _NAT64) or (ip in _IPV4_COMPATIBLE and int(ip) > 1):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
 class BlockedDestination(Exception):
     """The destination resolves to an address outbound requests may not reach."""
 
@@ -32,10 +52,12 @@ class AddressGuard:
 
     def permits(self, address: str) -> bool:
         ip: IPAddress = ipaddress.ip_address(address.split("%", 1)[0])
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
         if any(ip in net for net in self.allowed):
             return True
+        embedded = _embedded_ipv4(ip)
+        if embedded is not None:
+            # An IPv6 form that reaches an IPv4 host: judge the host.
+            return self.permits(str(embedded))
         if self.allow_private:
             return not ip.is_multicast and not ip.is_unspecified
         return ip.is_global and not ip.is_multicast

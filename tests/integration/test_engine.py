@@ -358,3 +358,13 @@ async def test_a_cancel_request_survives_the_loss_of_the_running_worker(stores, 
     assert job.state is JobState.CANCELLED and job.finished_at is not None
     # and nothing runs it again
     assert (await stores.dispatch.claim("default", 1, 10_000)).claims == []
+
+
+async def test_an_ancient_run_at_does_not_outrank_a_higher_priority(stores, settings):
+    from datetime import datetime, timezone
+
+    ancient = datetime(1, 1, 2, tzinfo=timezone.utc)
+    [old_low] = await submit_jobs(stores, {"task": "noop", "priority": 0, "run_at": ancient})
+    [new_high] = await submit_jobs(stores, {"task": "noop", "priority": 10})
+    claims = (await stores.dispatch.claim("default", 1, 10_000)).claims
+    assert [c.id for c in claims] == [str(new_high)]

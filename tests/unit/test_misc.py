@@ -22,8 +22,13 @@ def test_named_queries_parse_and_reject_duplicates():
         parse_queries(text + "-- name: a\nSELECT 3;")
 
 
-@pytest.mark.parametrize("address", ["127.0.0.1", "10.1.2.3", "192.168.0.1", "169.254.169.254",
-                                     "::1", "fe80::1", "::ffff:127.0.0.1", "0.0.0.0", "fc00::1"])
+@pytest.mark.parametrize("address", [
+    "127.0.0.1", "10.1.2.3", "192.168.0.1", "169.254.169.254", "::1", "fe80::1",
+    "::ffff:127.0.0.1", "0.0.0.0", "fc00::1",
+    # IPv6 forms that carry an internal IPv4 address
+    "64:ff9b::10.0.0.5", "64:ff9b::127.0.0.1", "::127.0.0.1", "2002:0a00:0005::1",
+    "2001:0:4136:e378:8000:63bf:f5ff:fffe",  # Teredo, client 10.0.0.1
+])
 def test_outbound_refuses_internal_addresses_by_default(address):
     guard = AddressGuard(OutboundSettings())
     assert not guard.permits(address)
@@ -34,6 +39,8 @@ def test_outbound_refuses_internal_addresses_by_default(address):
 def test_outbound_allows_public_and_operator_allowed_networks():
     guard = AddressGuard(OutboundSettings(allowed_networks=("10.0.0.0/8",)))
     assert guard.permits("93.184.216.34")
+    assert guard.permits("64:ff9b::93.184.216.34")  # NAT64 of a public address
+    assert guard.permits("2606:4700::1111")
     assert guard.permits("10.9.9.9")
     assert not guard.permits("127.0.0.1")
     assert AddressGuard(OutboundSettings(allow_private=True)).permits("127.0.0.1")

@@ -387,11 +387,10 @@ class PostgresStore:
         and flag its running ones; returns the (id, queue) of those running jobs, whose
         workers must be told."""
         async with self.pool.acquire() as conn, conn.transaction():
-            cancelled = [r["id"] for r in
-                         await conn.fetch(QUERIES["cancel_waiting_workflow_jobs"], workflow_id)]
+            rows = await conn.fetch(QUERIES["cancel_workflow_jobs"], workflow_id)
+            cancelled = [r["id"] for r in rows
+                         if r["state"] == "cancelled" and r["has_dependents"]]
             if cancelled:
                 await conn.fetch(QUERIES["cancel_dependents"], cancelled,
                                  ["cancelled"] * len(cancelled))
-            running = await conn.fetch(QUERIES["request_running_workflow_jobs_cancel"],
-                                       workflow_id)
-        return [(r["id"], r["queue"]) for r in running]
+        return [(r["id"], r["queue"]) for r in rows if r["state"] == "running"]

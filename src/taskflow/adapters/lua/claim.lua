@@ -13,14 +13,16 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 -- Ready score: (1000 - priority) * 2^42 + (due ms - 2025-01-01): priority first, then
 -- due time; ties fall back to the member (a time-ordered UUIDv7), i.e. creation order.
--- The largest score, 2000 * 2^42 + 2^42, stays below 2^53, exact in a double.
+-- The largest score, 2000 * 2^42 + 2^42, stays below 2^53, exact in a double. The due
+-- part is clamped to [0, 2^42) so that no run_at, however old, outranks a priority.
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'WITHSCORES', 'LIMIT', 0,
                        tonumber(ARGV[5]))
 for i = 1, #due, 2 do
   local member = due[i]
   local sep = string.find(member, '|', 1, true)
   local prio = tonumber(string.sub(member, sep + 1))
-  local score = (1000 - prio) * 4398046511104 + (tonumber(due[i + 1]) - 1735689600000)
+  local rel = math.min(math.max(tonumber(due[i + 1]) - 1735689600000, 0), 4398046511103)
+  local score = (1000 - prio) * 4398046511104 + rel
   redis.call('ZADD', KEYS[1], score, string.sub(member, 1, sep - 1))
   redis.call('ZREM', KEYS[2], member)
 end

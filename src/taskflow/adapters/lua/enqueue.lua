@@ -20,7 +20,8 @@ for i = 3, #ARGV, 3 do
       and redis.call('EXISTS', ARGV[1] .. id) == 0 then
     if due <= now then
       -- same score formula as claim.lua
-      redis.call('ZADD', KEYS[1], (1000 - prio) * 4398046511104 + (due - 1735689600000), id)
+      local rel = math.min(math.max(due - 1735689600000, 0), 4398046511103)
+      redis.call('ZADD', KEYS[1], (1000 - prio) * 4398046511104 + rel, id)
     else
       redis.call('ZADD', KEYS[2], due, member)
     end

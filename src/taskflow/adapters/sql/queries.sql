@@ -257,18 +257,17 @@ RETURNING *;
 -- name: revive_dependents
 SELECT * FROM taskflow_revive_dependents($1);
 
--- name: cancel_waiting_workflow_jobs
--- Every waiting job of a workflow -> cancelled at once.
+-- name: cancel_workflow_jobs
+-- Every unfinished job of a workflow, in one statement (so none slips between a state
+-- it was not looked for in and one it was): waiting ones -> cancelled at once, running
+-- ones flagged for their worker to stop (and any later rescue or hand-back to cancel).
 UPDATE jobs
-SET state = 'cancelled', finished_at = now(), error = 'cancelled with its workflow',
-    cancel_requested = true
-WHERE workflow_id = $1 AND state IN ('blocked', 'scheduled', 'queued')
-RETURNING id;
-
--- name: request_running_workflow_jobs_cancel
-UPDATE jobs SET cancel_requested = true
-WHERE workflow_id = $1 AND state = 'running'
-RETURNING id, queue;
+SET cancel_requested = true,
+    state = CASE WHEN state = 'running' THEN state ELSE 'cancelled' END::job_state,
+    finished_at = CASE WHEN state = 'running' THEN finished_at ELSE now() END,
+    error = CASE WHEN state = 'running' THEN error ELSE 'cancelled with its workflow' END
+WHERE workflow_id = $1 AND state IN ('blocked', 'scheduled', 'queued', 'running')
+RETURNING id, queue, state, has_dependents;
 
 -- name: get_tenant_workflow
 SELECT * FROM workflows WHERE id = $1 AND ($2::text IS NULL OR tenant = $2);
