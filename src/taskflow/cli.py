@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Awaitable, Callable
 
 from taskflow.api.scopes import ADMIN, READ, SCOPES, WRITE
+from taskflow.adapters.migrate import MigrationChanged
 from taskflow.config import ConfigError, Settings, load_settings
 from taskflow.runtime import Stores, open_stores, servers
 
@@ -94,6 +95,8 @@ def main(argv: list[str] | None = None) -> None:
             _run(commands[args.command](settings, args, *settings_urls))
         except KeyboardInterrupt:
             pass
+        except MigrationChanged as exc:
+            sys.exit(f"taskflow: {exc}")
 
 
 def _run(main: Awaitable[None]) -> None:

@@ -37,3 +37,27 @@ async def test_concurrent_migrations_from_empty_apply_each_file_once(servers, se
         admin = await asyncpg.connect(servers.database_url)
         await admin.execute('DROP DATABASE IF EXISTS "taskflow_migrate_test" WITH (FORCE)')
         await admin.close()
+
+
+async def test_a_changed_migration_is_refused(servers, settings, tmp_path):
+    import shutil
+
+    import pytest
+
+    from taskflow.adapters.migrate import MigrationChanged
+
+    folder = tmp_path / "migrations"
+    shutil.copytree(settings.migrations_path, folder)
+    url = await _fresh_database(servers, "taskflow_migrate_changed")
+    conn = await asyncpg.connect(url)
+    try:
+        assert await migrate(conn, folder)
+        first = sorted(folder.iterdir())[0]
+        first.write_text(first.read_text() + "\n-- edited after release\n")
+        with pytest.raises(MigrationChanged, match=f"{first.name} differs"):
+            await migrate(conn, folder)
+    finally:
+        await conn.close()
+        admin = await asyncpg.connect(servers.database_url)
+        await admin.execute('DROP DATABASE IF EXISTS "taskflow_migrate_changed" WITH (FORCE)')
+        await admin.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from pathlib import Path
@@ -16,6 +17,10 @@ log = logging.getLogger(__name__)
 _ADVISORY_LOCK_KEY = 0x7A5C_F10E
 
 _NAME = re.compile(r"^(\d{4})_[\w-]+\.sql$")
+
+
+class MigrationChanged(RuntimeError):
+    """A migration file no longer matches what the database applied."""
 
 
 def migration_files(folder: Path) -> list[tuple[int, Path]]:
@@ -40,13 +45,19 @@ async def migrate(conn: asyncpg.Connection, folder: Path) -> list[str]:
     await conn.execute(QUERIES["migrations_lock"], _ADVISORY_LOCK_KEY)
     try:
         await conn.execute(QUERIES["migrations_table"])
-        done = {r["version"] for r in await conn.fetch(QUERIES["migrations_applied"])}
+        done = {r["version"]: r for r in await conn.fetch(QUERIES["migrations_applied"])}
         for number, path in migration_files(folder):
+            text = path.read_text()
+            digest = hashlib.sha256(text.encode()).hexdigest()
             if number in done:
+                if done[number]["sha256"] != digest:
+                    raise MigrationChanged(
+                        f"{path.name} differs from the {done[number]['name']} this database "
+                        "applied; a released migration must not change: add a new one")
                 continue
             async with conn.transaction():
-                await conn.execute(path.read_text())
-                await conn.execute(QUERIES["migrations_record"], number, path.name)
+                await conn.execute(text)
+                await conn.execute(QUERIES["migrations_record"], number, path.name, digest)
             log.info("applied migration %s", path.name)
             applied_now.append(path.name)
     finally:

@@ -12,14 +12,15 @@ SELECT pg_advisory_unlock($1);
 CREATE TABLE IF NOT EXISTS schema_migrations (
     version    integer PRIMARY KEY,
     name       text NOT NULL,
+    sha256     text NOT NULL,  -- of the file as applied: a released migration never changes
     applied_at timestamptz NOT NULL DEFAULT now()
 );
 
 -- name: migrations_applied
-SELECT version FROM schema_migrations;
+SELECT version, name, sha256 FROM schema_migrations;
 
 -- name: migrations_record
-INSERT INTO schema_migrations (version, name) VALUES ($1, $2);
+INSERT INTO schema_migrations (version, name, sha256) VALUES ($1, $2, $3);
 
 -- name: insert_jobs
 -- A batch of new jobs in one statement. A job whose (tenant, idempotency_key) exists
