@@ -103,14 +103,22 @@ class Client:
         return await self.call("POST", path, **kw)
 
     async def wait_state(self, job_id: str, states: set[str], timeout: float = 20) -> dict:
+        return await self.wait_for(f"/tasks/{job_id}", states, timeout)
+
+    async def wait_workflow(self, workflow_id: str, states: set[str],
+                            timeout: float = 30) -> dict:
+        return await self.wait_for(f"/workflows/{workflow_id}", states, timeout)
+
+    async def wait_for(self, path: str, states: set[str], timeout: float) -> dict:
+        """GET ``path`` until its ``state`` is one of ``states``."""
         deadline = time.monotonic() + timeout
         while True:
-            reply = await self.get(f"/tasks/{job_id}")
+            reply = await self.get(path)
             assert reply.status == 200, reply
             if reply.body["state"] in states:
                 return reply.body
             if time.monotonic() > deadline:
-                raise AssertionError(f"job {job_id} still {reply.body['state']} "
+                raise AssertionError(f"{path} still {reply.body['state']} "
                                      f"after {timeout}s; wanted {states}")
             await asyncio.sleep(0.05)
 

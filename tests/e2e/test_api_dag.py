@@ -11,21 +11,6 @@ from tests.e2e.api_stack import TERMINAL, Client, token
 pytestmark = pytest.mark.slow
 
 
-async def wait_workflow(client: Client, workflow_id: str, states: set[str],
-                        timeout: float = 30) -> dict:
-    import asyncio
-    import time
-
-    deadline = time.monotonic() + timeout
-    while True:
-        reply = await client.get(f"/workflows/{workflow_id}")
-        assert reply.status == 200, reply
-        if reply.body["state"] in states:
-            return reply.body
-        assert time.monotonic() < deadline, reply.body
-        await asyncio.sleep(0.05)
-
-
 async def test_depends_on_waits_for_upstreams_and_passes_their_results(client: Client):
     a = (await client.post("/tasks", json={"task": "echo", "payload": {"a": 1}})).body
     b = (await client.post("/tasks", json={"task": "sleep", "payload": {"seconds": 0.3}})).body
@@ -65,7 +50,7 @@ async def test_workflow_diamond_runs_and_reports_its_state(client: Client):
     assert reply.status == 201, reply
     ids = reply.body["jobs"]
     assert set(ids) == {"extract", "clean", "enrich", "load"}
-    flow = await wait_workflow(client, reply.body["id"], {"succeeded", "failed", "cancelled"})
+    flow = await client.wait_workflow(reply.body["id"], {"succeeded", "failed", "cancelled"})
     assert flow["state"] == "succeeded" and flow["name"] == "etl"
     by_name = {j["name"]: j for j in flow["jobs"]}
     assert by_name["load"]["started_at"] >= max(by_name["clean"]["finished_at"],
@@ -86,7 +71,7 @@ async def test_failed_node_cancels_its_descendants_and_its_retry_releases_them(c
     ]})
     assert reply.status == 201, reply
     ids = reply.body["jobs"]
-    flow = await wait_workflow(client, reply.body["id"], {"failed", "succeeded", "cancelled"})
+    flow = await client.wait_workflow(reply.body["id"], {"failed", "succeeded", "cancelled"})
     states = {j["name"]: j["state"] for j in flow["jobs"]}
     assert states == {"a": "succeeded", "b": "failed", "c": "cancelled", "d": "cancelled",
                       "e": "succeeded"}
@@ -98,7 +83,7 @@ async def test_failed_node_cancels_its_descendants_and_its_retry_releases_them(c
     assert retried.status == 200, retried
     again = await client.get(f"/tasks/{ids['c']}")
     assert again.body["state"] in ("blocked", "queued", "running", "succeeded")
-    flow = await wait_workflow(client, reply.body["id"], {"succeeded", "failed", "cancelled"})
+    flow = await client.wait_workflow(reply.body["id"], {"succeeded", "failed", "cancelled"})
     assert flow["state"] == "succeeded", flow
     d = (await client.get(f"/tasks/{ids['d']}")).body
     assert d["attempts"] == 1 and d["cancelled_by"] is None and d["error"] is None
@@ -151,7 +136,7 @@ async def test_workflow_cancel_cancels_unfinished_jobs(stack, http, client: Clie
     assert (await other.get(f"/workflows/{reply.body['id']}")).status == 404
     cancelled = await client.post(f"/workflows/{reply.body['id']}/cancel")
     assert cancelled.status == 200, cancelled
-    flow = await wait_workflow(client, reply.body["id"], {"cancelled"})
+    flow = await client.wait_workflow(reply.body["id"], {"cancelled"})
     assert {j["state"] for j in flow["jobs"]} == {"cancelled"}
     slow = (await client.get(f"/tasks/{ids['slow']}/attempts")).body["items"]
     assert [a["outcome"] for a in slow] == ["cancelled"]

@@ -343,9 +343,8 @@ class PostgresStore:
         ``tenant=None`` lists every tenant's (``query.tenant`` may narrow it)."""
         labels = _json_text(query.labels) if query.labels else None
         states = [s.value for s in query.states] if query.states else None
-        name = "list_tenant_jobs" if tenant is not None else "list_all_jobs"
         rows = await self.pool.fetch(
-            QUERIES[name], tenant if tenant is not None else query.tenant, query.before,
+            QUERIES["list_jobs"], tenant if tenant is not None else query.tenant, query.before,
             states, query.queue, query.task, labels, query.created_after,
             query.created_before, query.limit,
         )

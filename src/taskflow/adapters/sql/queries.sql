@@ -197,11 +197,13 @@ LIMIT $2;
 -- A job as its tenant sees it ($2 NULL: any tenant, for operators).
 SELECT * FROM jobs WHERE id = $1 AND ($2::text IS NULL OR tenant = $2);
 
--- name: list_tenant_jobs
--- Newest first, keyset-paged on the time-ordered id (index jobs_tenant_id). Every filter
--- is optional (NULL). $3 is a jsonb object of labels the job must all carry.
+-- name: list_jobs
+-- Newest first, keyset-paged on the time-ordered id. Every filter is optional (NULL),
+-- the tenant ($1) too: NULL only for an operator's cross-tenant list. Plans are made per
+-- execution (custom plans), so the NULL tests fold away and a tenant's listing uses the
+-- (tenant, id) index. $6 is a jsonb object of labels the job must all carry.
 SELECT * FROM jobs
-WHERE tenant = $1
+WHERE ($1::text IS NULL OR tenant = $1)
   AND ($2::uuid IS NULL OR id < $2)
   AND ($3::job_state[] IS NULL OR state = ANY($3))
   AND ($4::text IS NULL OR queue = $4)
@@ -209,20 +211,6 @@ WHERE tenant = $1
   AND ($6::text IS NULL OR labels @> $6::jsonb)
   AND ($7::timestamptz IS NULL OR created_at >= $7)
   AND ($8::timestamptz IS NULL OR created_at < $8)
-ORDER BY id DESC
-LIMIT $9;
-
--- name: list_all_jobs
--- Operators' cross-tenant list: list_tenant_jobs without the tenant (primary key order).
-SELECT * FROM jobs
-WHERE ($2::uuid IS NULL OR id < $2)
-  AND ($3::job_state[] IS NULL OR state = ANY($3))
-  AND ($4::text IS NULL OR queue = $4)
-  AND ($5::text IS NULL OR task = $5)
-  AND ($6::text IS NULL OR labels @> $6::jsonb)
-  AND ($7::timestamptz IS NULL OR created_at >= $7)
-  AND ($8::timestamptz IS NULL OR created_at < $8)
-  AND ($1::text IS NULL OR tenant = $1)
 ORDER BY id DESC
 LIMIT $9;
 
