@@ -38,8 +38,9 @@ async def submit(url: str, token: str, concurrency: int, seconds: float, body: b
     return {"requests": done, "seconds": elapsed, "non_2xx": bad}
 
 
-async def latency(base: str, token: str, samples: int) -> dict:
-    """Submit one job, then read it back-to-back until it has succeeded; repeat."""
+async def latency(base: str, token: str, samples: int, gap: float) -> dict:
+    """Submit one job, then read it until it has succeeded; repeat after ``gap`` seconds
+    of idleness."""
     headers = {"Authorization": f"Bearer {token}"}
     out: list[float] = []
     async with aiohttp.ClientSession() as http:
@@ -58,7 +59,8 @@ async def latency(base: str, token: str, samples: int) -> dict:
                 # the worker for the two cores and slow down what they measure.
                 await asyncio.sleep(0.0005)
             out.append(time.perf_counter() - began)
-            await asyncio.sleep(0.01)  # idle between jobs
+            if gap:
+                await asyncio.sleep(gap)  # idle between jobs
     return {"latencies": out[10:]}  # the first few warm connections and caches
 
 
@@ -69,7 +71,7 @@ def main() -> None:
         with open(body_file, "rb") as f:
             result = asyncio.run(submit(url, token, concurrency, seconds, f.read()))
     else:
-        result = asyncio.run(latency(url, token, int(rest[0])))
+        result = asyncio.run(latency(url, token, int(rest[0]), float(rest[1])))
     print(json.dumps(result))
 
 
