@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from datetime import datetime
 from typing import Any
@@ -57,7 +58,9 @@ class DispatchEntry(Struct, frozen=True):
 
     @property
     def due_ms(self) -> int:
-        return int(self.run_at.timestamp() * 1000)
+        # Rounded up: Redis compares whole milliseconds, and a job must never be claimed
+        # before its run_at (rounding down let it start up to 1 ms early).
+        return math.ceil(self.run_at.timestamp() * 1000)
 
 
 class Claim(Struct, frozen=True, array_like=True):
