@@ -58,9 +58,11 @@ class DispatchEntry(Struct, frozen=True):
 
     @property
     def due_ms(self) -> int:
-        # Rounded up: Redis compares whole milliseconds, and a job must never be claimed
-        # before its run_at (rounding down let it start up to 1 ms early).
-        return math.ceil(self.run_at.timestamp() * 1000)
+        """Due time in whole milliseconds, which is what Redis compares. A scheduled job's
+        is rounded up, so it is never claimed before its run_at (rounded down, it could
+        start up to 1 ms early); a queued job's is rounded down, so it is ready at once."""
+        ms = self.run_at.timestamp() * 1000
+        return math.ceil(ms) if self.state is JobState.SCHEDULED else math.floor(ms)
 
 
 class Claim(Struct, frozen=True, array_like=True):

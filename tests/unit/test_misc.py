@@ -46,13 +46,15 @@ def test_outbound_allows_public_and_operator_allowed_networks():
     assert AddressGuard(OutboundSettings(allow_private=True)).permits("127.0.0.1")
 
 
-def test_a_due_time_is_never_rounded_down():
+def test_a_scheduled_due_time_is_rounded_up_and_a_queued_one_down():
     from datetime import datetime, timezone
 
     from taskflow.models import DispatchEntry
     from taskflow.states import JobState
 
     at = datetime(2030, 1, 1, 0, 0, 0, 894_801, tzinfo=timezone.utc)
-    entry = DispatchEntry(uuid7(), "q", 0, at, JobState.SCHEDULED)
-    assert entry.due_ms / 1000 >= at.timestamp()
-    assert entry.due_ms - at.timestamp() * 1000 < 1
+    later = DispatchEntry(uuid7(), "q", 0, at, JobState.SCHEDULED)
+    assert later.due_ms / 1000 >= at.timestamp()  # never claimed before its run_at
+    assert later.due_ms - at.timestamp() * 1000 < 1
+    ready = DispatchEntry(uuid7(), "q", 0, at, JobState.QUEUED)
+    assert ready.due_ms / 1000 <= at.timestamp()  # due already: ready at once
