@@ -164,9 +164,6 @@ class RedisDispatch:
         restarted empty), which means the index must be rebuilt from PostgreSQL."""
         return not await self.client.set(self.epoch_key, os.urandom(8).hex(), nx=True)
 
-    async def forget_epoch(self) -> None:
-        await self.client.delete(self.epoch_key)
-
     async def depth(self, queue: str) -> tuple[int, int, int]:
         """(ready, delayed, in flight) counts of a queue."""
         k = self.keys(queue)
