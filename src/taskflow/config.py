@@ -52,7 +52,7 @@ class DatabaseSettings(Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class WorkerSettings(Struct, frozen=True, forbid_unknown_fields=True):
-    queues: tuple[QueueName, ...] = ("default",)
+    queues: Annotated[tuple[QueueName, ...], Meta(min_length=1)] = ("default",)
     concurrency: PositiveInt = 50
     claim_batch: PositiveInt = 200
     handler_modules: tuple[str, ...] = ()

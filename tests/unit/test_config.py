@@ -26,6 +26,7 @@ def test_environment_variables_override_nested_keys(monkeypatch):
         ({"worker": {"concurency": 3}}, "unknown field `concurency`"),
         ({"retry": {"jitter": 2}}, "'retry.jitter'"),
         ({"worker": {"queues": ["bad queue"]}}, "'worker.queues[0]'"),
+        ({"worker": {"queues": []}}, "'worker.queues': Expected `array` of length >= 1"),
         ({"worker": {"lease_ttl": 5, "heartbeat_interval": 5}}, "heartbeat_interval"),
         ({"outbound": {"allowed_networks": ["10.0.0.0/33"]}}, "outbound.allowed_networks"),
     ],
