@@ -128,25 +128,10 @@ class JobOut(Struct, frozen=True):
         )
 
 
-class AttemptOut(Struct, frozen=True):
-    """One finished attempt of a job."""
-
-    attempt: int
-    worker: str | None
-    started_at: datetime
-    finished_at: datetime
-    duration: float | None
-    outcome: str
-    error: str | None
-
-    @classmethod
-    def of(cls, a: Attempt) -> AttemptOut:
-        return cls(a.attempt, a.worker, a.started_at, a.finished_at, a.duration, a.outcome,
-                   a.error)
-
-
 class AttemptList(Struct, frozen=True):
-    items: list[AttemptOut]
+    """A job's finished attempts, oldest first (the store's records, as they are)."""
+
+    items: list[Attempt]
 
 
 class JobPage(Struct, frozen=True):

@@ -25,9 +25,10 @@ from taskflow.api.auth import READ, WRITE, Principal, scope_guard
 from taskflow.api.context import ApiContext
 from taskflow.api.errors import ApiError, Unavailable
 from taskflow.api.schemas import (
-    DEFAULT_PAGE, MAX_PAGE, AttemptList, AttemptOut, BatchCreated, BatchSpec, JobOut, JobPage,
+    DEFAULT_PAGE, MAX_PAGE, AttemptList, BatchCreated, BatchSpec, JobOut, JobPage,
     JobSpec, Problem,
 )
+from taskflow.models import Job
 from taskflow.states import JobState
 
 
@@ -161,9 +162,7 @@ class TaskController(Controller):
                       job_id: JobId) -> JobOut:
         api: ApiContext = state.api
         async with api.deadline():
-            job = await api.store.get_tenant_job(job_id, _reader(request.auth))
-        if job is None:
-            raise _not_found(job_id)
+            job = await _readable_job(api, request.auth, job_id)
         return JobOut.of(job)
 
     @get("/{job_id:uuid}/attempts", opt={"scope": READ}, summary="A job's finished attempts",
@@ -172,11 +171,9 @@ class TaskController(Controller):
                        job_id: JobId) -> AttemptList:
         api: ApiContext = state.api
         async with api.deadline():
-            job = await api.store.get_tenant_job(job_id, _reader(request.auth))
-            if job is None:
-                raise _not_found(job_id)
+            await _readable_job(api, request.auth, job_id)
             found = await api.store.job_attempts(job_id)
-        return AttemptList([AttemptOut.of(a) for a in found])
+        return AttemptList(found)
 
     @post("/{job_id:uuid}/cancel", opt={"scope": WRITE}, status_code=200,
           summary="Cancel a job (a running one is stopped by its worker)",
@@ -218,6 +215,14 @@ class TaskController(Controller):
 
 def _reader(principal: Principal) -> str | None:
     return None if principal.is_admin else principal.tenant
+
+
+async def _readable_job(api: ApiContext, principal: Principal, job_id: uuid.UUID) -> Job:
+    """The job if the caller may read it (its tenant's, or any for an admin); else 404."""
+    job = await api.store.get_tenant_job(job_id, _reader(principal))
+    if job is None:
+        raise _not_found(job_id)
+    return job
 
 
 def _not_found(job_id: uuid.UUID) -> ApiError:
