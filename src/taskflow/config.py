@@ -49,6 +49,16 @@ class TaskPolicy(Struct, frozen=True, forbid_unknown_fields=True):
 class DatabaseSettings(Struct, frozen=True, forbid_unknown_fields=True):
     pool_min: Annotated[int, Meta(ge=0)] = 2
     pool_max: PositiveInt = 10
+    # Longest one statement may take before it is cancelled (a hung server, a lost
+    # connection nobody closed): no caller waits on PostgreSQL for ever.
+    command_timeout: PositiveFloat = 30.0
+
+
+class RedisSettings(Struct, frozen=True, forbid_unknown_fields=True):
+    # Longest a command (or a connection attempt) waits on Redis; pub/sub listeners block
+    # without it.
+    socket_timeout: PositiveFloat = 5.0
+    connect_timeout: PositiveFloat = 5.0
 
 
 class WorkerSettings(Struct, frozen=True, forbid_unknown_fields=True):
@@ -71,6 +81,8 @@ class MaintenanceSettings(Struct, frozen=True, forbid_unknown_fields=True):
     reaper_interval: PositiveFloat = 1.0
     reconcile_interval: PositiveFloat = 30.0
     reconcile_batch: PositiveInt = 1000
+    # Running jobs the rescuer's sweep looks at per pass (it pages through all of them).
+    sweep_batch: PositiveInt = 10_000
 
 
 class OutboundSettings(Struct, frozen=True, forbid_unknown_fields=True):
@@ -110,8 +122,13 @@ class ApiSettings(Struct, frozen=True, forbid_unknown_fields=True):
     known_tasks: tuple[str, ...] = ()
     # Single submits that arrive together share one INSERT and one Redis call.
     group_commit: bool = True
-    # Longest a request waits on PostgreSQL or Redis before answering 503.
+    # Longest a request waits on PostgreSQL or Redis before answering 503. A submit waits
+    # this long for its turn in the group commit; once its INSERT is sent it waits for the
+    # answer (bounded by database.command_timeout), so a 503 never hides a created job.
     backend_timeout: PositiveFloat = 10.0
+    # Single submits waiting for their group commit; beyond this a submit is a 503 with
+    # Retry-After at once (PostgreSQL is slower than the arrivals: shed load, keep memory).
+    max_pending_submits: PositiveInt = 10_000
     # Tokens already verified are remembered (until they expire) to skip re-verifying.
     token_cache_size: Annotated[int, Meta(ge=0)] = 10_000
 
@@ -144,6 +161,7 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True):
     log_level: str = "INFO"
     redis_prefix: Annotated[str, Meta(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")] = "tf"
     database: DatabaseSettings = DatabaseSettings()
+    redis: RedisSettings = RedisSettings()
     worker: WorkerSettings = WorkerSettings()
     maintenance: MaintenanceSettings = MaintenanceSettings()
     retry: RetryPolicy = RetryPolicy()

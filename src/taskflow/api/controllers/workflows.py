@@ -80,9 +80,10 @@ class WorkflowController(Controller):
             check_workflow({n.name: n.after for n in nodes})
         except WorkflowError as exc:
             raise ApiError(422, f"jobs: {exc}", field="jobs") from None
-        async with api.deadline():
-            workflow, ids = await jobs.submit_workflow(api.store, api.dispatch, tenant,
-                                                       data.name, nodes)
+        # Bounded by the stores' own timeouts, not a deadline that could fire after the
+        # commit (see TaskController.submit).
+        workflow, ids = await jobs.submit_workflow(api.store, api.dispatch, tenant,
+                                                   data.name, nodes)
         return WorkflowCreated(workflow.id, ids)
 
     @get("/{workflow_id:uuid}", opt={"scope": READ}, summary="A workflow and its jobs",
