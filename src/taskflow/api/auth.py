@@ -56,9 +56,22 @@ class InvalidToken(ApiError):
     def __init__(self, detail: str, *, error: str | None = "invalid_token") -> None:
         challenge = 'Bearer realm="taskflow"'
         if error:
-            safe = detail.replace('"', "'")
-            challenge += f', error="{error}", error_description="{safe}"'
+            challenge += f', error="{error}", error_description="{_challenge_text(detail)}"'
         super().__init__(401, detail, headers={"WWW-Authenticate": challenge})
+
+
+def _challenge_text(detail: str, limit: int = 200) -> str:
+    """``detail`` as RFC 6750 allows in ``error_description`` (printable ASCII without
+    ``"`` or ``\\``): a token's header values are echoed in details, and a header must
+    not carry what HTTP cannot encode or what would end the quoted string."""
+    text = "".join(c if " " <= c <= "~" and c not in '"\\' else "?" for c in detail)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """A token's header value quoted for a message, cut short: the caller chose it."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 4] + "...'"
 
 
 class MissingScope(ApiError):
@@ -210,12 +223,15 @@ class TokenVerifier:
         except jwt.InvalidTokenError as exc:
             raise InvalidToken(f"malformed token: {exc}") from None
         alg = header.get("alg")
-        if alg not in self.auth.algorithms:
-            raise InvalidToken(f"tokens signed with {alg!r} are not accepted")
-        keys = await self._keys(alg, header.get("kid"))
+        if not isinstance(alg, str) or alg not in self.auth.algorithms:
+            raise InvalidToken(f"tokens signed with {_shown(alg)} are not accepted")
+        kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise InvalidToken("the token header's 'kid' must be a string")
+        keys = await self._keys(alg, kid)
         if not keys:
             raise InvalidToken(f"no key to verify a {alg} token"
-                               + (f" with kid {header['kid']!r}" if header.get("kid") else ""))
+                               + (f" with kid {_shown(kid)}" if kid else ""))
         for i, key in enumerate(keys):
             try:
                 return jwt.decode(
