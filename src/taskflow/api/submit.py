@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 
 from taskflow.adapters.postgres import InsertResult
-from taskflow.api.errors import BACKEND_ERRORS, ApiError
+from taskflow.api.errors import BACKEND_ERRORS, ApiError, located
 from taskflow.api.schemas import MAX_BATCH, JobOut, JobSpec
 from taskflow.config import Settings
 from taskflow.jobs import submit
@@ -54,8 +54,7 @@ class KnownTasks:
             try:
                 msgspec.convert(spec.payload, payload_type)
             except msgspec.ValidationError as exc:
-                text, _, path = str(exc).partition(" - at `$")
-                field = f"{where}payload{path.rstrip('`')}"
+                field, text = located(exc, f"{where}payload")
                 raise ApiError(422, f"{field}: {text} (payload of task {spec.task!r})",
                                field=field) from None
 
