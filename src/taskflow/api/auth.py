@@ -31,7 +31,7 @@ from taskflow.config import AuthSettings, ConfigError, Settings
 MIN_SECRET_BYTES = 32
 
 __all__ = ["ADMIN", "READ", "WRITE", "Principal", "TokenVerifier", "JwtAuthMiddleware",
-           "scope_guard", "mint_token", "resolve_jwt_secret"]
+           "scope_guard", "mint_token", "resolve_jwt_secret", "check_auth_settings"]
 
 
 class Principal(msgspec.Struct, frozen=True):
@@ -84,12 +84,18 @@ class MissingScope(ApiError):
 
 
 def resolve_jwt_secret(settings: Settings) -> str:
-    """``jwt_secret``, or in development (``auth.generate_dev_secret``) a random secret
-    generated once and kept in ``data_dir/jwt-secret``. Empty when neither applies."""
+    """``jwt_secret``, or in the development environment (``auth.generate_dev_secret``) a
+    random secret generated once and kept in ``data_dir/jwt-secret``. Empty when neither
+    applies: outside development HS256 needs a secret someone set."""
     if settings.jwt_secret:
         return settings.jwt_secret
     if not settings.auth.generate_dev_secret:
         return ""
+    if settings.environment != "development":
+        raise ConfigError(
+            "auth.generate_dev_secret is for the development environment only "
+            f"(TASKFLOW_ENV=development; this process: {_environment(settings)}); "
+            "set jwt_secret (TASKFLOW_JWT_SECRET) instead")
     path = Path(settings.data_dir) / "jwt-secret"
     if path.exists():
         return path.read_text().strip()
@@ -99,6 +105,25 @@ def resolve_jwt_secret(settings: Settings) -> str:
     with os.fdopen(fd, "w") as f:
         f.write(secret + "\n")
     return secret
+
+
+def check_auth_settings(settings: Settings) -> None:
+    """Fails with a :class:`ConfigError` naming the settings unless the API can verify
+    tokens with keys someone configured (or, in development, the generated secret).
+    The API's roles call it before they start anything."""
+    auth = settings.auth
+    secret = resolve_jwt_secret(settings)
+    if not (secret or auth.public_keys or auth.jwks_url):
+        raise ConfigError(
+            "no way to verify tokens: set jwt_secret (TASKFLOW_JWT_SECRET), auth.public_keys "
+            "or auth.jwks_url; only the development environment (TASKFLOW_ENV=development, "
+            f"the default of `taskflow dev`) generates a secret (this process: "
+            f"{_environment(settings)})")
+    TokenVerifier(auth, secret, cache_size=0)  # the secret's length, the PEM keys
+
+
+def _environment(settings: Settings) -> str:
+    return settings.environment or "no environment chosen"
 
 
 def mint_token(
