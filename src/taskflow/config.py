@@ -147,7 +147,8 @@ class AuthSettings(Struct, frozen=True, forbid_unknown_fields=True):
     audience: str = ""
     leeway: NonNegFloat = 5.0
     tenant_claim: Annotated[str, Meta(min_length=1)] = "tenant"
-    # In development an unset jwt_secret is generated once and kept in data_dir.
+    # In development (and only there) an unset jwt_secret is generated once and kept in
+    # data_dir.
     generate_dev_secret: bool = False
 
 
@@ -170,6 +171,10 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True):
     api: ApiSettings = ApiSettings()
     auth: AuthSettings = AuthSettings()
     jwt_secret: str = ""
+    # The settings environment chosen explicitly (TASKFLOW_ENV, --env, or the command's
+    # own: `taskflow dev` means development); "" when none was, and then only the
+    # [default] settings apply. Set by load_settings, not a setting to write.
+    environment: str = ""
 
     def __post_init__(self) -> None:
         if self.worker.heartbeat_interval >= self.worker.lease_ttl:
@@ -226,15 +231,20 @@ def _lower_keys(value: Any, keep_case: bool = False) -> Any:
 
 
 def load_settings(
-    files: list[str | Path] | None = None, env: str | None = None, **overrides: Any
+    files: list[str | Path] | None = None, env: str | None = None, *,
+    default_env: str | None = None, **overrides: Any,
 ) -> Settings:
     """Read settings files and ``TASKFLOW_*`` variables into a validated :class:`Settings`.
 
     ``files`` defaults to ``settings.toml`` (this checkout's, or the one in the working
     directory) plus any listed in ``TASKFLOW_SETTINGS_FILES``. ``overrides`` win over both.
+    The environment is ``env``, else ``TASKFLOW_ENV``, else ``default_env``; with none of
+    them only the ``[default]`` settings apply and :attr:`Settings.environment` is empty
+    (so nothing meant for development, such as a generated JWT secret, happens).
     """
     from dynaconf import Dynaconf
 
+    chosen = env or os.environ.get("TASKFLOW_ENV") or default_env
     if files is None:
         files = [REPO_ROOT / "settings.toml"]
         if Path("settings.toml").resolve() != files[0]:
@@ -246,12 +256,14 @@ def load_settings(
         settings_files=[str(f) for f in files],
         environments=True,
         env_switcher="TASKFLOW_ENV",
-        env=env or os.environ.get("TASKFLOW_ENV", "development"),
+        env=chosen or "default",
         merge_enabled=True,
     )
     data = _lower_keys(raw.as_dict())
-    for key in _DYNACONF_KEYS | {"settings_files_for_dynaconf"}:
+    for key in _DYNACONF_KEYS | {"settings_files_for_dynaconf", "environment"}:
         data.pop(key, None)
+    # What dynaconf loaded (TASKFLOW_ENV wins over env there), if anything was chosen.
+    data["environment"] = str(raw.current_env).lower() if chosen else ""
     data.update(overrides)
     return settings_from_dict(data)
 

@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 
 from taskflow.adapters.postgres import InsertResult
-from taskflow.api.errors import BACKEND_ERRORS, ApiError, Unavailable
+from taskflow.api.errors import BACKEND_ERRORS, ApiError, Unavailable, located
 from taskflow.api.schemas import MAX_BATCH, JobOut, JobSpec
 from taskflow.config import Settings
 from taskflow.jobs import submit
@@ -55,8 +55,7 @@ class KnownTasks:
             try:
                 msgspec.convert(spec.payload, payload_type)
             except msgspec.ValidationError as exc:
-                text, _, path = str(exc).partition(" - at `$")
-                field = f"{where}payload{path.rstrip('`')}"
+                field, text = located(exc, f"{where}payload")
                 raise ApiError(422, f"{field}: {text} (payload of task {spec.task!r})",
                                field=field) from None
 
