@@ -14,6 +14,7 @@ from taskflow.api.errors import ApiError
 from taskflow.api.quotas import Quotas
 from taskflow.api.schemas import JobSpec
 from taskflow.config import ConfigError, load_settings, settings_from_dict
+from taskflow.models import NewJob
 
 
 def test_only_the_default_queue_is_declared_by_default():
@@ -85,6 +86,15 @@ def test_a_job_without_a_timeout_gets_the_queues_bound_or_its_tasks_shorter_one(
     assert quotas.check_spec(JobSpec(task="noop", queue="shared")) == 60
     assert quotas.check_spec(JobSpec(task="slow", queue="shared")) == 30
     assert quotas.check_spec(JobSpec(task="slower", queue="shared")) == 60
+
+
+async def test_a_request_larger_than_the_active_limit_is_refused_before_counting():
+    quotas = _quotas(max_active=2)  # no store: it must not be asked
+    jobs = [NewJob(task="noop", max_attempts=1, queue="shared", tenant="a")] * 3
+    with pytest.raises(ApiError) as caught:
+        await quotas.check_active(jobs)
+    assert caught.value.status == 422 and caught.value.field == "queue"
+    await quotas.check_active([NewJob(task="noop", max_attempts=1, tenant="a")] * 3)
 
 
 def test_include_names_payload_and_result_only():

@@ -76,6 +76,11 @@ class Quotas:
         bounded = [key for key, bound in bounds.items() if bound]
         if not bounded:
             return
+        for key in bounded:
+            if adding[key] > bounds[key]:  # never fits: waiting would not help
+                raise ApiError(422, f"queue: {adding[key]} jobs for queue {key[1]!r} in one "
+                               f"request; a tenant may have at most {bounds[key]} unfinished "
+                               "jobs there", field="queue")
         counts = await self.store.count_active_jobs(bounded, max(bounds.values()))
         for key in bounded:
             tenant, queue = key
