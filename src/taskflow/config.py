@@ -7,6 +7,7 @@ Everything else receives the structs below through its constructor.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -107,6 +108,40 @@ class OutboundSettings(Struct, frozen=True, forbid_unknown_fields=True):
                 raise ConfigError(f"invalid setting 'outbound.allowed_networks': {exc}") from None
 
 
+class TenantLimits(Struct, frozen=True, forbid_unknown_fields=True):
+    """What one tenant may ask of one queue (every queue is shared by all tenants).
+
+    Checked by the API at submit. ``max_active`` bounds a tenant's unfinished jobs
+    (blocked, scheduled, queued or running) in the queue, so one tenant cannot fill it
+    ahead of the others; 0 means no bound.
+    """
+
+    max_priority: Annotated[int, Meta(ge=-1000, le=1000)] = 1000
+    max_active: Annotated[int, Meta(ge=0)] = 0
+    # How far ahead a job may be due (delay or run_at), in seconds.
+    max_delay: NonNegFloat = 366 * 86_400.0
+    # Longest job timeout a tenant may ask for (0 = no bound); a job that sets none gets
+    # this one when its task's own timeout is unset or longer.
+    max_timeout: NonNegFloat = 0.0
+
+
+class QueueLimits(Struct, frozen=True, forbid_unknown_fields=True):
+    """Per-queue overrides of :class:`TenantLimits`; unset fields inherit."""
+
+    max_priority: Annotated[int, Meta(ge=-1000, le=1000)] | None = None
+    max_active: Annotated[int, Meta(ge=0)] | None = None
+    max_delay: NonNegFloat | None = None
+    max_timeout: NonNegFloat | None = None
+
+
+class MetricsSettings(Struct, frozen=True, forbid_unknown_fields=True):
+    """Prometheus exposition. Queue and task names come from clients: each label takes at
+    most ``max_label_values`` distinct values per process, later ones are counted as
+    ``other``."""
+
+    max_label_values: PositiveInt = 100
+
+
 class ApiSettings(Struct, frozen=True, forbid_unknown_fields=True):
     """The HTTP API (``taskflow serve``)."""
 
@@ -175,8 +210,20 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True):
     # own: `taskflow dev` means development); "" when none was, and then only the
     # [default] settings apply. Set by load_settings, not a setting to write.
     environment: str = ""
+    # The queues that exist (shared by all tenants): a job naming another is refused, and
+    # a worker cannot serve another. Not in settings.toml on purpose: dynaconf merges
+    # lists, so a default there could never be removed.
+    queues: Annotated[tuple[QueueName, ...], Meta(min_length=1)] = ("default",)
+    tenant_limits: TenantLimits = TenantLimits()
+    queue_limits: dict[str, QueueLimits] = {}
+    metrics: MetricsSettings = MetricsSettings()
 
     def __post_init__(self) -> None:
+        undeclared = [q for q in self.queue_limits if q not in self.queues]
+        if undeclared:
+            raise ConfigError(f"invalid setting 'queue_limits.{undeclared[0]}': not a "
+                              f"declared queue (queues = {list(self.queues)})")
+        self.check_queues(self.worker.queues, "worker.queues")
         if self.worker.heartbeat_interval >= self.worker.lease_ttl:
             raise ConfigError(
                 "worker.heartbeat_interval must be shorter than worker.lease_ttl "
@@ -184,6 +231,23 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True):
             )
         if self.database.pool_min > self.database.pool_max:
             raise ConfigError("database.pool_min must not exceed database.pool_max")
+
+    def check_queues(self, names: Sequence[str], key: str) -> None:
+        """Raise :class:`ConfigError` naming ``key`` if a queue in ``names`` is not
+        declared in ``queues``."""
+        for name in names:
+            if name not in self.queues:
+                raise ConfigError(f"invalid setting {key!r}: {name!r} is not a declared "
+                                  f"queue (queues = {list(self.queues)})")
+
+    def limits_for(self, queue: str) -> TenantLimits:
+        """What one tenant may ask of ``queue``: the defaults with its overrides."""
+        override = self.queue_limits.get(queue)
+        if override is None:
+            return self.tenant_limits
+        changes = {f: getattr(override, f) for f in QueueLimits.__struct_fields__
+                   if getattr(override, f) is not None}
+        return msgspec.structs.replace(self.tenant_limits, **changes)
 
     @property
     def migrations_path(self) -> Path:
@@ -212,8 +276,8 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True):
 _DYNACONF_KEYS = {"env", "environment", "env_for_dynaconf", "settings_file", "settings_files"}
 
 
-# Maps whose keys are names (task names), not setting names: their case is kept.
-_NAME_KEYED = {"task_policies"}
+# Maps whose keys are names (task and queue names), not setting names: their case is kept.
+_NAME_KEYED = {"task_policies", "queue_limits"}
 
 
 def _lower_keys(value: Any, keep_case: bool = False) -> Any:

@@ -16,7 +16,7 @@ from taskflow.adapters.sql import QUERIES
 from taskflow.ids import uuid7
 from taskflow.models import (
     Attempt, Claim, DispatchEntry, Job, NewJob, Outcome, StartedJob, UnknownUpstreams,
-    Workflow, WorkflowNode,
+    Workflow, WorkflowMember, WorkflowNode,
 )
 from taskflow.states import JobState
 
@@ -89,6 +89,9 @@ class JobQuery(msgspec.Struct, frozen=True, kw_only=True):
     created_after: datetime | None = None
     created_before: datetime | None = None
     tenant: str | None = None  # only for cross-tenant listing
+    # Payload and result are read only when asked for (they can be large); else None.
+    with_payload: bool = False
+    with_result: bool = False
 
 
 class _Placement(msgspec.Struct):
@@ -407,9 +410,26 @@ class PostgresStore:
         rows = await self.pool.fetch(
             QUERIES["list_jobs"], tenant if tenant is not None else query.tenant, query.before,
             states, query.queue, query.task, labels, query.created_after,
-            query.created_before, query.limit,
+            query.created_before, query.limit, query.with_payload, query.with_result,
         )
         return [_job(r) for r in rows]
+
+    async def workflow_members(
+        self, workflow_id: uuid.UUID, *, with_payload: bool = False, with_result: bool = False
+    ) -> list[WorkflowMember]:
+        """A workflow's jobs as its view shows them; payload and result only when asked
+        for (None otherwise)."""
+        rows = await self.pool.fetch(QUERIES["workflow_job_views"], workflow_id,
+                                     with_payload, with_result)
+        return [WorkflowMember(**{**r, "state": JobState(r["state"])}) for r in rows]
+
+    async def count_active_jobs(
+        self, keys: Sequence[tuple[str, str]], limit: int
+    ) -> dict[tuple[str, str], int]:
+        """Unfinished jobs per (tenant, queue), each count stopping at ``limit``."""
+        rows = await self.pool.fetch(QUERIES["count_active_jobs"], [k[0] for k in keys],
+                                     [k[1] for k in keys], limit)
+        return {(r["tenant"], r["queue"]): r["active"] for r in rows}
 
     async def cancel_waiting_job(self, job_id: uuid.UUID, tenant: str) -> Job | None:
         """blocked/scheduled/queued -> cancelled, and its blocked descendants with it (one
