@@ -73,6 +73,13 @@ class WorkerSettings(Struct, frozen=True, forbid_unknown_fields=True):
     shutdown_grace: NonNegFloat = 25.0
     sync_threads: PositiveInt = 16
     max_idle_wait: PositiveFloat = 1.0
+    # Largest result a handler may return, JSON-encoded; a larger one fails the attempt
+    # (for good: the same handler would return it again).
+    max_result_bytes: PositiveInt = 1_048_576
+    # Most upstream results loaded for one job (``ctx.upstream_results``), JSON-encoded;
+    # a job whose upstreams returned more fails without running. Memory held for them is
+    # at most concurrency times this.
+    max_upstream_bytes: PositiveInt = 16 * 1_048_576
     # Prometheus exposition of `taskflow work` (0 = off); `serve`/`dev` use the API's /metrics.
     metrics_host: str = "127.0.0.1"
     metrics_port: Annotated[int, Meta(ge=0, le=65535)] = 9101
@@ -118,6 +125,9 @@ class TenantLimits(Struct, frozen=True, forbid_unknown_fields=True):
 
     max_priority: Annotated[int, Meta(ge=-1000, le=1000)] = 1000
     max_active: Annotated[int, Meta(ge=0)] = 0
+    # Most attempts a job may ask for: a job that crashes its worker every time costs a
+    # lost attempt per crash (and the jobs running beside it theirs), so it must stop soon.
+    max_attempts: PositiveInt = 25
     # How far ahead a job may be due (delay or run_at), in seconds.
     max_delay: NonNegFloat = 366 * 86_400.0
     # Longest job timeout a tenant may ask for (0 = no bound); a job that sets none gets
@@ -130,6 +140,7 @@ class QueueLimits(Struct, frozen=True, forbid_unknown_fields=True):
 
     max_priority: Annotated[int, Meta(ge=-1000, le=1000)] | None = None
     max_active: Annotated[int, Meta(ge=0)] | None = None
+    max_attempts: PositiveInt | None = None
     max_delay: NonNegFloat | None = None
     max_timeout: NonNegFloat | None = None
 

@@ -285,15 +285,24 @@ class PostgresStore:
         return [_job(r) for r in await self.pool.fetch(QUERIES["workflow_jobs"], workflow_id)]
 
     async def upstream_results(
-        self, job_ids: Sequence[uuid.UUID]
-    ) -> dict[uuid.UUID, dict[str, Any]]:
+        self, job_ids: Sequence[uuid.UUID], max_bytes: int
+    ) -> tuple[dict[uuid.UUID, dict[str, Any]], dict[uuid.UUID, int]]:
         """Results of each job's direct upstream jobs, keyed by node name in a workflow
-        and by job id otherwise. One query for the whole batch."""
+        and by job id otherwise, and the jobs whose upstream results add up to more than
+        ``max_bytes`` (JSON), with how much: theirs are not loaded. One query for the
+        whole batch."""
         out: dict[uuid.UUID, dict[str, Any]] = {j: {} for j in job_ids}
-        for r in await self.pool.fetch(QUERIES["upstream_results"], list(job_ids)):
+        too_large: dict[uuid.UUID, int] = {}
+        rows = await self.pool.fetch(QUERIES["upstream_results"], list(job_ids), max_bytes)
+        for r in rows:
+            if r["over"]:
+                too_large[r["job_id"]] = max(too_large.get(r["job_id"], 0), r["loaded"])
+                continue
             key = r["node"] or str(r["id"])
             out[r["job_id"]][key] = None if r["result"] is None else _decode(r["result"])
-        return out
+        for job_id in too_large:
+            del out[job_id]
+        return out, too_large
 
     async def _with_existing(
         self, jobs: Sequence[NewJob], rows: list[asyncpg.Record]

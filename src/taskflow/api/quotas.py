@@ -49,6 +49,9 @@ class Quotas:
             raise ApiError(422, f"{where}queue: no queue {spec.queue!r} (declared: {listed}; "
                            "see the queues setting)", field=f"{where}queue")
         limits = self.settings.limits_for(spec.queue)
+        if spec.max_attempts is not None and spec.max_attempts > limits.max_attempts:
+            raise ApiError(422, f"{where}max_attempts: at most {limits.max_attempts} in queue "
+                           f"{spec.queue!r}", field=f"{where}max_attempts")
         if spec.priority > limits.max_priority:
             raise ApiError(422, f"{where}priority: at most {limits.max_priority} in queue "
                            f"{spec.queue!r}", field=f"{where}priority")

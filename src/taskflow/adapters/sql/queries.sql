@@ -83,10 +83,19 @@ SELECT * FROM workflows WHERE id = $1;
 SELECT * FROM jobs WHERE workflow_id = $1 ORDER BY id;
 
 -- name: upstream_results
--- Results of the direct upstream jobs of a batch of started jobs, in one query.
-SELECT d.job_id, u.id, u.node, u.result::text AS result
-FROM job_dependencies AS d JOIN jobs AS u ON u.id = d.upstream_id
-WHERE d.job_id = ANY($1::uuid[]);
+-- Results of the direct upstream jobs of a batch of started jobs, in one query, within a
+-- budget of $2 bytes per job: once a job's running total passes it, its rows say so
+-- (over) and carry no result, so a fan-in of thousands of large results is never loaded.
+SELECT job_id, id, node, CASE WHEN NOT over THEN result END AS result, over, loaded
+FROM (
+    SELECT d.job_id, u.id, u.node, r.text AS result,
+           coalesce(sum(octet_length(r.text)) OVER w, 0) AS loaded,
+           coalesce(sum(octet_length(r.text)) OVER w, 0) > $2 AS over
+    FROM job_dependencies AS d JOIN jobs AS u ON u.id = d.upstream_id
+    CROSS JOIN LATERAL (SELECT u.result::text AS text) AS r
+    WHERE d.job_id = ANY($1::uuid[])
+    WINDOW w AS (PARTITION BY d.job_id ORDER BY u.id)
+) AS s;
 
 -- name: jobs_by_idempotency_key
 SELECT * FROM jobs WHERE tenant = $1 AND idempotency_key = ANY($2::text[]);
