@@ -152,6 +152,11 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True):
     api: ApiSettings = ApiSettings()
     auth: AuthSettings = AuthSettings()
     jwt_secret: str = ""
+    # AWS SSM Parameter Store layer (between files and environment variables): every
+    # parameter under ssm_path is a setting. Region and endpoint default to boto3's.
+    ssm_path: Annotated[str, Meta(pattern=r"^(/.*)?$")] = ""
+    ssm_region: str = ""
+    ssm_endpoint_url: str = ""
 
     def __post_init__(self) -> None:
         if self.worker.heartbeat_interval >= self.worker.lease_ttl:
@@ -210,10 +215,17 @@ def _lower_keys(value: Any, keep_case: bool = False) -> Any:
 def load_settings(
     files: list[str | Path] | None = None, env: str | None = None, **overrides: Any
 ) -> Settings:
-    """Read settings files and ``TASKFLOW_*`` variables into a validated :class:`Settings`.
+    """Read the settings layers into a validated :class:`Settings`. Later layers win:
 
-    ``files`` defaults to ``settings.toml`` (this checkout's, or the one in the working
-    directory) plus any listed in ``TASKFLOW_SETTINGS_FILES``. ``overrides`` win over both.
+    1. files: ``settings.toml`` (this checkout's, or the one in the working directory),
+       then those listed in ``TASKFLOW_SETTINGS_FILES`` (TOML or YAML, with environment
+       sections like ``settings.toml``); ``files`` replaces this list;
+    2. AWS SSM Parameter Store, when ``ssm_path`` is set (in a file or the environment);
+    3. ``TASKFLOW_*`` environment variables;
+    4. ``overrides``.
+
+    Mappings merge key by key across layers; a list or value from a later layer replaces
+    the earlier one.
     """
     from dynaconf import Dynaconf
 
@@ -223,19 +235,50 @@ def load_settings(
             files.append(Path("settings.toml"))
         extra = os.environ.get("TASKFLOW_SETTINGS_FILES", "")
         files.extend(f for f in extra.split(",") if f)
-    raw = Dynaconf(
-        envvar_prefix="TASKFLOW",
+    from_files = Dynaconf(
         settings_files=[str(f) for f in files],
         environments=True,
         env_switcher="TASKFLOW_ENV",
         env=env or os.environ.get("TASKFLOW_ENV", "development"),
         merge_enabled=True,
+        loaders=[],  # files only: the environment is its own layer, read below
     )
-    data = _lower_keys(raw.as_dict())
+    from_env = Dynaconf(envvar_prefix="TASKFLOW", environments=False)
+    layers = [_clean(from_files.as_dict()), _clean(from_env.as_dict())]
+    boot = _merged(*layers)  # where SSM is comes from the files or the environment
+    if boot.get("ssm_path"):
+        layers.insert(1, _ssm_layer(boot))
+    return settings_from_dict(_merged(*layers, overrides))
+
+
+def _clean(data: dict[str, Any]) -> dict[str, Any]:
+    data = _lower_keys(data)
     for key in _DYNACONF_KEYS | {"settings_files_for_dynaconf"}:
         data.pop(key, None)
-    data.update(overrides)
-    return settings_from_dict(data)
+    return data
+
+
+def _merged(*layers: dict[str, Any]) -> dict[str, Any]:
+    """Layers merged in order: mappings key by key, anything else replaced."""
+    out: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            if isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = _merged(out[key], value)
+            else:
+                out[key] = value
+    return out
+
+
+def _ssm_layer(boot: dict[str, Any]) -> dict[str, Any]:
+    from taskflow.ssm import SsmError, load_parameters
+
+    try:
+        return _lower_keys(load_parameters(
+            str(boot["ssm_path"]), region=str(boot.get("ssm_region") or ""),
+            endpoint_url=str(boot.get("ssm_endpoint_url") or "")))
+    except SsmError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def settings_from_dict(data: dict[str, Any]) -> Settings:

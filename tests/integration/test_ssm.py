@@ -1,0 +1,214 @@
+"""Settings from AWS SSM Parameter Store, against a real moto server over HTTP with the
+real boto3 client: the layer order (files, then SSM, then environment variables), typed
+and nested values, paging, and a start that fails naming what is wrong."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import jwt
+import pytest
+
+from taskflow.adapters.embedded import free_port
+from taskflow.config import ConfigError, load_settings
+
+boto3 = pytest.importorskip("boto3", reason="the aws extra is not installed")
+MOTO_SERVER = shutil.which("moto_server", path=str(Path(sys.executable).parent))
+pytestmark = pytest.mark.skipif(MOTO_SERVER is None, reason="moto[server] is not installed")
+
+REGION = "eu-west-1"
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_CONFIG_FILE": os.devnull,
+    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+}
+
+
+class Moto:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def client(self, service: str, **kwargs: str):
+        return boto3.client(service, endpoint_url=self.url, region_name=REGION,
+                            **({"aws_access_key_id": "testing",
+                                "aws_secret_access_key": "testing"} | kwargs))
+
+
+def _start_moto(tmp: Path, **env: str) -> Iterator[Moto]:
+    port = free_port()
+    log = open(tmp / f"moto-{port}.log", "wb")
+    process = subprocess.Popen([MOTO_SERVER, "-H", "127.0.0.1", "-p", str(port)],
+                               stdout=log, stderr=subprocess.STDOUT,
+                               env={**os.environ, **AWS_ENV, **env})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/moto-api/", timeout=1).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"moto_server did not start: {log.name}") from None
+                time.sleep(0.1)
+        yield Moto(url)
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
+    yield from _start_moto(tmp_path_factory.mktemp("moto"))
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch, moto: Moto) -> Moto:
+    for key in [k for k in os.environ if k.startswith(("TASKFLOW_", "AWS_"))]:
+        monkeypatch.delenv(key)
+    for key, value in AWS_ENV.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("TASKFLOW_SSM_REGION", REGION)
+    monkeypatch.setenv("TASKFLOW_SSM_ENDPOINT_URL", moto.url)
+    return moto
+
+
+def _put(moto: Moto, prefix: str, params: dict[str, tuple[str, str]]) -> None:
+    ssm = moto.client("ssm")
+    for name, (kind, value) in params.items():
+        ssm.put_parameter(Name=prefix + name, Type=kind, Value=value, Overwrite=True)
+
+
+def test_layers_files_then_ssm_then_environment(aws_env: Moto, monkeypatch, tmp_path):
+    prefix = "/taskflow/layers/"
+    _put(aws_env, prefix, {
+        "worker/concurrency": ("String", "22"),          # beats the file
+        "worker/claim_batch": ("String", "300"),         # loses to the environment
+        "worker/queues": ("StringList", "emails, reports"),
+        "worker/lease_ttl": ("String", "12.5"),
+        "api/group_commit": ("String", "false"),
+        "auth/algorithms": ("String", '["RS256"]'),
+        "jwt_secret": ("SecureString", "12345"),         # a secret stays text
+        "task_policies/sendEmail/max_attempts": ("String", "9"),
+    })
+    extra = tmp_path / "production.yaml"
+    extra.write_text("production:\n  worker:\n    concurrency: 11\n    shutdown_grace: 7\n"
+                     "  api:\n    port: 9000\n")
+    monkeypatch.setenv("TASKFLOW_SETTINGS_FILES", str(extra))
+    monkeypatch.setenv("TASKFLOW_SSM_PATH", prefix)
+    monkeypatch.setenv("TASKFLOW_WORKER__CLAIM_BATCH", "400")
+
+    settings = load_settings(env="production")
+
+    assert settings.worker.concurrency == 22
+    assert settings.worker.claim_batch == 400
+    assert settings.worker.shutdown_grace == 7 and settings.api.port == 9000  # file only
+    assert settings.worker.queues == ("emails", "reports")
+    assert settings.worker.lease_ttl == 12.5
+    assert settings.api.group_commit is False
+    assert settings.auth.algorithms == ("RS256",)
+    assert settings.jwt_secret == "12345"
+    assert settings.policy_for("sendEmail").max_attempts == 9
+    assert settings.data_dir == "/var/lib/taskflow"  # settings.toml [production] still read
+
+
+def test_ssm_path_can_come_from_a_file_and_every_page_is_read(aws_env: Moto, monkeypatch,
+                                                              tmp_path):
+    prefix = "/taskflow/paged"
+    # More parameters than one GetParametersByPath page holds (10).
+    _put(aws_env, prefix + "/", {f"task_policies/task{i:02d}/max_attempts": ("String", str(i))
+                                 for i in range(1, 26)})
+    extra = tmp_path / "ssm.toml"
+    extra.write_text(f'[default]\nssm_path = "{prefix}"\n')
+    monkeypatch.setenv("TASKFLOW_SETTINGS_FILES", str(extra))
+
+    settings = load_settings()
+
+    assert {name: p.max_attempts for name, p in settings.task_policies.items()
+            if name.startswith("task")} == {f"task{i:02d}": i for i in range(1, 26)}
+
+
+def test_a_bad_value_from_ssm_names_the_key(aws_env: Moto, monkeypatch):
+    _put(aws_env, "/taskflow/bad/", {"worker/concurrency": ("String", "many")})
+    monkeypatch.setenv("TASKFLOW_SSM_PATH", "/taskflow/bad/")
+    with pytest.raises(ConfigError, match="'worker.concurrency'"):
+        load_settings()
+
+
+def test_a_path_with_no_parameters_fails_naming_it(aws_env: Moto, monkeypatch):
+    monkeypatch.setenv("TASKFLOW_SSM_PATH", "/taskflow/nothing-here/")
+    with pytest.raises(ConfigError, match="SSM path /taskflow/nothing-here/: no parameters"):
+        load_settings()
+
+
+def test_an_unreachable_endpoint_fails_naming_it(aws_env: Moto, monkeypatch):
+    closed = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("TASKFLOW_SSM_PATH", "/taskflow/prod/")
+    monkeypatch.setenv("TASKFLOW_SSM_ENDPOINT_URL", closed)
+    started = time.monotonic()
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "SSM path /taskflow/prod/" in str(info.value)
+    assert f"cannot reach {closed}" in str(info.value)
+    assert time.monotonic() - started < 30  # bounded retries, no hanging start
+
+
+def test_denied_access_fails_naming_the_path(monkeypatch, tmp_path, aws_env):
+    """A moto server that enforces IAM (after the setup calls): the caller's user may only
+    read another path, so GetParametersByPath is denied."""
+    setup_calls = 4
+    for strict in _start_moto(tmp_path, INITIAL_NO_AUTH_ACTION_COUNT=str(setup_calls)):
+        strict.client("ssm").put_parameter(Name="/taskflow/secret/x", Value="1", Type="String")
+        iam = strict.client("iam")
+        iam.create_user(UserName="reader")
+        iam.put_user_policy(UserName="reader", PolicyName="other-path", PolicyDocument=json.dumps({
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "ssm:GetParametersByPath",
+                           "Resource": "arn:aws:ssm:*:*:parameter/elsewhere/*"}]}))
+        key = iam.create_access_key(UserName="reader")["AccessKey"]
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+        monkeypatch.setenv("TASKFLOW_SSM_ENDPOINT_URL", strict.url)
+        monkeypatch.setenv("TASKFLOW_SSM_PATH", "/taskflow/secret/")
+        with pytest.raises(ConfigError) as info:
+            load_settings()
+        assert "SSM path /taskflow/secret/" in str(info.value)
+        assert "not authorized to perform: ssm:GetParametersByPath" in str(info.value)
+
+
+def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("TASKFLOW_", "AWS_"))}
+    return subprocess.run([sys.executable, "-m", "taskflow.cli", *args], env={**base, **env},
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_the_cli_takes_its_secret_from_ssm_and_refuses_to_start_without_it(moto: Moto):
+    _put(moto, "/taskflow/cli/", {"jwt_secret": ("SecureString", "from-ssm-" + "x" * 32)})
+    env = {**AWS_ENV, "TASKFLOW_ENV": "production", "TASKFLOW_SSM_REGION": REGION,
+           "TASKFLOW_SSM_ENDPOINT_URL": moto.url}
+
+    minted = _cli("token", "--tenant", "acme", env={**env, "TASKFLOW_SSM_PATH": "/taskflow/cli/"})
+    assert minted.returncode == 0, minted.stderr
+    claims = jwt.decode(minted.stdout.strip(), "from-ssm-" + "x" * 32, algorithms=["HS256"])
+    assert claims["tenant"] == "acme"
+
+    missing = _cli("serve", env={**env, "TASKFLOW_SSM_PATH": "/taskflow/typo/",
+                                 "TASKFLOW_DATABASE_URL": "postgresql://127.0.0.1:1/x",
+                                 "TASKFLOW_REDIS_URL": "redis://127.0.0.1:1/0"})
+    assert missing.returncode != 0
+    assert ("taskflow: configuration error: SSM path /taskflow/typo/: no parameters"
+            in missing.stderr)
