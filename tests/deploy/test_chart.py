@@ -186,7 +186,6 @@ def test_the_migration_hook_job_runs_taskflow_migrate(rendered):
 
 
 def test_probes_point_at_real_endpoints_on_named_ports(rendered):
-    from taskflow.api.app import create_app  # noqa: F401 - the API's routes, below
     from tests.deploy.routes import api_paths, worker_paths
 
     _, docs = rendered
