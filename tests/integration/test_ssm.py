@@ -212,3 +212,21 @@ def test_the_cli_takes_its_secret_from_ssm_and_refuses_to_start_without_it(moto:
     assert missing.returncode != 0
     assert ("taskflow: configuration error: SSM path /taskflow/typo/: no parameters"
             in missing.stderr)
+
+
+def test_the_example_production_settings_file_loads_with_its_parameters(aws_env: Moto,
+                                                                         monkeypatch):
+    repo = Path(__file__).resolve().parents[2]
+    _put(aws_env, "/taskflow/prod/", {
+        "database_url": ("SecureString", "postgresql://taskflow:s3cret@db.internal/taskflow"),
+        "jwt_secret": ("SecureString", "prod-secret"),
+        "worker/concurrency": ("String", "200"),
+    })
+    monkeypatch.setenv("TASKFLOW_SETTINGS_FILES", str(repo / "deploy/settings.production.yaml"))
+    settings = load_settings(env="production")
+    assert settings.ssm_path == "/taskflow/prod/"
+    assert settings.database_url == "postgresql://taskflow:s3cret@db.internal/taskflow"
+    assert settings.jwt_secret == "prod-secret"
+    assert settings.worker.concurrency == 200  # SSM beats the file's 100
+    assert settings.retry.max_attempts == 5  # from the file
+    assert settings.auth.jwks_url == "https://auth.example.com/.well-known/jwks.json"
