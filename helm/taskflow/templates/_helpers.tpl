@@ -29,7 +29,7 @@
 
 {{/* Labels: call with (list $ "component"). ---------------------------------------- */}}
 {{- define "taskflow.selectorLabels" -}}
-{{- $root := index . 0 }}
+{{- $root := index . 0 -}}
 app.kubernetes.io/name: {{ include "taskflow.name" $root }}
 app.kubernetes.io/instance: {{ $root.Release.Name }}
 app.kubernetes.io/component: {{ index . 1 }}
@@ -39,7 +39,7 @@ taskflow.io/pool: {{ index . 2 }}
 {{- end }}
 
 {{- define "taskflow.labels" -}}
-{{- $root := index . 0 }}
+{{- $root := index . 0 -}}
 helm.sh/chart: {{ include "taskflow.chart" $root }}
 {{ include "taskflow.selectorLabels" . }}
 app.kubernetes.io/version: {{ include "taskflow.imageTag" $root | quote }}
@@ -78,7 +78,7 @@ app.kubernetes.io/part-of: taskflow
 {{/* Settings and secrets as environment: call with (list $ "role"). ------------------ */}}
 {{- define "taskflow.env" -}}
 {{- $root := index . 0 }}{{- $role := index . 1 }}
-{{- $v := $root.Values }}
+{{- $v := $root.Values -}}
 - name: TASKFLOW_ENV
   value: {{ $v.environment | quote }}
 - name: TASKFLOW_SETTINGS_FILES
@@ -102,7 +102,8 @@ app.kubernetes.io/part-of: taskflow
 {{- $secret = include "taskflow.component" (list $root "migrate") }}
 {{- end }}
 {{- $secretEnv := dict "TASKFLOW_DATABASE_URL" $keys.databaseUrl "TASKFLOW_REDIS_URL" $keys.redisUrl }}
-{{- if not (hasPrefix "migrate" $role) }}
+{{- if eq $role "api" }}
+{{- /* Only the API verifies tokens. */}}
 {{- $_ := set $secretEnv "TASKFLOW_JWT_SECRET" $keys.jwtSecret }}
 {{- end }}
 {{- if eq $role "notifier" }}
@@ -136,7 +137,7 @@ app.kubernetes.io/part-of: taskflow
 {{/* Pod-level pieces shared by every role: call with (list $ extraVolumes). ------------ */}}
 {{- define "taskflow.podSpecCommon" -}}
 {{- $root := index . 0 }}
-{{- $v := $root.Values }}
+{{- $v := $root.Values -}}
 serviceAccountName: {{ include "taskflow.serviceAccountName" $root }}
 automountServiceAccountToken: {{ $v.serviceAccount.automountToken }}
 {{- with $v.imagePullSecrets }}
@@ -214,7 +215,7 @@ affinity:
 {{- if $spread }}
 topologySpreadConstraints:
 {{- range $spread }}
-  - {{- toYaml (omit . "labelSelector") | nindent 4 }}
+  - {{ toYaml (omit . "labelSelector") | nindent 4 | trim }}
     labelSelector:
       matchLabels:
         {{- $selector | nindent 8 }}
