@@ -50,7 +50,7 @@ wheelhouse: $(STAMP)
 # Builds the image on a private dockerd and runs every role from it (root, docker.io,
 # iptables and debootstrap needed; skips saying why without them).
 test-image: $(STAMP)
-	TASKFLOW_TEST_IMAGE=1 $(PY) -m pytest -q -rs tests/image
+	TASKFLOW_TEST_IMAGE=1 $(PY) -m pytest -q -rs -s tests/image
 
 # The Helm chart, the GitHub workflows and the Dockerfile, checked by their real tools.
 DEPLOY_STAMP := $(VENV)/.deploy-checks-stamp

@@ -91,7 +91,7 @@ class Stack:
             "TASKFLOW_API__PORT": str(self.api_port),
             "TASKFLOW_WORKER__METRICS_HOST": "127.0.0.1",
             "TASKFLOW_WORKER__METRICS_PORT": str(self.worker_metrics),
-            "TASKFLOW_WORKER__SHUTDOWN_GRACE": "5",
+            "TASKFLOW_WORKER__SHUTDOWN_GRACE": "8",
         }
         self.names: list[str] = []
 
@@ -224,7 +224,8 @@ def test_roles_run_as_non_root_under_dumb_init(stack: Stack, name: str):
 def test_docker_stop_shuts_the_worker_down_gracefully(stack: Stack, token: str):
     if "tf-worker" not in stack.names:
         pytest.skip("the containers did not start (see the test above)")
-    short = http("POST", f"{stack.url}/tasks", {"task": "sleep", "payload": {"seconds": 1}},
+    # The short job outlasts the polling below but not the grace period (8 s).
+    short = http("POST", f"{stack.url}/tasks", {"task": "sleep", "payload": {"seconds": 3}},
                  token)[1]
     long = http("POST", f"{stack.url}/tasks", {"task": "sleep", "payload": {"seconds": 600}},
                 token)[1]
