@@ -40,7 +40,8 @@ COPY settings.toml ./
 COPY migrations/ migrations/
 # Production defaults for containers: listen on every interface of the pod, the bundled
 # migrations, logs straight to stdout. Everything else comes from settings files
-# (TASKFLOW_SETTINGS_FILES), SSM (TASKFLOW_SSM_PATH) or TASKFLOW_* variables.
+# (TASKFLOW_SETTINGS_FILES), SSM (TASKFLOW_SSM_PATH) or TASKFLOW_* variables. (The
+# notifier's metrics_host joins these once its settings exist; the chart sets it today.)
 ENV PATH=/opt/taskflow/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
