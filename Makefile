@@ -36,8 +36,9 @@ migrate: $(STAMP)
 # The image (Dockerfile). BASE_IMAGE=... picks another base; OFFLINE=1 builds from the
 # wheels in wheelhouse/ (make wheelhouse) with no package index.
 IMAGE ?= taskflow:dev
+DOCKER ?= docker
 image:
-	docker build --tag $(IMAGE) \
+	$(DOCKER) build --tag $(IMAGE) \
 	  --build-arg VERSION=$$(git describe --tags --always --dirty 2>/dev/null || echo dev) \
 	  --build-arg REVISION=$$(git rev-parse HEAD 2>/dev/null || echo unknown) \
 	  $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) \
