@@ -95,15 +95,17 @@ class Stack:
         }
         self.names: list[str] = []
 
-    def args(self, **extra: str) -> list[str]:
+    def args(self, **extra: str | None) -> list[str]:
+        """``docker run`` options; an ``extra`` of None removes that variable."""
         out = ["--network", "host"]
         for volume in self.volumes:
             out += ["--volume", volume]
         for key, value in {**self.env, **extra}.items():
-            out += ["-e", f"{key}={value}"]
+            if value is not None:
+                out += ["-e", f"{key}={value}"]
         return out
 
-    def once(self, *command: str, **extra: str):
+    def once(self, *command: str, **extra: str | None):
         return self.docker.run("run", "--rm", *self.args(**extra), IMAGE, *command,
                                check=False, timeout=120)
 
@@ -252,6 +254,32 @@ def test_docker_stop_shuts_the_worker_down_gracefully(stack: Stack, token: str):
     stack.docker.run("stop", "--time", "30", "tf-api", timeout=60)
     api = json.loads(stack.docker.run("inspect", "tf-api").stdout)[0]["State"]
     assert api["ExitCode"] == 0, stack.logs("tf-api")
+
+
+def test_the_image_reads_settings_from_ssm(stack: Stack, tmp_path):
+    """The aws extra is in the image: a SecureString in (moto's) SSM is the JWT secret,
+    and a path with nothing under it stops the start, naming the path."""
+    import jwt
+
+    from tests.aws import AWS_ENV, MOTO_SERVER, REGION, moto_server
+
+    if MOTO_SERVER is None:
+        pytest.skip("moto[server] is not installed (the test extra has it)")
+    ssm_secret = secrets.token_urlsafe(32)
+    with moto_server(tmp_path) as moto:
+        moto.client("ssm").put_parameter(Name="/taskflow/image/jwt_secret",
+                                         Type="SecureString", Value=ssm_secret)
+        aws = {**AWS_ENV, "AWS_CONFIG_FILE": None, "AWS_SHARED_CREDENTIALS_FILE": None,
+               "TASKFLOW_JWT_SECRET": None, "TASKFLOW_SSM_REGION": REGION,
+               "TASKFLOW_SSM_ENDPOINT_URL": moto.url}
+        minted = stack.once("token", "--tenant", "ssm",
+                            TASKFLOW_SSM_PATH="/taskflow/image/", **aws)
+        assert minted.returncode == 0, minted.stderr
+        claims = jwt.decode(minted.stdout.strip(), ssm_secret, algorithms=["HS256"])
+        assert claims["tenant"] == "ssm"
+        missing = stack.once("serve", TASKFLOW_SSM_PATH="/taskflow/nothing/", **aws)
+        assert missing.returncode != 0
+        assert "SSM path /taskflow/nothing/: no parameters found" in missing.stderr
 
 
 def test_the_notifier_runs_and_stops_cleanly_when_the_image_has_it(stack: Stack):

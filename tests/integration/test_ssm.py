@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,61 +17,15 @@ import pytest
 
 from taskflow.adapters.embedded import free_port
 from taskflow.config import ConfigError, load_settings
+from tests.aws import AWS_ENV, MOTO_SERVER, REGION, Moto, moto_server
 
 boto3 = pytest.importorskip("boto3", reason="the aws extra is not installed")
-MOTO_SERVER = shutil.which("moto_server", path=str(Path(sys.executable).parent))
 pytestmark = pytest.mark.skipif(MOTO_SERVER is None, reason="moto[server] is not installed")
-
-REGION = "eu-west-1"
-AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_CONFIG_FILE": os.devnull,
-    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-}
-
-
-class Moto:
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    def client(self, service: str, **kwargs: str):
-        return boto3.client(service, endpoint_url=self.url, region_name=REGION,
-                            **({"aws_access_key_id": "testing",
-                                "aws_secret_access_key": "testing"} | kwargs))
-
-
-def _start_moto(tmp: Path, **env: str) -> Iterator[Moto]:
-    port = free_port()
-    log = open(tmp / f"moto-{port}.log", "wb")
-    process = subprocess.Popen([MOTO_SERVER, "-H", "127.0.0.1", "-p", str(port)],
-                               stdout=log, stderr=subprocess.STDOUT,
-                               env={**os.environ, **AWS_ENV, **env})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/moto-api/", timeout=1).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto_server did not start: {log.name}") from None
-                time.sleep(0.1)
-        yield Moto(url)
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
-
 
 @pytest.fixture(scope="module")
 def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
-    yield from _start_moto(tmp_path_factory.mktemp("moto"))
+    with moto_server(tmp_path_factory.mktemp("moto")) as server:
+        yield server
 
 
 @pytest.fixture
@@ -171,7 +123,7 @@ def test_denied_access_fails_naming_the_path(monkeypatch, tmp_path, aws_env):
     """A moto server that enforces IAM (after the setup calls): the caller's user may only
     read another path, so GetParametersByPath is denied."""
     setup_calls = 4
-    for strict in _start_moto(tmp_path, INITIAL_NO_AUTH_ACTION_COUNT=str(setup_calls)):
+    with moto_server(tmp_path, INITIAL_NO_AUTH_ACTION_COUNT=str(setup_calls)) as strict:
         strict.client("ssm").put_parameter(Name="/taskflow/secret/x", Value="1", Type="String")
         iam = strict.client("iam")
         iam.create_user(UserName="reader")
