@@ -7,6 +7,7 @@ Everything else receives the structs below through its constructor.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -49,6 +50,16 @@ class TaskPolicy(Struct, frozen=True, forbid_unknown_fields=True):
 class DatabaseSettings(Struct, frozen=True, forbid_unknown_fields=True):
     pool_min: Annotated[int, Meta(ge=0)] = 2
     pool_max: PositiveInt = 10
+    # Longest one statement may take before it is cancelled (a hung server, a lost
+    # connection nobody closed): no caller waits on PostgreSQL for ever.
+    command_timeout: PositiveFloat = 30.0
+
+
+class RedisSettings(Struct, frozen=True, forbid_unknown_fields=True):
+    # Longest a command (or a connection attempt) waits on Redis; pub/sub listeners block
+    # without it.
+    socket_timeout: PositiveFloat = 5.0
+    connect_timeout: PositiveFloat = 5.0
 
 
 class WorkerSettings(Struct, frozen=True, forbid_unknown_fields=True):
@@ -62,6 +73,13 @@ class WorkerSettings(Struct, frozen=True, forbid_unknown_fields=True):
     shutdown_grace: NonNegFloat = 25.0
     sync_threads: PositiveInt = 16
     max_idle_wait: PositiveFloat = 1.0
+    # Largest result a handler may return, JSON-encoded; a larger one fails the attempt
+    # (for good: the same handler would return it again).
+    max_result_bytes: PositiveInt = 1_048_576
+    # Most upstream results loaded for one job (``ctx.upstream_results``), JSON-encoded;
+    # a job whose upstreams returned more fails without running. Memory held for them is
+    # at most concurrency times this.
+    max_upstream_bytes: PositiveInt = 16 * 1_048_576
     # Prometheus exposition of `taskflow work` (0 = off); `serve`/`dev` use the API's /metrics.
     metrics_host: str = "127.0.0.1"
     metrics_port: Annotated[int, Meta(ge=0, le=65535)] = 9101
@@ -71,6 +89,8 @@ class MaintenanceSettings(Struct, frozen=True, forbid_unknown_fields=True):
     reaper_interval: PositiveFloat = 1.0
     reconcile_interval: PositiveFloat = 30.0
     reconcile_batch: PositiveInt = 1000
+    # Running jobs the rescuer's sweep looks at per pass (it pages through all of them).
+    sweep_batch: PositiveInt = 10_000
 
 
 class OutboundSettings(Struct, frozen=True, forbid_unknown_fields=True):
@@ -95,6 +115,44 @@ class OutboundSettings(Struct, frozen=True, forbid_unknown_fields=True):
                 raise ConfigError(f"invalid setting 'outbound.allowed_networks': {exc}") from None
 
 
+class TenantLimits(Struct, frozen=True, forbid_unknown_fields=True):
+    """What one tenant may ask of one queue (every queue is shared by all tenants).
+
+    Checked by the API at submit. ``max_active`` bounds a tenant's unfinished jobs
+    (blocked, scheduled, queued or running) in the queue, so one tenant cannot fill it
+    ahead of the others; 0 means no bound.
+    """
+
+    max_priority: Annotated[int, Meta(ge=-1000, le=1000)] = 1000
+    max_active: Annotated[int, Meta(ge=0)] = 0
+    # Most attempts a job may ask for: a job that crashes its worker every time costs a
+    # lost attempt per crash (and the jobs running beside it theirs), so it must stop soon.
+    max_attempts: PositiveInt = 25
+    # How far ahead a job may be due (delay or run_at), in seconds.
+    max_delay: NonNegFloat = 366 * 86_400.0
+    # Longest job timeout a tenant may ask for (0 = no bound); a job that sets none gets
+    # this one when its task's own timeout is unset or longer.
+    max_timeout: NonNegFloat = 0.0
+
+
+class QueueLimits(Struct, frozen=True, forbid_unknown_fields=True):
+    """Per-queue overrides of :class:`TenantLimits`; unset fields inherit."""
+
+    max_priority: Annotated[int, Meta(ge=-1000, le=1000)] | None = None
+    max_active: Annotated[int, Meta(ge=0)] | None = None
+    max_attempts: PositiveInt | None = None
+    max_delay: NonNegFloat | None = None
+    max_timeout: NonNegFloat | None = None
+
+
+class MetricsSettings(Struct, frozen=True, forbid_unknown_fields=True):
+    """Prometheus exposition. Queue and task names come from clients: each label takes at
+    most ``max_label_values`` distinct values per process, later ones are counted as
+    ``other``."""
+
+    max_label_values: PositiveInt = 100
+
+
 class ApiSettings(Struct, frozen=True, forbid_unknown_fields=True):
     """The HTTP API (``taskflow serve``)."""
 
@@ -110,8 +168,13 @@ class ApiSettings(Struct, frozen=True, forbid_unknown_fields=True):
     known_tasks: tuple[str, ...] = ()
     # Single submits that arrive together share one INSERT and one Redis call.
     group_commit: bool = True
-    # Longest a request waits on PostgreSQL or Redis before answering 503.
+    # Longest a request waits on PostgreSQL or Redis before answering 503. A submit waits
+    # this long for its turn in the group commit; once its INSERT is sent it waits for the
+    # answer (bounded by database.command_timeout), so a 503 never hides a created job.
     backend_timeout: PositiveFloat = 10.0
+    # Single submits waiting for their group commit; beyond this a submit is a 503 with
+    # Retry-After at once (PostgreSQL is slower than the arrivals: shed load, keep memory).
+    max_pending_submits: PositiveInt = 10_000
     # Tokens already verified are remembered (until they expire) to skip re-verifying.
     token_cache_size: Annotated[int, Meta(ge=0)] = 10_000
 
@@ -130,7 +193,8 @@ class AuthSettings(Struct, frozen=True, forbid_unknown_fields=True):
     audience: str = ""
     leeway: NonNegFloat = 5.0
     tenant_claim: Annotated[str, Meta(min_length=1)] = "tenant"
-    # In development an unset jwt_secret is generated once and kept in data_dir.
+    # In development (and only there) an unset jwt_secret is generated once and kept in
+    # data_dir.
     generate_dev_secret: bool = False
 
 
@@ -144,6 +208,7 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True):
     log_level: str = "INFO"
     redis_prefix: Annotated[str, Meta(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")] = "tf"
     database: DatabaseSettings = DatabaseSettings()
+    redis: RedisSettings = RedisSettings()
     worker: WorkerSettings = WorkerSettings()
     maintenance: MaintenanceSettings = MaintenanceSettings()
     retry: RetryPolicy = RetryPolicy()
@@ -152,6 +217,17 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True):
     api: ApiSettings = ApiSettings()
     auth: AuthSettings = AuthSettings()
     jwt_secret: str = ""
+    # The settings environment chosen explicitly (TASKFLOW_ENV, --env, or the command's
+    # own: `taskflow dev` means development); "" when none was, and then only the
+    # [default] settings apply. Set by load_settings, not a setting to write.
+    environment: str = ""
+    # The queues that exist (shared by all tenants): a job naming another is refused, and
+    # a worker cannot serve another. Not in settings.toml on purpose: dynaconf merges
+    # lists, so a default there could never be removed.
+    queues: Annotated[tuple[QueueName, ...], Meta(min_length=1)] = ("default",)
+    tenant_limits: TenantLimits = TenantLimits()
+    queue_limits: dict[str, QueueLimits] = {}
+    metrics: MetricsSettings = MetricsSettings()
     # AWS SSM Parameter Store layer (between files and environment variables): every
     # parameter under ssm_path is a setting. Region and endpoint default to boto3's.
     ssm_path: Annotated[str, Meta(pattern=r"^(/.*)?$")] = ""
@@ -159,6 +235,11 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True):
     ssm_endpoint_url: str = ""
 
     def __post_init__(self) -> None:
+        undeclared = [q for q in self.queue_limits if q not in self.queues]
+        if undeclared:
+            raise ConfigError(f"invalid setting 'queue_limits.{undeclared[0]}': not a "
+                              f"declared queue (queues = {list(self.queues)})")
+        self.check_queues(self.worker.queues, "worker.queues")
         if self.worker.heartbeat_interval >= self.worker.lease_ttl:
             raise ConfigError(
                 "worker.heartbeat_interval must be shorter than worker.lease_ttl "
@@ -166,6 +247,23 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True):
             )
         if self.database.pool_min > self.database.pool_max:
             raise ConfigError("database.pool_min must not exceed database.pool_max")
+
+    def check_queues(self, names: Sequence[str], key: str) -> None:
+        """Raise :class:`ConfigError` naming ``key`` if a queue in ``names`` is not
+        declared in ``queues``."""
+        for name in names:
+            if name not in self.queues:
+                raise ConfigError(f"invalid setting {key!r}: {name!r} is not a declared "
+                                  f"queue (queues = {list(self.queues)})")
+
+    def limits_for(self, queue: str) -> TenantLimits:
+        """What one tenant may ask of ``queue``: the defaults with its overrides."""
+        override = self.queue_limits.get(queue)
+        if override is None:
+            return self.tenant_limits
+        changes = {f: getattr(override, f) for f in QueueLimits.__struct_fields__
+                   if getattr(override, f) is not None}
+        return msgspec.structs.replace(self.tenant_limits, **changes)
 
     @property
     def migrations_path(self) -> Path:
@@ -194,8 +292,8 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True):
 _DYNACONF_KEYS = {"env", "environment", "env_for_dynaconf", "settings_file", "settings_files"}
 
 
-# Maps whose keys are names (task names), not setting names: their case is kept.
-_NAME_KEYED = {"task_policies"}
+# Maps whose keys are names (task and queue names), not setting names: their case is kept.
+_NAME_KEYED = {"task_policies", "queue_limits"}
 
 
 def _lower_keys(value: Any, keep_case: bool = False) -> Any:
@@ -213,7 +311,8 @@ def _lower_keys(value: Any, keep_case: bool = False) -> Any:
 
 
 def load_settings(
-    files: list[str | Path] | None = None, env: str | None = None, **overrides: Any
+    files: list[str | Path] | None = None, env: str | None = None, *,
+    default_env: str | None = None, **overrides: Any,
 ) -> Settings:
     """Read the settings layers into a validated :class:`Settings`. Later layers win:
 
@@ -225,10 +324,14 @@ def load_settings(
     4. ``overrides``.
 
     Mappings merge key by key across layers; a list or value from a later layer replaces
-    the earlier one.
+    the earlier one. The environment is ``env``, else ``TASKFLOW_ENV``, else
+    ``default_env``; with none of them only the ``[default]`` settings apply and
+    :attr:`Settings.environment` is empty (so nothing meant for development, such as a
+    generated JWT secret, happens).
     """
     from dynaconf import Dynaconf
 
+    chosen = env or os.environ.get("TASKFLOW_ENV") or default_env
     if files is None:
         files = [REPO_ROOT / "settings.toml"]
         if Path("settings.toml").resolve() != files[0]:
@@ -239,7 +342,7 @@ def load_settings(
         settings_files=[str(f) for f in files],
         environments=True,
         env_switcher="TASKFLOW_ENV",
-        env=env or os.environ.get("TASKFLOW_ENV", "development"),
+        env=chosen or "default",
         merge_enabled=True,
         loaders=[],  # files only: the environment is its own layer, read below
     )
@@ -248,12 +351,16 @@ def load_settings(
     boot = _merged(*layers)  # where SSM is comes from the files or the environment
     if boot.get("ssm_path"):
         layers.insert(1, _ssm_layer(boot))
-    return settings_from_dict(_merged(*layers, overrides))
+    data = _merged(*layers)
+    # What dynaconf loaded (TASKFLOW_ENV wins over env there), if anything was chosen.
+    data["environment"] = str(from_files.current_env).lower() if chosen else ""
+    data.update(overrides)
+    return settings_from_dict(data)
 
 
 def _clean(data: dict[str, Any]) -> dict[str, Any]:
     data = _lower_keys(data)
-    for key in _DYNACONF_KEYS | {"settings_files_for_dynaconf"}:
+    for key in _DYNACONF_KEYS | {"settings_files_for_dynaconf", "environment"}:
         data.pop(key, None)
     return data
 

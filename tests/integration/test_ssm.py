@@ -50,6 +50,7 @@ def test_layers_files_then_ssm_then_environment(aws_env: Moto, monkeypatch, tmp_
     _put(aws_env, prefix, {
         "worker/concurrency": ("String", "22"),          # beats the file
         "worker/claim_batch": ("String", "300"),         # loses to the environment
+        "queues": ("StringList", "default,emails,reports"),
         "worker/queues": ("StringList", "emails, reports"),
         "worker/lease_ttl": ("String", "12.5"),
         "api/group_commit": ("String", "false"),

@@ -55,6 +55,7 @@ def test_yaml_files_layer_on_top_and_task_names_keep_their_case(monkeypatch, tmp
     extra.write_text("development:\n  worker:\n    concurrency: 33\n"
                      "  task_policies:\n    sendEmail:\n      max_attempts: 7\n")
     monkeypatch.setenv("TASKFLOW_SETTINGS_FILES", str(extra))
+    monkeypatch.setenv("TASKFLOW_ENV", "development")
     monkeypatch.setenv("TASKFLOW_TASK_POLICIES__resize__MAX_ATTEMPTS", "10")
     settings = load_settings()
     assert settings.worker.concurrency == 33
@@ -63,8 +64,9 @@ def test_yaml_files_layer_on_top_and_task_names_keep_their_case(monkeypatch, tmp
 
 
 def test_an_environment_list_replaces_the_files_list(monkeypatch):
+    monkeypatch.setenv("TASKFLOW_QUEUES", '["default", "emails", "reports"]')
     monkeypatch.setenv("TASKFLOW_WORKER__QUEUES", '["emails", "reports"]')
-    assert load_settings().worker.queues == ("emails", "reports")
+    assert load_settings().worker.queues == ("emails", "reports")  # not default + these
 
 
 def test_the_ssm_path_must_be_absolute():

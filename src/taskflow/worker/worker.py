@@ -22,7 +22,7 @@ import asyncpg
 
 from taskflow import metrics
 from taskflow.adapters.postgres import PostgresStore
-from taskflow.adapters.redis import RedisDispatch, WakeListener
+from taskflow.adapters.redis import Heartbeat, RedisDispatch, WakeListener
 from taskflow.config import Settings
 from taskflow.models import Claim, DispatchEntry, Outcome, StartedJob
 from taskflow.states import DISPATCHABLE, JobState
@@ -174,10 +174,12 @@ class Worker:
                 queue, [c for c in claims if c.id not in started_ids]
             )
         upstream: dict = {}
+        too_large: dict = {}
         fan_in = [j.id for j in started if j.upstream_count]
         if fan_in:
             try:
-                upstream = await self.store.upstream_results(fan_in)
+                upstream, too_large = await self.store.upstream_results(
+                    fan_in, self.cfg.max_upstream_bytes)
             except BaseException:
                 # Running in PostgreSQL but never run: stop heartbeating them, so their
                 # leases expire and the reaper requeues them (as a lost attempt).
@@ -186,11 +188,25 @@ class Worker:
                 raise
         for job in started:
             held = self.held[str(job.id)]
+            if job.id in too_large:
+                self._refuse(job, f"its upstream jobs' results add up to more than "
+                             f"{self.cfg.max_upstream_bytes} bytes "
+                             f"({too_large[job.id]} loaded before stopping; "
+                             "worker.max_upstream_bytes)")
+                continue
             self.running += 1
             metrics.JOBS_STARTED.labels(queue, job.task).inc()
             held.task = asyncio.create_task(self._run(job, held, upstream.get(job.id)),
                                             name=f"job {job.id}")
         return len(started)
+
+    def _refuse(self, job: StartedJob, why: str) -> None:
+        """End an attempt without running its handler (for good: it would not change)."""
+        log.error("job %s fails without running: %s", job.id, why)
+        metrics.JOBS_FINISHED.labels(job.queue, job.task, "failed").inc()
+        self.outcomes.append(Outcome(job.id, job.lease_token, JobState.FAILED, "failed", 0.0,
+                                     error=f"not run: {why}"))
+        self._outcomes_ready.set()
 
     async def _release_unstarted(self, queue: str, claims: list[Claim]) -> None:
         for c in claims:
@@ -318,12 +334,39 @@ class Worker:
             by_queue.setdefault(held.queue, []).append(held.claim)
         for queue, claims in by_queue.items():
             for i in range(0, len(claims), 1000):
-                lost, cancel = await self.dispatch.extend(
-                    queue, claims[i : i + 1000], self.lease_ms)
-                for job_id in lost:
+                beat = await self.dispatch.extend(queue, claims[i : i + 1000], self.lease_ms)
+                for job_id in beat.lost:
                     self._abandon(job_id)
-                for job_id in cancel:
-                    self._cancel_requested(job_id)
+                if beat.retaken or beat.cancel:
+                    await self._check_with_postgres(queue, beat)
+
+    async def _check_with_postgres(self, queue: str, beat: Heartbeat) -> None:
+        """Redis lost leases we held (flushed, restarted empty) and the heartbeat took them
+        back, or it found cancel markers: PostgreSQL says which attempts are still ours
+        and which cancellations stand (a marker can outlive a cancel that a retry undid)."""
+        asked = [self.held[i].claim for i in {*beat.retaken, *beat.cancel} if i in self.held]
+        current = await self.store.running_attempts(asked)
+        given_up = []
+        for job_id in beat.retaken:
+            held = self.held.get(job_id)
+            if held is None or held.task is None:
+                continue  # not started yet: start_jobs decides whether it is ours
+            if job_id in current:
+                metrics.LEASES_RETAKEN.labels(queue).inc()
+            else:
+                given_up.append(held.claim)
+        if beat.retaken:
+            log.warning("Redis had lost %d of our leases; took back %d that PostgreSQL "
+                        "says are still ours", len(beat.retaken),
+                        len(beat.retaken) - len(given_up))
+        if given_up:
+            # Rescued or ended meanwhile: not ours. Give back what we just took.
+            await self.dispatch.release(queue, given_up)
+            for claim in given_up:
+                self._abandon(claim.id)
+        for job_id in beat.cancel:
+            if current.get(job_id):
+                self._cancel_requested(job_id)
 
     def _abandon(self, job_id: str) -> None:
         """Our lease on this job is gone: stop its handler; its outcome would be fenced."""

@@ -52,6 +52,10 @@ CROSS JOIN LATERAL (
 ON CONFLICT ON CONSTRAINT jobs_idempotency DO NOTHING
 RETURNING id, queue, priority, run_at, state, created_at;
 
+-- name: created_jobs
+-- After an insert that failed in a way that may have come after its commit: what it made.
+SELECT id, queue, priority, run_at, state, created_at FROM jobs WHERE id = ANY($1::uuid[]);
+
 -- name: lock_upstreams
 -- Marks jobs as having dependents and returns their current state. The row lock makes a
 -- concurrent completion of one of them wait for this transaction, or this transaction
@@ -79,10 +83,19 @@ SELECT * FROM workflows WHERE id = $1;
 SELECT * FROM jobs WHERE workflow_id = $1 ORDER BY id;
 
 -- name: upstream_results
--- Results of the direct upstream jobs of a batch of started jobs, in one query.
-SELECT d.job_id, u.id, u.node, u.result::text AS result
-FROM job_dependencies AS d JOIN jobs AS u ON u.id = d.upstream_id
-WHERE d.job_id = ANY($1::uuid[]);
+-- Results of the direct upstream jobs of a batch of started jobs, in one query, within a
+-- budget of $2 bytes per job: once a job's running total passes it, its rows say so
+-- (over) and carry no result, so a fan-in of thousands of large results is never loaded.
+SELECT job_id, id, node, CASE WHEN NOT over THEN result END AS result, over, loaded
+FROM (
+    SELECT d.job_id, u.id, u.node, r.text AS result,
+           coalesce(sum(octet_length(r.text)) OVER w, 0) AS loaded,
+           coalesce(sum(octet_length(r.text)) OVER w, 0) > $2 AS over
+    FROM job_dependencies AS d JOIN jobs AS u ON u.id = d.upstream_id
+    CROSS JOIN LATERAL (SELECT u.result::text AS text) AS r
+    WHERE d.job_id = ANY($1::uuid[])
+    WINDOW w AS (PARTITION BY d.job_id ORDER BY u.id)
+) AS s;
 
 -- name: jobs_by_idempotency_key
 SELECT * FROM jobs WHERE tenant = $1 AND idempotency_key = ANY($2::text[]);
@@ -179,12 +192,27 @@ SELECT id, queue, priority, run_at, state, has_dependents FROM moved;
 SELECT * FROM taskflow_cancel_dependents($1::uuid[], $2::job_state[]);
 
 -- name: running_jobs_started_before
--- Candidates for the rescuer's PostgreSQL-side sweep: running attempts older than a lease.
+-- Candidates for the rescuer's PostgreSQL-side sweep: running attempts older than a lease,
+-- one keyset page after id $2 (the sweep goes round all of them over its passes).
 SELECT id, queue, lease_token FROM jobs
 WHERE finished_at IS NULL AND state = 'running'
-  AND started_at < now() - make_interval(secs => $1)
+  AND started_at < now() - make_interval(secs => $1) AND id > $2
 ORDER BY id
-LIMIT $2;
+LIMIT $3;
+
+-- name: running_attempts
+-- Which of these attempts PostgreSQL still says are running (by lease token), and whether
+-- their cancellation was requested: a worker that took a lost lease back, or found a
+-- cancel marker, asks before it trusts Redis.
+SELECT j.id, j.cancel_requested
+FROM jobs AS j JOIN unnest($1::uuid[], $2::text[]) AS c(id, token) ON j.id = c.id
+WHERE j.state = 'running' AND j.lease_token = c.token;
+
+-- name: dispatchable_jobs
+-- The jobs among these that belong in the dispatch index (the reaper requeues those a
+-- worker claimed in Redis but never started: it died in between).
+SELECT id, queue, priority, run_at, state FROM jobs
+WHERE id = ANY($1::uuid[]) AND state IN ('queued', 'scheduled');
 
 -- name: dispatchable_jobs_page
 -- Keyset page of the jobs that belong in the Redis dispatch index (reconciler).
@@ -201,8 +229,15 @@ SELECT * FROM jobs WHERE id = $1 AND ($2::text IS NULL OR tenant = $2);
 -- Newest first, keyset-paged on the time-ordered id. Every filter is optional (NULL),
 -- the tenant ($1) too: NULL only for an operator's cross-tenant list. Plans are made per
 -- execution (custom plans), so the NULL tests fold away and a tenant's listing uses the
--- (tenant, id) index. $6 is a jsonb object of labels the job must all carry.
-SELECT * FROM jobs
+-- (tenant, id) index. $6 is a jsonb object of labels the job must all carry. Payload and
+-- result are read only when asked for ($10, $11): a page of 1,000 jobs with large results
+-- would otherwise read (and de-TOAST) them all.
+SELECT id, tenant, task, queue, CASE WHEN $10::bool THEN payload END AS payload, priority,
+       run_at, state, attempts, max_attempts, retry_policy, timeout, idempotency_key, labels,
+       CASE WHEN $11::bool THEN result END AS result, error, created_at, started_at,
+       finished_at, lease_token, worker, cancel_requested, workflow_id, node, upstream_count,
+       pending_upstreams, has_dependents, cancelled_by
+FROM jobs
 WHERE ($1::text IS NULL OR tenant = $1)
   AND ($2::uuid IS NULL OR id < $2)
   AND ($3::job_state[] IS NULL OR state = ANY($3))
@@ -234,14 +269,24 @@ RETURNING *;
 -- name: retry_job
 -- failed|cancelled -> queued, due now, with at least one attempt left (attempt numbers
 -- keep counting up, so the history in job_attempts stays in order); -> blocked instead
--- while some of its upstream jobs have not succeeded.
+-- while some of its upstream jobs have not succeeded. Not while an upstream has failed or
+-- been cancelled: nothing would ever release it (retry that upstream: it releases this).
 UPDATE jobs
 SET state = CASE WHEN pending_upstreams > 0 THEN 'blocked' ELSE 'queued' END::job_state,
     run_at = now(), max_attempts = greatest(max_attempts, attempts + 1),
     finished_at = NULL, result = NULL, error = NULL, cancel_requested = false,
     cancelled_by = NULL
 WHERE id = $1 AND tenant = $2 AND state IN ('failed', 'cancelled')
+  AND NOT EXISTS (
+      SELECT 1 FROM job_dependencies AS d JOIN jobs AS u ON u.id = d.upstream_id
+      WHERE d.job_id = $1 AND u.state IN ('failed', 'cancelled'))
 RETURNING *;
+
+-- name: ended_upstreams
+-- A job's upstream jobs that ended failed or cancelled (why a retry was refused).
+SELECT u.id FROM job_dependencies AS d JOIN jobs AS u ON u.id = d.upstream_id
+WHERE d.job_id = $1 AND u.state IN ('failed', 'cancelled')
+ORDER BY u.id;
 
 -- name: revive_dependents
 SELECT * FROM taskflow_revive_dependents($1);
@@ -260,3 +305,22 @@ RETURNING id, queue, state, has_dependents;
 
 -- name: get_tenant_workflow
 SELECT * FROM workflows WHERE id = $1 AND ($2::text IS NULL OR tenant = $2);
+
+-- name: workflow_job_views
+-- A workflow's jobs as GET /workflows/{id} shows them: payload and result only when asked
+-- for ($2, $3).
+SELECT id, node, state, task, attempts, started_at, finished_at, error,
+       CASE WHEN $2::bool THEN payload END AS payload,
+       CASE WHEN $3::bool THEN result END AS result
+FROM jobs WHERE workflow_id = $1 ORDER BY id;
+
+-- name: count_active_jobs
+-- Unfinished jobs of each (tenant, queue) pair, for tenant_limits.max_active. Each count
+-- stops at $3 (the largest bound asked about), so its cost is bounded by the limit and
+-- not by the tenant's backlog (index jobs_tenant_queue_unfinished, migration 0005).
+SELECT k.tenant, k.queue,
+       (SELECT count(*) FROM (SELECT 1 FROM jobs AS j
+                              WHERE j.tenant = k.tenant AND j.queue = k.queue
+                                AND j.finished_at IS NULL
+                              LIMIT $3) AS s) AS active
+FROM unnest($1::text[], $2::text[]) AS k(tenant, queue);
