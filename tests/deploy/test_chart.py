@@ -238,7 +238,13 @@ def test_the_settings_configmap_is_a_file_taskflow_loads(rendered, tmp_path, mon
             monkeypatch.delenv(key)
         settings = load_settings(
             files=[REPO / "settings.toml", settings_file], env=env["TASKFLOW_ENV"])
+        # Every queue a pool serves is declared (taskflow refuses a worker otherwise).
+        for worker in of_kind(docs, "Deployment"):
+            args = worker["spec"]["template"]["spec"]["containers"][0]["args"]
+            served = [args[i + 1] for i, a in enumerate(args) if a == "--queue"]
+            assert set(served) <= set(settings.queues), (served, settings.queues)
         if name == "production":
+            assert set(settings.queues) == {"default", "reports", "emails"}
             assert settings.retry.max_attempts == 5
             assert settings.policy_for("sendEmail").max_attempts == 8
             assert env["TASKFLOW_SSM_PATH"] == "/taskflow/prod/"

@@ -232,3 +232,23 @@ topologySpreadConstraints:
 {{- end }}
 {{- toYaml (dict "pools" $pools) }}
 {{- end }}
+
+{{/* The YAML settings file of every role: values.settings under the environment's
+     section, with `queues` declaring every queue a worker pool serves (taskflow refuses
+     a worker whose queues are not declared) besides those values.settings lists. */}}
+{{- define "taskflow.settingsFile" -}}
+{{- $queues := list }}
+{{- range (dig "queues" (list) (.Values.settings | default dict)) }}
+{{- $queues = append $queues . }}
+{{- end }}
+{{- range (include "taskflow.workerPools" . | fromYaml).pools }}
+{{- if .enabled }}
+{{- range .queues }}{{ $queues = append $queues . }}{{ end }}
+{{- end }}
+{{- end }}
+{{- $settings := deepCopy (.Values.settings | default dict) }}
+{{- if $queues }}
+{{- $_ := set $settings "queues" ($queues | uniq) }}
+{{- end }}
+{{- dict .Values.environment $settings | toYaml }}
+{{- end }}
