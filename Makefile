@@ -51,7 +51,7 @@ wheelhouse: $(STAMP)
 # Builds the image on a private dockerd and runs every role from it (root, docker.io,
 # iptables and debootstrap needed; skips saying why without them).
 test-image: $(STAMP)
-	TASKFLOW_TEST_IMAGE=1 $(PY) -m pytest -q -rs -s tests/image
+	RUN_IMAGE_TESTS=1 $(PY) -m pytest -q -rs -s tests/image
 
 # The Helm chart, the GitHub workflows and the Dockerfile, checked by their real tools.
 DEPLOY_STAMP := $(VENV)/.deploy-checks-stamp
@@ -60,7 +60,7 @@ $(DEPLOY_STAMP): pyproject.toml $(STAMP)
 	touch $(DEPLOY_STAMP)
 
 test-deploy: $(DEPLOY_STAMP)
-	TASKFLOW_TEST_DEPLOY=1 $(PY) -m pytest -q -rs tests/deploy
+	RUN_DEPLOY_TESTS=1 $(PY) -m pytest -q -rs tests/deploy
 
 clean:
 	rm -rf $(VENV) .pytest_cache build

@@ -5,5 +5,5 @@ from __future__ import annotations
 
 import os
 
-if not os.environ.get("TASKFLOW_TEST_DEPLOY"):
+if not os.environ.get("RUN_DEPLOY_TESTS"):
     collect_ignore_glob = ["test_*.py"]

@@ -10,7 +10,7 @@ import pytest
 
 from tests.image.docker import Docker, Unavailable, build_image
 
-if not os.environ.get("TASKFLOW_TEST_IMAGE"):
+if not os.environ.get("RUN_IMAGE_TESTS"):
     collect_ignore_glob = ["test_*.py"]
 
 IMAGE = "taskflow:test"
@@ -21,8 +21,8 @@ def docker() -> Iterator[Docker]:
     try:
         engine = Docker()
     except Unavailable as exc:
-        if os.environ.get("TASKFLOW_REQUIRE_DOCKER"):
-            pytest.fail(f"TASKFLOW_REQUIRE_DOCKER is set but no Docker engine: {exc}")
+        if os.environ.get("REQUIRE_DOCKER"):
+            pytest.fail(f"REQUIRE_DOCKER is set but no Docker engine: {exc}")
         pytest.skip(f"no Docker engine can be started here: {exc}")
     try:
         yield engine
@@ -36,6 +36,6 @@ def image(docker: Docker) -> dict:
     try:
         return build_image(docker, IMAGE)
     except Unavailable as exc:
-        if os.environ.get("TASKFLOW_REQUIRE_DOCKER"):
+        if os.environ.get("REQUIRE_DOCKER"):
             pytest.fail(str(exc))
         pytest.skip(str(exc))
