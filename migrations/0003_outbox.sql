@@ -116,7 +116,7 @@ BEGIN
         UNION ALL
         SELECT j.event, j.tenant, j.id, j.workflow_id, 'webhook', j.notify ->> 'webhook',
                NULL, j.body
-        FROM j WHERE j.notify ? 'webhook' AND j.notify -> 'on' ? j.state::text
+        FROM j WHERE j.notify ->> 'webhook' IS NOT NULL AND j.notify -> 'on' ? j.state::text
         UNION ALL
         SELECT j.event, j.tenant, j.id, j.workflow_id, 'email',
                (SELECT string_agg(a, ',') FROM jsonb_array_elements_text(j.notify -> 'email') a),

@@ -110,9 +110,11 @@ class OutboxStore:
         else:
             await self.pool.execute(QUERIES["outbox_register_sink"], name, backend)
 
-    async def claim(self, limit: int, ttl: float) -> list[Delivery]:
+    async def claim(self, limit: int, ttl: float, channels: Sequence[str]) -> list[Delivery]:
+        """Due rows of ``channels``, this caller's for ``ttl`` seconds."""
         token = uuid.uuid4().hex
-        rows = await self.pool.fetch(QUERIES["outbox_claim"], token, ttl, limit)
+        rows = await self.pool.fetch(QUERIES["outbox_claim"], token, ttl, limit,
+                                     list(channels))
         return [Delivery(**r, token=token) for r in rows]
 
     async def settle(self, settlements: Sequence[Settlement]) -> set[int]:
@@ -126,9 +128,9 @@ class OutboxStore:
             [s.delay for s in settlements], [s.error for s in settlements])
         return {r["id"] for r in rows}
 
-    async def next_due(self) -> float | None:
+    async def next_due(self, channels: Sequence[str]) -> float | None:
         """Seconds until the earliest pending row is due; None when none is pending."""
-        return await self.pool.fetchval(QUERIES["outbox_next_due"])
+        return await self.pool.fetchval(QUERIES["outbox_next_due"], list(channels))
 
     async def pending_count(self) -> int:
         return await self.pool.fetchval(QUERIES["outbox_pending_count"])

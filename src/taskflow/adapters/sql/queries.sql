@@ -272,13 +272,13 @@ ON CONFLICT (name) DO UPDATE SET backend = EXCLUDED.backend, updated_at = now();
 DELETE FROM outbox_sinks WHERE name = $1;
 
 -- name: outbox_claim
--- A batch of due rows for one notifier. SKIP LOCKED lets notifiers share the outbox; the
+-- A batch of due rows for one notifier, of the channels it delivers ($4). SKIP LOCKED lets notifiers share the outbox; the
 -- claim moves next_attempt_at to the claim's end, so the row is nobody else's until then,
 -- and is claimed again if its notifier vanished. Attempts count at the claim: a row that
 -- crashes its notifier every time still runs out of attempts.
 WITH picked AS (
     SELECT id FROM outbox
-    WHERE status = 'pending' AND next_attempt_at <= now()
+    WHERE status = 'pending' AND next_attempt_at <= now() AND channel = ANY($4::text[])
     ORDER BY next_attempt_at, id
     LIMIT $3
     FOR UPDATE SKIP LOCKED
@@ -331,9 +331,9 @@ WITH s AS (
 SELECT id FROM moved;
 
 -- name: outbox_next_due
--- Seconds until the earliest pending row is due (NULL: none pending).
+-- Seconds until the earliest pending row of these channels is due (NULL: none pending).
 SELECT extract(epoch FROM min(next_attempt_at) - now())::float8
-FROM outbox WHERE status = 'pending';
+FROM outbox WHERE status = 'pending' AND channel = ANY($1::text[]);
 
 -- name: outbox_pending_count
 SELECT count(*) FROM outbox WHERE status = 'pending';
