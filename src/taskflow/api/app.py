@@ -15,6 +15,9 @@ from taskflow import __version__
 from taskflow.api.auth import JwtAuthMiddleware, TokenVerifier, resolve_jwt_secret
 from taskflow.api.context import ApiContext
 from taskflow.api.controllers.health import HealthController
+from taskflow.api.controllers.notifications import (
+    DeadLetterController, JobNotificationController, SubscriptionController,
+)
 from taskflow.api.controllers.tasks import TaskController
 from taskflow.api.controllers.workflows import WorkflowController
 from taskflow.api.errors import EXCEPTION_HANDLERS, invalid_body
@@ -70,7 +73,9 @@ def create_app(settings: Settings, stores: Stores, *, debug: bool = False) -> Li
         await verifier.close()
 
     app = Litestar(
-        route_handlers=[TaskController, WorkflowController, HealthController],
+        route_handlers=[TaskController, WorkflowController, HealthController,
+                        DeadLetterController, SubscriptionController,
+                        JobNotificationController],
         state=State({"api": api}),
         request_class=StrictRequest,
         middleware=[

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct, field
@@ -50,6 +50,32 @@ class Backoff(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=Tru
     jitter: Annotated[float, Meta(ge=0, le=1)] | None = None
 
 
+# local@domain.tld, without the characters that would let one address pass for several
+# (commas, semicolons, brackets, quotes, spaces).
+EMAIL_PATTERN = r"^[^@\s,;<>()\[\]\\\"]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$"
+EmailAddress = Annotated[str, Meta(min_length=3, max_length=254, pattern=EMAIL_PATTERN,
+                                   description="an email address (local@domain.tld)")]
+WebhookUrl = Annotated[str, Meta(
+    min_length=8, max_length=2048, pattern=r"^https?://[^\s]+$",
+    description="http(s) URL; must resolve to an address outbound requests may reach")]
+JobEvent = Literal["succeeded", "failed", "cancelled"]
+MAX_RECIPIENTS = 50
+
+
+class NotifySpec(Struct, frozen=True, forbid_unknown_fields=True):
+    """Who hears of this job's end: a Standard Webhooks POST and/or an email per event."""
+
+    on: Annotated[list[JobEvent], Meta(min_length=1, max_length=3)] = field(
+        default_factory=lambda: ["failed"])
+    webhook: WebhookUrl | None = None
+    email: Annotated[list[EmailAddress], Meta(max_length=MAX_RECIPIENTS)] = field(
+        default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.webhook is None and not self.email:
+            raise ValueError("give a `webhook`, an `email` list, or both")
+
+
 class JobSpec(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """A job to submit. ``delay`` and ``run_at`` are exclusive; neither means now."""
 
@@ -71,6 +97,7 @@ class JobSpec(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
         description="ids of jobs (of the same tenant) that must succeed first")] = field(
         default_factory=list
     )
+    notify: NotifySpec | None = None
 
     def __post_init__(self) -> None:
         if self.delay is not None and self.run_at is not None:
@@ -116,6 +143,7 @@ class JobOut(Struct, frozen=True):
     node: str | None = None
     pending_upstreams: int = 0  # upstream jobs that have not succeeded yet
     cancelled_by: uuid.UUID | None = None  # the upstream whose failure cancelled it
+    notify: dict[str, Any] | None = None  # as submitted: on, webhook, email
 
     @classmethod
     def of(cls, job: Job) -> JobOut:
@@ -124,7 +152,7 @@ class JobOut(Struct, frozen=True):
             job.max_attempts, job.run_at, job.created_at, job.started_at, job.finished_at,
             job.result, job.error, job.labels, job.tenant, job.idempotency_key, job.timeout,
             job.cancel_requested, job.workflow_id, job.node, job.pending_upstreams,
-            job.cancelled_by,
+            job.cancelled_by, job.notify,
         )
 
 

@@ -99,6 +99,7 @@ class TaskController(Controller):
                      data: JobSpec) -> Response[JobOut]:
         api: ApiContext = state.api
         job = api.submitter.new_job(data, request.auth.tenant)
+        await api.submitter.check_targets([job], [""])
         async with api.deadline():
             created, out = await api.submitter.submit_one(job)
         return Response(out, status_code=201 if created else 200)
@@ -111,6 +112,7 @@ class TaskController(Controller):
         tenant = request.auth.tenant
         new = [api.submitter.new_job(spec, tenant, f"tasks[{i}].")
                for i, spec in enumerate(data.tasks)]
+        await api.submitter.check_targets(new, [f"tasks[{i}]." for i in range(len(new))])
         async with api.deadline():
             ids = await api.submitter.submit_batch(new)
         return BatchCreated(ids)
