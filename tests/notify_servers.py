@@ -112,6 +112,7 @@ class Receiver:
         self.script: list[int] = []
         self.received: list[dict[str, Any]] = []  # verified deliveries, in arrival order
         self.rejected: list[str] = []
+        self.delay = 0.0  # seconds each request takes to answer
         self.server: TestServer | None = None
 
     @property
@@ -133,6 +134,8 @@ class Receiver:
             self.rejected.append(error if self.secrets else "no secret configured")
             return web.Response(status=401)
         status = self.script.pop(0) if self.script else 200
+        if self.delay:
+            await asyncio.sleep(self.delay)
         self.received.append({"id": request.headers["webhook-id"], "status": status,
                               "body": json.loads(body)})
         headers = {"Retry-After": "0"} if status in (429, 503) else {}

@@ -52,7 +52,8 @@ class DeadLetterController(Controller):
         error: Annotated[str | None, Parameter(
             max_length=1000, description="substring of the last error")] = None,
         failed_after: Annotated[str | None, Parameter(
-            schema_extra={"format": "date-time"}, description="RFC 3339; failed at or after")] = None,
+            schema_extra={"format": "date-time"},
+            description="RFC 3339; failed at or after")] = None,
         failed_before: Annotated[str | None, Parameter(
             schema_extra={"format": "date-time"}, description="RFC 3339; failed before")] = None,
     ) -> JobPage:
@@ -95,6 +96,10 @@ class DeadLetterController(Controller):
 
 
 async def subscriptions_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+    """``subscriptions:write`` or ``admin``, on the handlers that ask for it (not on the
+    OPTIONS handlers Litestar adds, which are not authenticated)."""
+    if handler.opt.get("scope") != SUBSCRIPTIONS:
+        return
     principal: Principal = connection.auth
     if not (principal.may(SUBSCRIPTIONS) or principal.is_admin):
         raise MissingScope(SUBSCRIPTIONS)
@@ -108,7 +113,8 @@ class SubscriptionController(Controller):
     tags = ["notifications"]
     guards = [subscriptions_guard]
 
-    @post("/", status_code=201, summary="Subscribe a webhook or email addresses to events",
+    @post("/", opt={"scope": SUBSCRIPTIONS}, status_code=201,
+          summary="Subscribe a webhook or email addresses to events",
           responses=_problems(400, 401, 403, 413, 422, 503))
     async def create(self, request: Request[Any, Principal, Any], state: State,
                      data: SubscriptionSpec) -> SubscriptionCreated:
@@ -123,7 +129,7 @@ class SubscriptionController(Controller):
         return SubscriptionCreated(*(getattr(out, f) for f in out.__struct_fields__),
                                    secret=sub.secret or "")
 
-    @get("/", summary="The tenant's subscriptions, newest first",
+    @get("/", opt={"scope": SUBSCRIPTIONS}, summary="The tenant's subscriptions, newest first",
          responses=_problems(400, 401, 403, 422, 503))
     async def list_subscriptions(
         self, request: Request[Any, Principal, Any], state: State,
@@ -139,7 +145,8 @@ class SubscriptionController(Controller):
         return SubscriptionPage([SubscriptionOut.of(s) for s in page],
                                 encode_cursor(page[-1].id) if len(found) > limit else None)
 
-    @delete("/{subscription_id:uuid}", status_code=204, summary="Delete a subscription",
+    @delete("/{subscription_id:uuid}", opt={"scope": SUBSCRIPTIONS}, status_code=204,
+            summary="Delete a subscription",
             responses=_problems(400, 401, 403, 404, 503))
     async def remove(self, request: Request[Any, Principal, Any], state: State,
                      subscription_id: SubscriptionId) -> None:
@@ -150,7 +157,8 @@ class SubscriptionController(Controller):
         if not deleted:
             raise ApiError(404, f"no subscription {subscription_id} for this tenant")
 
-    @get("/webhook-secret", summary="The secret that signs the webhooks of jobs' notify",
+    @get("/webhook-secret", opt={"scope": SUBSCRIPTIONS},
+         summary="The secret that signs the webhooks of jobs' notify",
          responses=_problems(401, 403, 503))
     async def webhook_secret(self, request: Request[Any, Principal, Any],
                              state: State) -> WebhookSecret:
@@ -158,7 +166,7 @@ class SubscriptionController(Controller):
         async with api.deadline():
             return WebhookSecret(await _outbox(api).webhook_secret(request.auth.tenant))
 
-    @post("/webhook-secret/rotate", status_code=200,
+    @post("/webhook-secret/rotate", opt={"scope": SUBSCRIPTIONS}, status_code=200,
           summary="Replace the tenant's webhook secret (the old one stops at once)",
           responses=_problems(401, 403, 503))
     async def rotate_webhook_secret(self, request: Request[Any, Principal, Any],
