@@ -124,3 +124,15 @@ async def test_workflow_completion_is_one_event(stores, settings, outbox):
     assert [(r["event"], r["workflow_id"], r["job_id"]) for r in rows] == [
         ("workflow.failed", workflow.id, None)]
     assert rows[0]["body"]["jobs"] == 7 and rows[0]["body"]["state"] == "failed"
+
+
+async def test_outbox_schema_maps_onto_the_records(stores, outbox):
+    from taskflow.adapters.outbox import NotificationRecord, Subscription
+
+    async def columns(table: str) -> set[str]:
+        rows = await outbox.pool.fetch(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = $1", table)
+        return {r["column_name"] for r in rows}
+
+    assert await columns("subscriptions") == set(Subscription.__struct_fields__)
+    assert set(NotificationRecord.__struct_fields__) <= await columns("outbox")

@@ -157,9 +157,13 @@ class Notifier:
 
     async def _hand_back(self, items: list[Delivery]) -> None:
         self._held = {}
-        with contextlib.suppress(OSError, asyncio.TimeoutError, asyncpg.PostgresError,
-                                 asyncpg.InterfaceError):
+        try:
             await self.outbox.settle([Settlement(i.id, i.token, "handed_back") for i in items])
+        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError,
+                asyncpg.InterfaceError) as exc:
+            log.warning("could not hand back %d outbox rows (%r); they are delivered when "
+                        "their claim expires", len(items), exc)
+        else:
             log.info("handed back %d undelivered outbox rows", len(items))
 
     async def _listen(self) -> None:
