@@ -195,6 +195,9 @@ class KafkaSettings(Struct, frozen=True, forbid_unknown_fields=True):
                                pattern=r"^[A-Za-z0-9._-]+$")] = "taskflow.dead-letters"
     client_id: str = "taskflow-notifier"
     request_timeout: PositiveFloat = 10.0
+    # Idempotent producer (no duplicates from the producer's own retries); turn off for
+    # brokers that do not support it.
+    idempotent: bool = True
     create_topic: bool = True
     partitions: PositiveInt = 3
     replication_factor: PositiveInt = 1

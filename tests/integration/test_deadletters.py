@@ -9,7 +9,7 @@ from taskflow.jobs import submit
 from taskflow.models import NewJob
 from taskflow.worker.registry import Registry
 from tests.helpers import running_worker, submit_jobs, wait_for_states
-from tests.integration.outbox_fixtures import outbox, outbox_rows  # noqa: F401
+from tests.integration.outbox_helpers import outbox_rows
 
 DONE = {"succeeded", "failed", "cancelled"}
 

@@ -21,7 +21,7 @@ from taskflow.models import JobNotify, NewJob
 from taskflow.notifier.role import run_notifier
 from tests.conftest import make_settings
 from tests.helpers import running_worker, submit_jobs, wait_for_states, wait_until
-from tests.integration.outbox_fixtures import outbox, outbox_rows  # noqa: F401
+from tests.integration.outbox_helpers import outbox_rows
 from tests.notify_servers import (
     KafkaBroker, Receiver, SmtpServer, count, free_port, header, read_topic,
 )
@@ -360,3 +360,48 @@ async def test_dead_letters_are_published_to_rabbitmq(stores, servers, outbox):
         await q.delete(if_unused=False, if_empty=False)
     finally:
         await connection.close()
+
+
+class _BrokenSink:
+    """A sink with a bug: the notifier must retry its rows, not lose them or die."""
+
+    channel = "webhook"
+    backend = "broken"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def deliver(self, items):
+        self.calls += 1
+        raise KeyError("a bug")
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_failing_sink_retries_its_rows_and_the_notifier_goes_on(
+        stores, servers, outbox):
+    from taskflow.notifier.notifier import Notifier
+
+    settings = notify_settings(servers, max_attempts=3)
+    await outbox.register_sink("dead_letters", "kafka")  # a stale registration
+    await outbox.insert_subscription("default", ["job.succeeded"], None, None,
+                                     "https://hooks.example/x", None)
+    ids = await submit_jobs(stores, {"task": "noop"}, {"task": "noop"})
+    async with running_worker(stores, settings):
+        await wait_for_states(stores, ids, DONE)
+    sink = _BrokenSink()
+    notifier = Notifier(settings.notify, outbox, servers.database_url, [sink])
+    stop = asyncio.Event()
+    task = asyncio.create_task(notifier.run(stop))
+    try:
+        await wait_until(lambda: _status_is(outbox, "failed"))
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    rows = await outbox.pool.fetch("SELECT attempts, last_error FROM outbox")
+    assert [(r["attempts"], r["last_error"]) for r in rows] == [
+        (3, "internal error: KeyError('a bug')")] * 2
+    assert sink.calls >= 3
+    # Started without a DLQ backend, it withdrew the dead-letter registration.
+    assert await outbox.pool.fetchval("SELECT count(*) FROM outbox_sinks") == 0

@@ -10,7 +10,7 @@ from taskflow.adapters.outbox import DEAD_LETTERS
 from taskflow.jobs import submit, submit_workflow
 from taskflow.models import Claim, JobNotify, NewJob, WorkflowNode
 from tests.helpers import running_worker, submit_jobs, wait_for_states
-from tests.integration.outbox_fixtures import outbox, outbox_rows  # noqa: F401
+from tests.integration.outbox_helpers import outbox_rows
 
 DONE = {"succeeded", "failed", "cancelled"}
 FAIL = {"task": "fail", "payload": {"message": "boom"}, "max_attempts": 2}

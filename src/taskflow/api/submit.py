@@ -107,12 +107,11 @@ class Submitter:
     async def check_targets(self, jobs: Sequence[NewJob], wheres: Sequence[str]) -> None:
         """422 for a job whose ``notify.webhook`` the notifier could not call (does not
         resolve, or resolves to a private address); each URL is checked once."""
-        seen: set[str] = set()
+        first: dict[str, str] = {}  # URL -> the field that names it first
         for job, where in zip(jobs, wheres):
-            url = job.notify.webhook if job.notify is not None else None
-            if url is not None and url not in seen:
-                seen.add(url)
-                await self.targets.webhook(url, f"{where}notify.webhook")
+            if job.notify is not None and job.notify.webhook is not None:
+                first.setdefault(job.notify.webhook, f"{where}notify.webhook")
+        await self.targets.webhooks(first)
 
     async def submit_batch(self, jobs: Sequence[NewJob]) -> list[uuid.UUID]:
         """All or none, in one statement; ids in the order given."""

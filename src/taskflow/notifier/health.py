@@ -30,7 +30,7 @@ def health_app(notifier: Notifier, outbox: OutboxStore) -> web.Application:
         except Exception as exc:  # any failure means not ready; say which
             postgres = f"unavailable: {type(exc).__name__}"
         listening = "ok" if notifier.listening else "not listening"
-        ready = postgres == "ok" and notifier.listening
+        ready = postgres == "ok" and notifier.listening and notifier.registered
         return web.json_response(
             {"status": "ok" if ready else "unavailable", "postgres": postgres,
              "listen": listening}, status=200 if ready else 503)

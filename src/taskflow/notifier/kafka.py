@@ -1,5 +1,5 @@
 """Dead letters to a Kafka topic (aiokafka): key = job id, value = the dead letter as
-JSON, header ``event``; ``acks="all"`` and an idempotent producer."""
+JSON, header ``event``; ``acks="all"`` and an idempotent producer (``idempotent``)."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ class KafkaDeadLetters:
             s = self.settings
             producer = AIOKafkaProducer(
                 bootstrap_servers=s.bootstrap_servers, client_id=s.client_id,
-                acks="all", enable_idempotence=True,
+                acks="all", enable_idempotence=s.idempotent,
                 request_timeout_ms=int(s.request_timeout * 1000))
             try:
                 await producer.start()

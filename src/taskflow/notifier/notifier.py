@@ -41,14 +41,10 @@ class Notifier:
         self.rng = rng or random.Random()
         self.wake = asyncio.Event()
         self.listening = False
+        self.registered = False
         self._held: dict[int, Delivery] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
-        dlq = self.sinks.get("dead_letter")
-        # Registered, and left registered when this notifier stops: dead letters must
-        # keep being written while notifiers restart. A notifier started with
-        # dlq.backend = none removes it.
-        await self.outbox.register_sink(DEAD_LETTERS, dlq.backend if dlq else None)
         log.info("notifier delivering %s", ", ".join(
             f"{c} ({self.sinks[c].backend})" for c in self.channels))
         listener = asyncio.create_task(supervised("outbox listener", self._listen))
@@ -62,10 +58,21 @@ class Notifier:
             for sink in self.sinks.values():
                 await sink.close()
 
+    async def _register(self) -> None:
+        """Tell the triggers whether dead letters have a consumer. Left registered when
+        this notifier stops: dead letters must keep being written while notifiers
+        restart. A notifier started with dlq.backend = none removes it (every notifier of
+        a deployment shares one configuration)."""
+        dlq = self.sinks.get("dead_letter")
+        await self.outbox.register_sink(DEAD_LETTERS, dlq.backend if dlq else None)
+        self.registered = True
+
     async def _loop(self, stop: asyncio.Event) -> None:
         backoff = 0.1
         while not stop.is_set():
             try:
+                if not self.registered:
+                    await self._register()
                 batch = await self.outbox.claim(self.settings.batch_size,
                                                 self.settings.claim_ttl, self.channels)
                 if batch:
@@ -122,8 +129,12 @@ class Notifier:
                                for c, items in by_channel.items()))
 
     async def _deliver_channel(self, channel: str, items: list[Delivery]) -> None:
-        with metrics.NOTIFY_DURATION.labels(channel).time():
-            results = await self.sinks[channel].deliver(items)
+        try:
+            with metrics.NOTIFY_DURATION.labels(channel).time():
+                results = await self.sinks[channel].deliver(items)
+        except Exception as exc:  # a bug in a sink: retry (with backoff), do not lose rows
+            log.exception("the %s sink failed on %d rows", channel, len(items))
+            results = [Attempted.retry(f"internal error: {exc!r}")] * len(items)
         settlements = [self._settlement(item, result) for item, result in zip(items, results)]
         await self._settle(settlements)
         for s in settlements:
