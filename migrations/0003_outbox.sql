@@ -195,6 +195,17 @@ LANGUAGE plpgsql AS $$
 DECLARE
     ended uuid[]; failed boolean; notify boolean; tenants text[];
 BEGIN
+    -- The common cases first, without joining the transition tables: a statement that
+    -- ends no job (claims, releases, retries), and a deployment where nobody consumes
+    -- anything (no DLQ sink, no subscription, no job asking for a notification).
+    IF NOT EXISTS (SELECT 1 FROM new_jobs AS n
+                   WHERE n.state IN ('succeeded', 'failed', 'cancelled')) THEN
+        RETURN NULL;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM outbox_sinks) AND NOT EXISTS (SELECT 1 FROM subscriptions)
+       AND NOT EXISTS (SELECT 1 FROM new_jobs AS n WHERE n.notify IS NOT NULL) THEN
+        RETURN NULL;
+    END IF;
     SELECT coalesce(array_agg(n.id), '{}'), coalesce(bool_or(n.state = 'failed'), false),
            coalesce(bool_or(n.notify IS NOT NULL), false), array_agg(DISTINCT n.tenant)
     INTO ended, failed, notify, tenants

@@ -73,6 +73,9 @@ class Notifier:
             try:
                 if not self.registered:
                     await self._register()
+                # Cleared before the claim, so a NOTIFY for rows committed after it
+                # (while this batch is delivered) cuts the next sleep short.
+                self.wake.clear()
                 batch = await self.outbox.claim(self.settings.batch_size,
                                                 self.settings.claim_ttl, self.channels)
                 if batch:
@@ -84,17 +87,21 @@ class Notifier:
             except (OSError, asyncio.TimeoutError, asyncpg.PostgresError,
                     asyncpg.InterfaceError) as exc:
                 log.warning("outbox unavailable (%r); retrying in %.1fs", exc, backoff)
-                wait, backoff = backoff, min(backoff * 2, 5.0)
+                await self._sleep(backoff, stop, wakeable=False)
+                backoff = min(backoff * 2, 5.0)
+                continue
             idle = self.settings.idle_wait if wait is None else min(max(wait, 0.0),
                                                                     self.settings.idle_wait)
             await self._sleep(idle, stop)
 
-    async def _sleep(self, seconds: float, stop: asyncio.Event) -> None:
-        """Until ``seconds`` pass, a NOTIFY arrives or ``stop`` is set."""
+    async def _sleep(self, seconds: float, stop: asyncio.Event, *,
+                     wakeable: bool = True) -> None:
+        """Until ``seconds`` pass, ``stop`` is set or (``wakeable``) a NOTIFY arrives."""
         if seconds <= 0:
             return
-        self.wake.clear()
-        waits = [asyncio.ensure_future(self.wake.wait()), asyncio.ensure_future(stop.wait())]
+        waits = [asyncio.ensure_future(stop.wait())]
+        if wakeable:
+            waits.append(asyncio.ensure_future(self.wake.wait()))
         try:
             await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
         finally:
