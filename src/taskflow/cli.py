@@ -232,9 +232,9 @@ async def _serve(settings: Settings, args: argparse.Namespace, db: str, rds: str
 async def _dev(settings: Settings, args: argparse.Namespace, db: str, rds: str) -> None:
     from taskflow.adapters.outbox import OutboxStore
     from taskflow.api.app import create_app
-    from taskflow.notifier.role import run_notifier
     from taskflow.api.auth import mint_token, resolve_jwt_secret
     from taskflow.api.server import run_api, url_of
+    from taskflow.notifier.role import run_notifier
 
     stop = _stop_event()
     sock = _listen(settings, args)

@@ -88,9 +88,10 @@ def create_app(settings: Settings, stores: Stores, *, debug: bool = False) -> Li
         openapi_config=OpenAPIConfig(
             title="taskflow",
             version=__version__,
-            description="Submit, inspect, cancel and retry jobs. Errors are RFC 9457 problem "
+            description="Submit, inspect, cancel and retry jobs; list and redrive dead "
+                        "letters; subscribe to job events. Errors are RFC 9457 problem "
                         "details. Authenticate with a bearer JWT (scopes tasks:read, "
-                        "tasks:write, admin).",
+                        "tasks:write, subscriptions:write, admin).",
             components=Components(security_schemes={
                 "bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")}),
             security=[{"bearer": []}],
