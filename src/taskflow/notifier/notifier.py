@@ -144,13 +144,12 @@ class Notifier:
             results = [Attempted.retry(f"internal error: {exc!r}")] * len(items)
         settlements = [self._settlement(item, result) for item, result in zip(items, results)]
         await self._settle(settlements)
-        for s in settlements:
+        for item, s in zip(items, settlements):
+            self._held.pop(s.id, None)
             metrics.NOTIFICATIONS.labels(channel, s.outcome).inc()
             if s.outcome == "failed":
-                log.warning("%s %s to %s failed for good: %s", channel, s.id,
-                            self._held.get(s.id, items[0]).target, s.error)
-        for s in settlements:
-            self._held.pop(s.id, None)
+                log.warning("%s of %s to %s failed for good after %d attempts: %s", channel,
+                            item.event, item.target, item.attempts, s.error)
 
     def _settlement(self, item: Delivery, result: Attempted) -> Settlement:
         # A dead letter never gives up: losing it would defeat the DLQ.

@@ -81,6 +81,8 @@ class WebhookSink:
         async with self.limit:
             try:
                 secret = await self._secret(item)
+                if not secret:
+                    return Attempted.give_up("no signing secret for this webhook")
                 stamp = int(time.time())
                 headers = {
                     "content-type": "application/json", "user-agent": "taskflow-webhooks",
