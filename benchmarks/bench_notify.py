@@ -95,9 +95,8 @@ async def drain_cost(srv: Servers, s) -> float:
 
 
 def start_broker(folder: Path) -> tuple[subprocess.Popen, str]:
-    from importlib.util import find_spec
-
     import socket
+    from importlib.util import find_spec
 
     spec = find_spec("noida_db")
     if spec is None or spec.origin is None:

@@ -4,7 +4,6 @@ duplicates only of the rows it held), SIGTERM (hands back, exits 0), its health 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import signal

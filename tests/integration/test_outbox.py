@@ -75,7 +75,7 @@ async def test_subscription_filters_by_event_queue_and_task(stores, settings, ou
 async def test_rescue_of_the_last_attempt_is_a_dead_letter(stores, settings, outbox):
     await outbox.register_sink(DEAD_LETTERS, "kafka")
     [job_id] = await submit_jobs(stores, {"task": "noop", "max_attempts": 1})
-    [started] = await stores.store.start_jobs([Claim(str(job_id), "tok")], "w1")
+    assert len(await stores.store.start_jobs([Claim(str(job_id), "tok")], "w1")) == 1
     await stores.store.rescue_jobs([Claim(str(job_id), "tok")])
     rows = await outbox_rows(outbox)
     assert [(r["job_id"], r["event"], r["body"]["worker"]) for r in rows] == [

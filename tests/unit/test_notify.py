@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 import pytest
@@ -21,7 +21,7 @@ from taskflow.notifier.backoff import (
 from taskflow.notifier.email import compose
 from taskflow.notifier.webhook import message_id, sign, webhook_body
 
-NOW = datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
 
 def delivery(**fields) -> Delivery:
@@ -41,7 +41,7 @@ def test_signature_verifies_with_the_reference_library():
     secret = new_secret()
     item = delivery()
     body = webhook_body(item)
-    stamp = int(datetime.now(timezone.utc).timestamp())
+    stamp = int(datetime.now(UTC).timestamp())
     headers = {"webhook-id": message_id(item), "webhook-timestamp": str(stamp),
                "webhook-signature": sign(secret, message_id(item), stamp, body)}
     payload = Webhook(secret).verify(body, headers)

@@ -63,7 +63,7 @@ class TargetCheck:
             try:
                 async with asyncio.timeout(self.resolve_timeout):
                     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return "timed out"
             except (OSError, UnicodeError) as exc:
                 return str(exc)

@@ -3,7 +3,6 @@ recipients, in plain text."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from email.message import EmailMessage
 from typing import Any
@@ -69,7 +68,7 @@ class EmailSink:
         smtp = self._client()
         try:
             await smtp.connect()
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
             return [Attempted.retry(f"SMTP {self.settings.host}:{self.settings.port}: {exc}")
                     for _ in items]
         try:
@@ -90,14 +89,14 @@ class EmailSink:
                     error = f"SMTP {exc.code} {exc.message}"
                     results.append(Attempted.give_up(error) if exc.code >= 500
                                    else Attempted.retry(error))
-                except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
                     # The connection is gone: this one and the rest wait for the next try.
                     results += [Attempted.retry(f"SMTP: {exc}")] * (len(items) - n)
                     break
         finally:
             try:
                 await smtp.quit()
-            except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+            except (TimeoutError, aiosmtplib.SMTPException, OSError):
                 smtp.close()
         return results
 

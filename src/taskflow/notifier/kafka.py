@@ -73,7 +73,7 @@ class KafkaDeadLetters:
                         value=i.body.encode(), headers=[("event", i.event.encode())])
                     for i in items]
             acks = await asyncio.gather(*sent, return_exceptions=True)
-        except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, KafkaError, OSError) as exc:
             await self._reset()
             return [Attempted.retry(f"Kafka: {type(exc).__name__}: {exc}")] * len(items)
         results = []

@@ -84,8 +84,7 @@ class Notifier:
                     if len(batch) == self.settings.batch_size:
                         continue  # more are probably waiting
                 wait = await self.outbox.next_due(self.channels)
-            except (OSError, asyncio.TimeoutError, asyncpg.PostgresError,
-                    asyncpg.InterfaceError) as exc:
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("outbox unavailable (%r); retrying in %.1fs", exc, backoff)
                 await self._sleep(backoff, stop, wakeable=False)
                 backoff = min(backoff * 2, 5.0)
@@ -164,8 +163,7 @@ class Notifier:
             try:
                 await self.outbox.settle(settlements)
                 return
-            except (OSError, asyncio.TimeoutError, asyncpg.PostgresError,
-                    asyncpg.InterfaceError) as exc:
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 if attempt == 4:
                     raise
                 log.warning("could not record %d deliveries (%r); retrying",
@@ -176,8 +174,7 @@ class Notifier:
         self._held = {}
         try:
             await self.outbox.settle([Settlement(i.id, i.token, "handed_back") for i in items])
-        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError,
-                asyncpg.InterfaceError) as exc:
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("could not hand back %d outbox rows (%r); they are delivered when "
                         "their claim expires", len(items), exc)
         else:

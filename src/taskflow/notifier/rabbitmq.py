@@ -44,7 +44,7 @@ class RabbitMQDeadLetters:
         pika = self._pika
         try:
             channel = await self._ready()
-        except (OSError, asyncio.TimeoutError, pika.exceptions.AMQPError) as exc:
+        except (TimeoutError, OSError, pika.exceptions.AMQPError) as exc:
             await self._reset()
             return [Attempted.retry(f"RabbitMQ: {type(exc).__name__}: {exc}")] * len(items)
 
@@ -56,7 +56,7 @@ class RabbitMQDeadLetters:
             try:
                 await channel.default_exchange.publish(
                     message, routing_key=self.settings.queue, timeout=self.settings.timeout)
-            except (OSError, asyncio.TimeoutError, pika.exceptions.AMQPError) as exc:
+            except (TimeoutError, OSError, pika.exceptions.AMQPError) as exc:
                 return Attempted.retry(f"RabbitMQ: {type(exc).__name__}: {exc}")
             return Attempted.delivered()
 

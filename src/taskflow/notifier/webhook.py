@@ -16,8 +16,8 @@ import aiohttp
 import msgspec
 
 from taskflow.adapters.outbox import Delivery
-from taskflow.outbound import BlockedDestination, OutboundClient
 from taskflow.notifier.backoff import Attempted, parse_retry_after
+from taskflow.outbound import BlockedDestination, OutboundClient
 
 RETRYABLE_STATUS = frozenset({408, 429})
 
@@ -98,7 +98,7 @@ class WebhookSink:
                     await resp.content.read(4096)
             except BlockedDestination as exc:
                 return Attempted.give_up(str(exc))
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 return Attempted.retry(f"{type(exc).__name__}: {exc}".rstrip(": "))
         if 200 <= status < 300:
             return Attempted.delivered()
