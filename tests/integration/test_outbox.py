@@ -136,3 +136,18 @@ async def test_outbox_schema_maps_onto_the_records(stores, outbox):
 
     assert await columns("subscriptions") == set(Subscription.__struct_fields__)
     assert set(NotificationRecord.__struct_fields__) <= await columns("outbox")
+
+
+async def test_cancelling_a_workflow_is_one_workflow_event_and_one_per_job(
+        stores, settings, outbox):
+    await outbox.insert_subscription("t2", ["workflow.cancelled", "job.cancelled"], None,
+                                     None, None, ["ops@example.com"])
+    nodes = [WorkflowNode(name="a", job=NewJob(task="noop", max_attempts=1, delay=60)),
+             WorkflowNode(name="b", after=("a",), job=NewJob(task="noop", max_attempts=1))]
+    workflow, ids = await submit_workflow(stores.store, stores.dispatch, "t2", "w", nodes)
+    assert await jobs.cancel_workflow(stores.store, stores.dispatch, workflow.id) == 0
+    rows = await outbox_rows(outbox)
+    assert sorted((r["event"], r["job_id"]) for r in rows) == sorted([
+        ("job.cancelled", ids["a"]), ("job.cancelled", ids["b"]),
+        ("workflow.cancelled", None)])
+    assert {r["channel"] for r in rows} == {"email"}
