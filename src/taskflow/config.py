@@ -169,8 +169,8 @@ class NotifySettings(Struct, frozen=True, forbid_unknown_fields=True):
     concurrency: PositiveInt = 50         # deliveries in flight at once
     max_attempts: PositiveInt = 10        # per webhook/email; dead letters never give up
     retry: NotifyRetry = NotifyRetry()
-    # A claimed row is this notifier's for claim_ttl seconds; if the notifier vanishes, the
-    # row is delivered by another after that. Longer than any delivery can take.
+    # A claimed row is this notifier's for claim_ttl seconds, extended while it delivers;
+    # if the notifier vanishes, another delivers the row once that has passed.
     claim_ttl: PositiveFloat = 60.0
     idle_wait: PositiveFloat = 5.0        # safety net for a missed NOTIFY
     shutdown_grace: NonNegFloat = 10.0
@@ -185,8 +185,6 @@ class NotifySettings(Struct, frozen=True, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         if self.webhook_secret and not self.webhook_secret.startswith("whsec_"):
             raise ConfigError("notify.webhook_secret must start with whsec_ (whsec_ + base64)")
-        if self.webhook_timeout >= self.claim_ttl:
-            raise ConfigError("notify.webhook_timeout must be shorter than notify.claim_ttl")
 
 
 class KafkaSettings(Struct, frozen=True, forbid_unknown_fields=True):

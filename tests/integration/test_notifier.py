@@ -405,3 +405,22 @@ async def test_a_failing_sink_retries_its_rows_and_the_notifier_goes_on(
     assert sink.calls >= 3
     # Started without a DLQ backend, it withdrew the dead-letter registration.
     assert await outbox.pool.fetchval("SELECT count(*) FROM outbox_sinks") == 0
+
+
+async def test_a_slow_delivery_keeps_its_claim(stores, servers, outbox, receiver):
+    """Deliveries outlast claim_ttl several times over; the claim is extended, so the
+    second notifier never takes the rows over and each is delivered once."""
+    settings = notify_settings(servers, claim_ttl=0.6, webhook_timeout=5.0)
+    sub = await outbox.insert_subscription("default", ["job.succeeded"], None, None,
+                                           receiver.url, None)
+    receiver.secrets = [sub.secret]
+    receiver.delay = 2.0
+    ids = await submit_jobs(stores, *[{"task": "noop"}] * 3)
+    async with running_worker(stores, settings):
+        await wait_for_states(stores, ids, DONE)
+    async with running_notifier(settings, outbox, servers), \
+            running_notifier(settings, outbox, servers):
+        await all_delivered(outbox, 3)
+    assert len(receiver.received) == 3 and len(set(receiver.ids_delivered())) == 3
+    rows = await outbox_rows(outbox)
+    assert [r["attempts"] for r in rows] == [1, 1, 1]

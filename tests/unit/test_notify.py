@@ -116,7 +116,6 @@ def test_email_names_the_job_and_links_to_it():
     ({"notify": {"smtp": {"tls": True, "starttls": True}}}, "notify.smtp.starttls"),
     ({"notify": {"max_attempts": 0}}, "'notify.max_attempts'"),
     ({"notify": {"retry": {"factor": 0.5}}}, "'notify.retry.factor'"),
-    ({"notify": {"webhook_timeout": 90, "claim_ttl": 60}}, "notify.webhook_timeout"),
     ({"dlq": {"backend": "sqs"}}, "'dlq.backend'"),
     ({"dlq": {"kafka": {"topic": "bad topic"}}}, "'dlq.kafka.topic'"),
 ])

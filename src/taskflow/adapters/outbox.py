@@ -117,6 +117,9 @@ class OutboxStore:
                                      list(channels))
         return [Delivery(**r, token=token) for r in rows]
 
+    async def extend_claim(self, ids: Sequence[int], token: str, ttl: float) -> None:
+        await self.pool.execute(QUERIES["outbox_extend_claim"], list(ids), token, ttl)
+
     async def settle(self, settlements: Sequence[Settlement]) -> set[int]:
         """Record the outcomes; returns the ids recorded (a row whose claim was taken
         over meanwhile is not)."""

@@ -111,6 +111,7 @@ class Notifier:
         self._held = {d.id: d for d in batch}
         work = asyncio.create_task(self._deliver(batch))
         stopping = asyncio.ensure_future(stop.wait())
+        keeping = asyncio.create_task(self._keep_claim(batch[0].token))
         try:
             await asyncio.wait([work, stopping], return_when=asyncio.FIRST_COMPLETED)
             if not work.done():
@@ -124,8 +125,25 @@ class Notifier:
                 raise work.exception()  # type: ignore[misc]
         finally:
             stopping.cancel()
+            keeping.cancel()
+            await asyncio.gather(keeping, return_exceptions=True)
             if self._held:
                 await self._hand_back(list(self._held.values()))
+
+    async def _keep_claim(self, token: str) -> None:
+        """While a batch is being delivered, extend the claim of its unsettled rows every
+        third of ``claim_ttl``: only a notifier that died (or lost PostgreSQL for longer
+        than that) lets another claim them."""
+        ttl = self.settings.claim_ttl
+        while True:
+            await asyncio.sleep(ttl / 3)
+            if self._held:
+                try:
+                    await self.outbox.extend_claim(list(self._held), token, ttl)
+                except (TimeoutError, OSError, asyncpg.PostgresError,
+                        asyncpg.InterfaceError) as exc:
+                    log.warning("could not extend the claim of %d outbox rows (%r)",
+                                len(self._held), exc)
 
     async def _deliver(self, batch: list[Delivery]) -> None:
         by_channel: dict[str, list[Delivery]] = {}

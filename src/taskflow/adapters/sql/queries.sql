@@ -298,6 +298,12 @@ LEFT JOIN subscriptions AS s ON s.id = c.subscription_id
 LEFT JOIN webhook_secrets AS w ON c.subscription_id IS NULL AND w.tenant = c.tenant
 ORDER BY c.id;
 
+-- name: outbox_extend_claim
+-- Keeps rows a notifier is still delivering its own (a slow SMTP server, a slow receiver):
+-- their claim is pushed to now + $3 while the token is still theirs.
+UPDATE outbox SET next_attempt_at = now() + make_interval(secs => $3)
+WHERE id = ANY($1::bigint[]) AND claim_token = $2 AND status = 'pending';
+
 -- name: outbox_settle
 -- Records how each claimed row's attempt ended (delivered, retried after a delay,
 -- failed for good, or handed back unattempted at shutdown), fenced by the claim token:
