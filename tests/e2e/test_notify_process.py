@@ -194,8 +194,13 @@ async def test_dev_delivers_webhooks_in_process(data_dir, tmp_path, receiver):  
             [got] = receiver.received
             assert got["body"]["type"] == "job.succeeded"
             assert got["body"]["data"]["result"] == {"x": 1}
-            notes = await client.get(f"/tasks/{reply.body['id']}/notifications")
-            assert [n["status"] for n in notes.body["items"]] == ["delivered"]
+            # The notifier records the delivery once the receiver's answer is in: after the
+            # receiver saw it, so wait for the record too.
+            async def delivered() -> bool:
+                notes = await client.get(f"/tasks/{reply.body['id']}/notifications")
+                return [n["status"] for n in notes.body["items"]] == ["delivered"]
+
+            await wait_until(delivered, timeout=10)
         assert dev.ctrl_c() == 0, dev.output()
     except BaseException:
         dev.kill()
