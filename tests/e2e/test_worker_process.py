@@ -174,3 +174,29 @@ async def test_a_poison_job_stops_at_its_own_attempts_and_spares_the_others(
     done = await stores.store.get_jobs(others)
     assert {j.state for j in done} == {JobState.SUCCEEDED}
     assert max(j.attempts for j in done) <= 3
+
+
+async def test_sigterm_during_a_busy_drain_leaves_no_job_running(stores, servers, tmp_path):
+    # SIGTERM used to cancel the claimer wherever it was, also inside start_jobs: a batch
+    # PostgreSQL had just moved to running was neither run nor handed back, and was
+    # rescued a lease later, a lost attempt charged to every job of it.
+    for _ in range(4):
+        await submit_jobs(stores, *[{"task": "noop"} for _ in range(5000)])
+    worker = Role(servers, ["work", "-c", "500"], tmp_path / "worker.log",
+                  TASKFLOW_WORKER__CLAIM_BATCH="500", TASKFLOW_WORKER__LEASE_TTL="30",
+                  TASKFLOW_WORKER__HEARTBEAT_INTERVAL="10")
+    try:
+        async def busy() -> bool:
+            return await stores.store.pool.fetchval(
+                "SELECT count(*) FROM jobs WHERE state = 'succeeded'") >= 2000
+        await wait_until(busy, timeout=60)
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0, worker.output()
+    finally:
+        worker.stop()
+    states = dict(await stores.store.pool.fetch(
+        "SELECT state::text, count(*) FROM jobs GROUP BY state"))
+    assert "running" not in states, states
+    lost = await stores.store.pool.fetchval(
+        "SELECT count(*) FROM job_attempts WHERE outcome = 'lost'")
+    assert lost == 0
