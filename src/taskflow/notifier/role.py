@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from taskflow.adapters.outbox import OutboxStore
@@ -43,20 +42,15 @@ async def run_notifier(settings: Settings, outbox: OutboxStore, database_url: st
                        stop: asyncio.Event, *, health_port: int | None = None) -> None:
     """Run until ``stop``; serve /metrics, /healthz and /readyz on ``health_port``
     (None: notify.metrics_port; 0 there: no port)."""
-    from taskflow.notifier.health import health_app, serve_health
+    from taskflow.ops_http import ops_server
 
     notifier = Notifier(settings.notify, outbox, database_url, build_sinks(settings, outbox))
     port = settings.notify.metrics_port if health_port is None else health_port
-    if not port:
-        await notifier.run(stop)
-        return
-    host = settings.notify.metrics_host
-    async with contextlib.AsyncExitStack() as stack:
-        try:
-            bound = await stack.enter_async_context(
-                serve_health(health_app(notifier, outbox), host, port))
-        except OSError as exc:
-            raise SystemExit(f"taskflow: cannot serve the notifier's metrics on {host}:{port}:"
-                             f" {exc} (set notify.metrics_port)") from None
-        log.info("notifier health and metrics on http://%s:%d", host, bound)
+
+    async def listening() -> None:
+        if not (notifier.listening and notifier.registered):
+            raise ConnectionError("the LISTEN connection is not up")
+
+    checks = {"postgres": lambda: outbox.pool.fetchval("SELECT 1"), "listen": listening}
+    async with ops_server(settings.notify.metrics_host, port, checks):
         await notifier.run(stop)
