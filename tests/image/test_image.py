@@ -292,8 +292,9 @@ def test_the_notifier_runs_and_stops_cleanly_when_the_image_has_it(stack: Stack)
                 TASKFLOW_NOTIFY__METRICS_PORT=str(port))
     wait_until("notifier metrics", lambda: http("GET", f"http://127.0.0.1:{port}/metrics")[0]
                == 200, logs=stack.all_logs)
-    top = stack.docker.run("top", "tf-notify", "-eo", "uid,args").stdout.splitlines()[1:]
-    assert all(line.split()[0] == UID for line in top), top
+    # docker top needs a pid column to find the container's processes.
+    top = stack.docker.run("top", "tf-notify", "-eo", "uid,pid,args").stdout.splitlines()[1:]
+    assert top and all(line.split()[0] == UID for line in top), top
     stack.docker.run("stop", "--time", "30", "tf-notify", timeout=60)
     state = json.loads(stack.docker.run("inspect", "tf-notify").stdout)[0]["State"]
     assert state["ExitCode"] == 0, stack.logs("tf-notify")
