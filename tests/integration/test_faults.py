@@ -159,3 +159,37 @@ async def test_jobs_claimed_by_a_worker_killed_before_starting_them_are_requeued
         done = await wait_for_states(stores, ids, {"succeeded"})
     assert all(j.attempts == 1 for j in done)
 
+
+
+async def test_jobs_whose_start_failed_are_given_back_without_an_attempt(
+    servers, stores, settings
+):
+    # PostgreSQL failed under start_jobs (here: a statement timeout behind a lock). The
+    # claim had taken the jobs out of the ready set; they used to be released into no
+    # set at all, waiting for the reconciler's full pass. The worker keeps their leases
+    # and gives them back once PostgreSQL answers: they run, no attempt lost.
+    from taskflow.runtime import open_stores
+
+    ids = await submit_jobs(stores, *[{"task": "noop"} for _ in range(5)])
+    cfg = msgspec.structs.replace(settings, database=msgspec.structs.replace(
+        settings.database, command_timeout=0.5))
+    async with open_stores(cfg, servers.database_url, servers.redis_url) as own:
+        conn = await stores.store.pool.acquire()
+        tx = conn.transaction()
+        await tx.start()
+        await conn.execute("LOCK TABLE jobs IN EXCLUSIVE MODE")
+        try:
+            async with running_worker(own, cfg, maintenance=False):
+                await asyncio.sleep(1.5)  # start_jobs timed out at least once
+                assert (await stores.dispatch.depth("default"))[0] == 0  # claimed
+                await tx.rollback()
+                await stores.store.pool.release(conn)
+                conn = None
+                done = await wait_for_states(stores, ids, {"succeeded"}, timeout=15)
+        finally:
+            if conn is not None:
+                await tx.rollback()
+                await stores.store.pool.release(conn)
+    assert all(j.attempts == 1 for j in done)
+    outcomes = {a.outcome for i in ids for a in await stores.store.job_attempts(i)}
+    assert outcomes == {"succeeded"}

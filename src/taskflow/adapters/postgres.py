@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 # Errors after which a write may or may not have committed (the connection broke, or the
 # statement timed out while the server was finishing it).
 MAYBE_COMMITTED: tuple[type[BaseException], ...] = (
-    TimeoutError, OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
+    TimeoutError, OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+    asyncpg.InternalClientError)
 
 _encode = msgspec.json.encode
 _decode = msgspec.json.decode

@@ -100,6 +100,9 @@ BACKEND_ERRORS: tuple[type[BaseException], ...] = (
     asyncio.TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    # A connection the server closed under a statement ("cannot switch to state 12;
+    # another operation is in progress"): PostgreSQL went away, not a client mistake.
+    asyncpg.InternalClientError,
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
     redis.exceptions.ConnectionError,

@@ -93,6 +93,7 @@ class Worker:
         self._max_buffered = max(self.concurrency, self.cfg.claim_batch) * 2
         self._next_queue = 0
         self._round: asyncio.Future[tuple[int, int, int | None]] | None = None
+        self._unstarted: dict[str, list[Claim]] = {}  # claims whose start_jobs failed
         metrics.WORKER_RUNNING.set_function(lambda: self.running)
 
     # -- the main loop -------------------------------------------------------------------
@@ -180,8 +181,11 @@ class Worker:
         try:
             started = await self.store.start_jobs(claims, self.name)
         except BaseException:
-            # Nothing started: give the leases back so another worker can claim at once.
-            await self._release_unstarted(queue, claims)
+            # PostgreSQL failed: whether start_jobs committed is unknown, and the jobs
+            # left the ready set with the claim. Keep their leases (heartbeated, so nobody
+            # rescues them and charges an attempt) and give them back once PostgreSQL
+            # answers (see _return_unstarted).
+            self._unstarted.setdefault(queue, []).extend(claims)
             raise
         started_ids = {str(j.id) for j in started}
         if len(started_ids) < len(claims):
@@ -197,10 +201,9 @@ class Worker:
                 upstream, too_large = await self.store.upstream_results(
                     fan_in, self.cfg.max_upstream_bytes)
             except BaseException:
-                # Running in PostgreSQL but never run: stop heartbeating them, so their
-                # leases expire and the reaper requeues them (as a lost attempt).
-                for job in started:
-                    self.held.pop(str(job.id), None)
+                # Running in PostgreSQL but never run: handed back, no attempt spent.
+                self._unstarted.setdefault(queue, []).extend(
+                    self.held[str(job.id)].claim for job in started)
                 raise
         for job in started:
             held = self.held[str(job.id)]
@@ -223,6 +226,29 @@ class Worker:
         self.outcomes.append(Outcome(job.id, job.lease_token, JobState.FAILED, "failed", 0.0,
                                      error=f"not run: {why}"))
         self._outcomes_ready.set()
+
+    async def _return_unstarted(self) -> None:
+        """Give back claims whose start failed (see _start): a started one goes back to
+        queued without spending an attempt (hand_back_jobs, fenced by its token), the
+        others are indexed again; then their leases go. Retried by every heartbeat until
+        PostgreSQL and Redis answer."""
+        for queue, claims in list(self._unstarted.items()):
+            entries = await self.store.hand_back_jobs(claims)
+            back = {str(e.id) for e in entries}
+            rest = [c.id for c in claims if c.id not in back]
+            if rest:
+                entries += await self.store.dispatchable_jobs(rest)
+            requeued = [e for e in entries if e.state in DISPATCHABLE]
+            del self._unstarted[queue]
+            for c in claims:
+                self.held.pop(c.id, None)
+            try:
+                await self.dispatch.release(queue, claims)
+                await self.dispatch.enqueue(requeued)
+            except Exception:
+                await note_unindexed(self.store, requeued)
+                raise
+            log.info("gave back %d jobs whose start had failed", len(claims))
 
     async def _release_unstarted(self, queue: str, claims: list[Claim]) -> None:
         for c in claims:
@@ -357,6 +383,11 @@ class Worker:
                     self._abandon(job_id)
                 if beat.retaken or beat.cancel:
                     await self._check_with_postgres(queue, beat)
+        if self._unstarted:
+            try:
+                await self._return_unstarted()
+            except Exception as exc:  # noqa: BLE001 - the next heartbeat tries again
+                log.warning("could not give back jobs whose start failed yet (%r)", exc)
 
     async def _check_with_postgres(self, queue: str, beat: Heartbeat) -> None:
         """Redis lost leases we held (flushed, restarted empty) and the heartbeat took them
@@ -420,6 +451,13 @@ class Worker:
         await self._drain_outcomes()
         for queue, claims in unfinished.items():
             await self._hand_back(queue, claims)
+        if self._unstarted:
+            try:
+                await self._return_unstarted()
+            except Exception:
+                log.exception("could not give back %d jobs whose start failed; the reaper "
+                              "requeues them when their leases expire",
+                              sum(map(len, self._unstarted.values())))
 
     async def _drain_outcomes(self, attempts: int = 10) -> None:
         for attempt in range(attempts):
