@@ -150,7 +150,7 @@ async def no_lease_left(client: aioredis.Redis) -> list[str]:
     return out
 
 
-def _pid(worker: str | None) -> int | None:
+def pid_of(worker: str | None) -> int | None:
     try:
         return int((worker or "").split(":")[1])
     except (IndexError, ValueError):
@@ -162,7 +162,7 @@ async def lost_only_to_kills(conn: asyncpg.Connection, killed: Iterable[int]) ->
     killed = set(killed)
     rows = await conn.fetch("SELECT job_id, worker FROM job_attempts WHERE outcome = 'lost'"
                             " ORDER BY id")
-    healthy = [r for r in rows if _pid(r["worker"]) not in killed]
+    healthy = [r for r in rows if pid_of(r["worker"]) not in killed]
     if not healthy:
         return []
     ids = list(dict.fromkeys(r["job_id"] for r in healthy))

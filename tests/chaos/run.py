@@ -66,6 +66,7 @@ class Fault(Struct, kw_only=True):
     kind: str
     at: float  # seconds since the run began
     clock: str = ""  # wall-clock time (UTC), to read beside attempts and logs
+    wall: datetime | None = None
     detail: str = ""
     recovered_after: float | None = None  # seconds from the fault to progress again
     stuck: str = ""  # what had not recovered, when it did not
@@ -224,8 +225,9 @@ class Chaos:
 
     async def inject(self, kind: str) -> tuple[Fault, float]:
         """Do the fault; returns it and the monotonic time it was over."""
-        fault = Fault(kind=kind, at=self.now(),
-                      clock=datetime.now(timezone.utc).strftime("%H:%M:%S.%f")[:-3])
+        wall = datetime.now(timezone.utc)
+        fault = Fault(kind=kind, at=self.now(), clock=wall.strftime("%H:%M:%S.%f")[:-3],
+                      wall=wall)
         if kind == "kill":
             slot = self.rng.randrange(len(self.workers))
             role = self.workers[slot]
@@ -461,6 +463,22 @@ async def _figures(chaos: Chaos, conn: asyncpg.Connection, drain: float,
     }
 
 
+async def _blame(conn: asyncpg.Connection, chaos: Chaos) -> list[str]:
+    """Which fault each wrongly lost attempt was running through."""
+    rows = await conn.fetch("SELECT worker, started_at, finished_at FROM job_attempts"
+                            " WHERE outcome = 'lost' ORDER BY id")
+    blamed: Counter[str] = Counter()
+    for r in rows:
+        if checks.pid_of(r["worker"]) in chaos.killed:
+            continue
+        during = [f for f in chaos.report.faults
+                  if f.wall is not None and r["started_at"] <= f.wall <= r["finished_at"]]
+        blamed[", ".join(f"{f.kind} at t={f.at:.1f}s ({f.clock} UTC)" for f in during)
+               or "no fault"] += 1
+    return ["attempts charged as lost with no killed worker, by the fault they ran through: "
+            + "; ".join(f"{what}: {n}" for what, n in blamed.items())]
+
+
 async def run_chaos(cfg: ChaosConfig) -> Report:
     """The whole run. Raises only when the harness itself cannot proceed (a server that
     does not start); what the system under test gets wrong is in the report."""
@@ -478,9 +496,12 @@ async def run_chaos(cfg: ChaosConfig) -> Report:
                     workflows=cfg.workflows,
                     # sleep jobs (0.85 s on average) may fill a third of the workers' slots
                     sleepers=int(cfg.seconds * cfg.workers * cfg.concurrency / 3 / 0.85))
+        # pool_min 0: no pool reconnecting in the background (and logging) while the
+        # PostgreSQL it is connected to is down on purpose.
         settings = settings_from_dict({"database_url": servers.database_url,
                                        "redis_url": servers.redis_url,
-                                       "data_dir": str(servers.data_dir)})
+                                       "data_dir": str(servers.data_dir),
+                                       "database": {"pool_min": 0}})
         async with open_stores(settings, servers.database_url, servers.redis_url) as stores:
             workload = await submit_workload(stores.store, stores.dispatch, plan,
                                              random.Random(cfg.seed + 1))
@@ -512,6 +533,8 @@ async def run_chaos(cfg: ChaosConfig) -> Report:
         v["no_orphan_attempts"] = await checks.no_orphan_attempts(conn)
         v["dag_order"] = await checks.dag_order(conn)
         v["lost_only_to_kills"] = await checks.lost_only_to_kills(conn, chaos.killed)
+        if v["lost_only_to_kills"]:
+            v["lost_only_to_kills"][:0] = await _blame(conn, chaos)
         v["workers_stay_up"] = list(report.worker_exits)
         v["every_fault_recovers"] = [
             f"{f.kind} at t={f.at:.1f}s ({f.detail}) not recovered within "
