@@ -4,7 +4,8 @@ their attempts; an empty list means the invariant held."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -157,15 +158,25 @@ def pid_of(worker: str | None) -> int | None:
         return None
 
 
-async def lost_only_to_kills(conn: asyncpg.Connection, killed: Iterable[int]) -> list[str]:
-    """An attempt is charged as lost only when the worker running it was SIGKILLed."""
-    killed = set(killed)
-    rows = await conn.fetch("SELECT job_id, worker FROM job_attempts WHERE outcome = 'lost'"
-                            " ORDER BY id")
-    healthy = [r for r in rows if pid_of(r["worker"]) not in killed]
+def killed_running(worker: str | None, finished_at: datetime,
+                   killed: Mapping[int, datetime]) -> bool:
+    """Whether the worker of an attempt that ended at ``finished_at`` was SIGKILLed
+    before it ended (a lost attempt's end is when the rescue recorded it)."""
+    when = killed.get(pid_of(worker))  # type: ignore[arg-type]
+    return when is not None and when <= finished_at
+
+
+async def lost_only_to_kills(conn: asyncpg.Connection,
+                             killed: Mapping[int, datetime]) -> list[str]:
+    """An attempt is charged as lost only when the worker running it was SIGKILLed while
+    it ran (its pid was killed before the rescue that recorded the loss)."""
+    rows = await conn.fetch("SELECT job_id, worker, finished_at FROM job_attempts"
+                            " WHERE outcome = 'lost' ORDER BY id")
+    healthy = [r for r in rows if not killed_running(r["worker"], r["finished_at"], killed)]
     if not healthy:
         return []
     ids = list(dict.fromkeys(r["job_id"] for r in healthy))
     workers = sorted({r["worker"] for r in healthy})
     return [f"{len(healthy)} attempts of {len(ids)} jobs charged as lost although their "
-            f"worker was never killed ({', '.join(workers)}):\n{await describe(conn, ids)}"]
+            f"worker was not killed while they ran ({', '.join(workers)}):\n"
+            f"{await describe(conn, ids)}"]

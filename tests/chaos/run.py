@@ -8,37 +8,28 @@ import asyncio
 import logging
 import random
 import signal
-import statistics
 import time
-from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
-import asyncpg
 import redis.asyncio as aioredis
-import redis.exceptions as redis_errors
-from msgspec import Struct, field
+from msgspec import Struct
 
 from taskflow.config import settings_from_dict
-from taskflow.runtime import open_stores
-from tests.chaos import checks
-from tests.chaos.servers import ChaosServers
 from taskflow.jobs import submit
-from taskflow.runtime import Stores
+from taskflow.runtime import Stores, open_stores
+from tests.chaos import checks
+from tests.chaos.observe import TRANSIENT, Probe, Recovery, retrying
+from tests.chaos.report import Fault, Report, blame, figures
+from tests.chaos.servers import ChaosServers
 from tests.chaos.workload import QUEUES, TENANT, Plan, Workload, bait, submit_workload
 from tests.e2e.processes import Role
 
 log = logging.getLogger("chaos")
 
-FAULTS = ("kill", "flush_redis", "restart_redis", "restart_postgres")
 # One round of faults: every kind once and a second kill, shuffled per round; repeated for
 # longer runs, so even a short run sees every kind.
 ROUND = ("kill", "flush_redis", "restart_redis", "restart_postgres", "kill")
-# What a server that is restarting answers: worth another try.
-TRANSIENT = (OSError, ConnectionError, asyncio.TimeoutError, asyncpg.PostgresConnectionError,
-             asyncpg.exceptions.OperatorInterventionError, asyncpg.InterfaceError,
-             redis_errors.ConnectionError, redis_errors.TimeoutError,
-             redis_errors.BusyLoadingError)
 WORKER_SETTINGS = {
     "TASKFLOW_WORKER__LEASE_TTL": "2.0",
     "TASKFLOW_WORKER__HEARTBEAT_INTERVAL": "0.5",
@@ -62,48 +53,6 @@ class ChaosConfig(Struct, frozen=True, kw_only=True):
     log_dir: Path | None = None  # worker logs (a temporary folder when None)
 
 
-class Fault(Struct, kw_only=True):
-    kind: str
-    at: float  # seconds since the run began
-    clock: str = ""  # wall-clock time (UTC), to read beside attempts and logs
-    wall: datetime | None = None
-    detail: str = ""
-    recovered_after: float | None = None  # seconds from the fault to progress again
-    stuck: str = ""  # what had not recovered, when it did not
-
-
-class Report(Struct, kw_only=True):
-    seed: int
-    workload: Workload | None = None
-    faults: list[Fault] = field(default_factory=list)
-    worker_exits: list[str] = field(default_factory=list)  # exits nobody asked for
-    violations: dict[str, list[str]] = field(default_factory=dict)
-    figures: dict[str, object] = field(default_factory=dict)
-
-    def failed(self, invariant: str) -> list[str]:
-        return self.violations.get(invariant, [])
-
-    def details(self) -> str:
-        """The summary, then every violation in full."""
-        parts = [self.summary()]
-        for name, violations in self.violations.items():
-            if violations:
-                parts.append(f"== {name} ==\n" + "\n".join(violations))
-        return "\n\n".join(parts)
-
-    def summary(self) -> str:
-        lines = [f"chaos seed {self.seed}"]
-        lines += [f"  {k}: {v}" for k, v in self.figures.items()]
-        for f in self.faults:
-            took = ("not recovered" if f.recovered_after is None
-                    else f"recovered in {f.recovered_after:.2f}s")
-            lines.append(f"  t={f.at:6.1f}s ({f.clock} UTC) {f.kind} {f.detail}: {took}")
-        for name in (*checks.INVARIANTS, "workers_stay_up", "every_fault_recovers"):
-            bad = self.failed(name)
-            lines.append(f"  invariant {name}: {'VIOLATED' if bad else 'held'}")
-        return "\n".join(lines)
-
-
 def plan_faults(rng: random.Random, seconds: float) -> list[str]:
     """Enough rounds for the run (a fault every ~5 s at most), each round shuffled."""
     wanted = max(2 * len(ROUND), int(seconds / 4))
@@ -113,44 +62,6 @@ def plan_faults(rng: random.Random, seconds: float) -> list[str]:
         rng.shuffle(one)
         faults += one
     return faults[:wanted]
-
-
-class Probe:
-    """The harness's own PostgreSQL connection, opened again after a restart."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.conn: asyncpg.Connection | None = None
-
-    async def connection(self) -> asyncpg.Connection:
-        if self.conn is None or self.conn.is_closed():
-            self.conn = await asyncpg.connect(self.url, timeout=3)
-        return self.conn
-
-    async def fetch(self, query: str, *args: object) -> list:
-        try:
-            return await (await self.connection()).fetch(query, *args, timeout=10)
-        except BaseException:
-            await self.close()
-            raise
-
-    async def close(self) -> None:
-        if self.conn is not None:
-            self.conn.terminate()
-            self.conn = None
-
-
-async def _retrying(what: str, call, timeout: float = 30.0):
-    """``call()`` until it stops failing with a transient error (bounded)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return await call()
-        except TRANSIENT as exc:
-            log.info("%s: %r (retrying)", what, exc)
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{what}: still failing after {timeout}s: {exc!r}")
-            await asyncio.sleep(0.1)
 
 
 class Chaos:
@@ -166,9 +77,10 @@ class Chaos:
         self.rng = random.Random(cfg.seed)
         self.report = Report(seed=cfg.seed)
         self.probe = Probe(servers.database_url)
+        self.recovery = Recovery(self.probe, servers.redis_url)
         self.workers: list[Role | None] = [None] * cfg.workers
         self.started = 0  # worker processes started so far (names their logs)
-        self.killed: set[int] = set()  # pids we SIGKILLed
+        self.killed: dict[int, datetime] = {}  # pids we SIGKILLed, and when
         self.expected_exit: set[int] = set()
         self.t0 = time.monotonic()
 
@@ -225,16 +137,14 @@ class Chaos:
 
     async def inject(self, kind: str) -> tuple[Fault, float]:
         """Do the fault; returns it and the monotonic time it was over."""
-        wall = datetime.now(timezone.utc)
-        fault = Fault(kind=kind, at=self.now(), clock=wall.strftime("%H:%M:%S.%f")[:-3],
-                      wall=wall)
+        fault = Fault(kind=kind, at=self.now(), wall=datetime.now(timezone.utc))
         if kind == "kill":
             slot = self.rng.randrange(len(self.workers))
             role = self.workers[slot]
             assert role is not None
             pid = role.process.pid
             self.expected_exit.add(pid)
-            self.killed.add(pid)
+            self.killed[pid] = datetime.now(timezone.utc)
             role.signal(signal.SIGKILL)
             await asyncio.to_thread(role.wait)
             back = time.monotonic()
@@ -263,101 +173,12 @@ class Chaos:
             return fault, time.monotonic()
         raise ValueError(kind)
 
-    async def affected(self) -> dict:
-        """Jobs a fault can hit: running in PostgreSQL or leased in Redis, with their
-        attempt counts."""
-        client = aioredis.Redis.from_url(self.servers.redis_url, decode_responses=True)
-        try:
-            leased = []
-            for q in QUEUES:
-                # In-flight members are "<job id>|<lease token>".
-                leased += [m.partition("|")[0]
-                           for m in await client.zrange(f"tf:{{{q}}}:inflight", 0, -1)]
-        finally:
-            await client.aclose()
-        rows = await self.probe.fetch(
-            "SELECT id, attempts FROM jobs WHERE state = 'running' OR id = ANY($1::uuid[])",
-            leased)
-        return {r["id"]: r["attempts"] for r in rows}
-
-    async def recovered(self, fault: Fault, began: float, back: float, snapshot: dict,
-                        last_attempt: int) -> None:
-        """Wait until the system makes progress again, and note how long that took:
-        a job that started after the fault has finished (or none is due), and every job
-        the fault could hit has been dealt with: it finished, ran again, or waits indexed
-        in Redis for its next attempt (so a backlog does not count as a stall)."""
-        since = datetime.now(timezone.utc) - timedelta(seconds=time.monotonic() - back)
-        deadline = time.monotonic() + self.cfg.recovery_timeout
-        pending = dict(snapshot)
-        progressed = False
-        client = aioredis.Redis.from_url(self.servers.redis_url, decode_responses=True)
-        try:
-            while True:
-                try:
-                    if not progressed:
-                        progressed = await self.progressed(last_attempt, since)
-                    if pending:
-                        for job_id in await self.dealt_with(client, pending):
-                            pending.pop(job_id, None)
-                except TRANSIENT:
-                    pass
-                if progressed and not pending:
-                    fault.recovered_after = time.monotonic() - began
-                    return
-                if time.monotonic() > deadline:
-                    fault.stuck = await self.stuck(progressed, pending)
-                    return
-                await asyncio.sleep(0.1)
-        finally:
-            await client.aclose()
-
-    async def progressed(self, last_attempt: int, since: datetime) -> bool:
-        """A job started after ``since`` has finished, or no job is due."""
-        rows = await self.probe.fetch(
-            "SELECT EXISTS (SELECT 1 FROM job_attempts WHERE id > $1 AND started_at >= $2)"
-            " OR NOT EXISTS (SELECT 1 FROM jobs WHERE state IN ('queued', 'scheduled')"
-            " AND run_at <= now()) AS ok", last_attempt, since)
-        return rows[0]["ok"]
-
-    async def dealt_with(self, client: aioredis.Redis, pending: dict) -> list:
-        """The jobs of ``pending`` (id -> attempts when the fault struck) that finished,
-        started another attempt, or wait indexed in Redis."""
-        rows = await self.probe.fetch(
-            "SELECT id, queue, priority, state::text, attempts FROM jobs"
-            " WHERE id = ANY($1::uuid[])", list(pending))
-        done, waiting = [], []
-        for r in rows:
-            if r["state"] in checks.TERMINAL or r["attempts"] > pending[r["id"]]:
-                done.append(r["id"])
-            elif r["state"] in ("queued", "scheduled"):
-                waiting.append(r)
-        if waiting:
-            async with client.pipeline(transaction=False) as pipe:
-                for r in waiting:
-                    pipe.zscore(f"tf:{{{r['queue']}}}:ready", str(r["id"]))
-                    pipe.zscore(f"tf:{{{r['queue']}}}:delayed", f"{r['id']}|{r['priority']}")
-                scores = await pipe.execute()
-            done += [r["id"] for i, r in enumerate(waiting)
-                     if scores[2 * i] is not None or scores[2 * i + 1] is not None]
-        return done
-
-    async def stuck(self, progressed: bool, pending: dict) -> str:
-        what = [] if progressed else ["no job started after the fault has finished"]
-        if pending:
-            try:
-                conn = await self.probe.connection()
-                what.append(f"{len(pending)} jobs it hit neither finished, ran again nor "
-                            f"wait in Redis:\n{await checks.describe(conn, list(pending))}")
-            except TRANSIENT as exc:
-                what.append(f"{len(pending)} jobs hit (PostgreSQL unreachable: {exc!r})")
-        return "\n".join(what)
-
     async def set_bait(self, n: int = 4, timeout: float = 10.0) -> int:
         """Submit ``n`` sleep jobs and wait (bounded) until they run; returns how many
         run. A retried submit is safe: each job has an idempotency key."""
         jobs = [bait(self.rng, self.workload, f"bait-{self.baits + i}") for i in range(n)]
         self.baits += n
-        result = await _retrying("submitting bait jobs",
+        result = await retrying("submitting bait jobs",
                                  lambda: submit(self.stores.store, self.stores.dispatch, jobs))
         ids = [e.id for e in result.created]
         deadline = time.monotonic() + timeout
@@ -378,20 +199,20 @@ class Chaos:
     async def one_fault(self, kind: str) -> None:
         log.info("t=%.1fs next fault: %s", self.now(), kind)
         baited = await self.set_bait()
-        snapshot = await _retrying("snapshot before a fault", self.affected)
-        [row] = await _retrying("last attempt id", lambda: self.probe.fetch(
-            "SELECT coalesce(max(id), 0) AS id FROM job_attempts"))
+        exposed = await retrying("jobs exposed to the fault", self.recovery.exposed)
+        last_attempt = await retrying("last attempt id", self.recovery.last_attempt)
         began = time.monotonic()
-        log.info("t=%.1fs %d jobs running or leased; injecting %s", self.now(), len(snapshot),
-                 kind)
         fault, back = await self.inject(kind)
-        hit = f"{len(snapshot)} jobs running or leased"
+        hit = f"{len(exposed)} jobs running or leased"
         if baited < 4:
             hit += f" (only {baited} of 4 bait jobs running)"
         fault.detail = "; ".join(filter(None, (fault.detail, hit)))
         self.report.faults.append(fault)
-        log.info("t=%.1fs %s %s", fault.at, kind, fault.detail)
-        await self.recovered(fault, began, back, snapshot, row["id"])
+        log.info("%s %s", fault.name, fault.detail)
+        done, fault.stuck = await self.recovery.wait(back, exposed, last_attempt,
+                                                     self.cfg.recovery_timeout)
+        if done is not None:
+            fault.recovered_after = done - began
 
     async def faults(self) -> None:
         for kind in self.plan:
@@ -422,6 +243,36 @@ class Chaos:
             await asyncio.sleep(0.25)
         return time.monotonic() - began
 
+    async def check(self, watcher: asyncio.Task) -> None:
+        """Every invariant, into the report: Redis while the workers still run (a lease
+        left behind is theirs), PostgreSQL once they have stopped."""
+        v = self.report.violations
+        client = aioredis.Redis.from_url(self.servers.redis_url, decode_responses=True)
+        try:
+            v["no_lease_left"] = await retrying("Redis at the end",
+                                                lambda: self.redis_clean(client))
+        finally:
+            await client.aclose()
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+        self.stop_workers()
+        conn = await retrying("PostgreSQL at the end", self.probe.connection)
+        assert self.report.workload is not None
+        v["jobs_exist"] = await checks.jobs_exist(conn, TENANT, self.report.workload.submitted)
+        v["nothing_unfinished"] = await checks.nothing_unfinished(conn)
+        v["expected_states"] = await checks.expected_states(conn)
+        v["one_success_per_job"] = await checks.one_success_per_job(conn)
+        v["no_orphan_attempts"] = await checks.no_orphan_attempts(conn)
+        v["dag_order"] = await checks.dag_order(conn)
+        v["lost_only_to_kills"] = await checks.lost_only_to_kills(conn, self.killed)
+        if v["lost_only_to_kills"]:
+            v["lost_only_to_kills"].insert(0, await blame(conn, self.report.faults,
+                                                          self.killed))
+        v["workers_stay_up"] = list(self.report.worker_exits)
+        v["every_fault_recovers"] = [
+            f"{f.name} ({f.detail}) not recovered within {self.cfg.recovery_timeout}s: "
+            f"{f.stuck}" for f in self.report.faults if f.recovered_after is None]
+
     async def redis_clean(self, client: aioredis.Redis, timeout: float = 6.0) -> list[str]:
         """Leases of finished jobs go at once; wait a little for the last ones."""
         deadline = time.monotonic() + timeout
@@ -430,53 +281,6 @@ class Chaos:
             if not left or time.monotonic() > deadline:
                 return left
             await asyncio.sleep(0.2)
-
-
-async def _figures(chaos: Chaos, conn: asyncpg.Connection, drain: float,
-                   total: float) -> dict[str, object]:
-    faults = chaos.report.faults
-    kinds = Counter(f.kind for f in faults)
-    times = [f.recovered_after for f in faults if f.recovered_after is not None]
-    worst = max((f for f in faults if f.recovered_after is not None),
-                key=lambda f: f.recovered_after or 0, default=None)
-    states = {r["state"]: r["n"] for r in await conn.fetch(
-        "SELECT state::text, count(*) AS n FROM jobs GROUP BY state")}
-    outcomes = {r["outcome"]: r["n"] for r in await conn.fetch(
-        "SELECT outcome, count(*) AS n FROM job_attempts GROUP BY outcome")}
-    workload = chaos.report.workload
-    return {
-        "jobs": workload.submitted if workload else 0,
-        "jobs by kind": workload.kinds if workload else {},
-        "final states": states,
-        "attempts by outcome": outcomes,
-        "kills": kinds["kill"],
-        "redis flushes": kinds["flush_redis"],
-        "redis restarts": kinds["restart_redis"],
-        "postgres restarts": kinds["restart_postgres"],
-        "recoveries": f"{len(times)} of {len(faults)} faults",
-        "worst recovery": (f"{worst.recovered_after:.2f}s ({worst.kind} at t={worst.at:.1f}s)"
-                           if worst else "-"),
-        "median recovery": f"{statistics.median(times):.2f}s" if times else "-",
-        "unexpected worker exits": len(chaos.report.worker_exits),
-        "drain after the faults": f"{drain:.1f}s",
-        "total": f"{total:.1f}s",
-    }
-
-
-async def _blame(conn: asyncpg.Connection, chaos: Chaos) -> list[str]:
-    """Which fault each wrongly lost attempt was running through."""
-    rows = await conn.fetch("SELECT worker, started_at, finished_at FROM job_attempts"
-                            " WHERE outcome = 'lost' ORDER BY id")
-    blamed: Counter[str] = Counter()
-    for r in rows:
-        if checks.pid_of(r["worker"]) in chaos.killed:
-            continue
-        during = [f for f in chaos.report.faults
-                  if f.wall is not None and r["started_at"] <= f.wall <= r["finished_at"]]
-        blamed[", ".join(f"{f.kind} at t={f.at:.1f}s ({f.clock} UTC)" for f in during)
-               or "no fault"] += 1
-    return ["attempts charged as lost with no killed worker, by the fault they ran through: "
-            + "; ".join(f"{what}: {n}" for what, n in blamed.items())]
 
 
 async def run_chaos(cfg: ChaosConfig) -> Report:
@@ -514,33 +318,10 @@ async def run_chaos(cfg: ChaosConfig) -> Report:
         kinds = {**workload.kinds, "bait": chaos.baits}
         chaos.report.workload = Workload(workload.submitted + chaos.baits, kinds)
         drain = await chaos.drain()
+        await chaos.check(watcher)
         report = chaos.report
-        client = aioredis.Redis.from_url(servers.redis_url, decode_responses=True)
-        try:
-            report.violations["no_lease_left"] = await _retrying(
-                "Redis at the end", lambda: chaos.redis_clean(client))
-        finally:
-            await client.aclose()
-        watcher.cancel()
-        await asyncio.gather(watcher, return_exceptions=True)
-        chaos.stop_workers()
-        conn = await _retrying("PostgreSQL at the end", chaos.probe.connection)
-        v = report.violations
-        v["jobs_exist"] = await checks.jobs_exist(conn, TENANT, report.workload.submitted)
-        v["nothing_unfinished"] = await checks.nothing_unfinished(conn)
-        v["expected_states"] = await checks.expected_states(conn)
-        v["one_success_per_job"] = await checks.one_success_per_job(conn)
-        v["no_orphan_attempts"] = await checks.no_orphan_attempts(conn)
-        v["dag_order"] = await checks.dag_order(conn)
-        v["lost_only_to_kills"] = await checks.lost_only_to_kills(conn, chaos.killed)
-        if v["lost_only_to_kills"]:
-            v["lost_only_to_kills"][:0] = await _blame(conn, chaos)
-        v["workers_stay_up"] = list(report.worker_exits)
-        v["every_fault_recovers"] = [
-            f"{f.kind} at t={f.at:.1f}s ({f.detail}) not recovered within "
-            f"{cfg.recovery_timeout}s: {f.stuck}" for f in report.faults
-            if f.recovered_after is None]
-        report.figures = await _figures(chaos, conn, drain, chaos.now())
+        report.figures = await figures(report, await chaos.probe.connection(), drain,
+                                       chaos.now())
         (log_dir / "chaos-report.txt").write_text(report.details())
         return report
     finally:
