@@ -15,7 +15,8 @@ from tests.chaos import checks
 from tests.chaos.workload import Workload
 
 # The invariants of checks.py, then those the run itself watches.
-INVARIANTS = (*checks.INVARIANTS, "workers_stay_up", "every_fault_recovers")
+INVARIANTS = (*checks.INVARIANTS, "workers_stay_up", "every_fault_recovers",
+              "api_takes_submits")
 
 
 class Fault(Struct, kw_only=True):
@@ -38,6 +39,7 @@ class Report(Struct, kw_only=True):
     worker_exits: list[str] = field(default_factory=list)  # exits nobody asked for
     violations: dict[str, list[str]] = field(default_factory=dict)
     figures: dict[str, object] = field(default_factory=dict)
+    api: str = ""  # what the API client saw
 
     def failed(self, invariant: str) -> list[str]:
         return self.violations.get(invariant, [])
@@ -87,6 +89,7 @@ async def figures(report: Report, conn: asyncpg.Connection, drain: float,
         "median recovery": (f"{statistics.median(f.recovered_after for f in recovered):.2f}s"
                             if recovered else "-"),
         "unexpected worker exits": len(report.worker_exits),
+        "api submits": report.api or "-",
         "drain after the faults": f"{drain:.1f}s",
         "total": f"{total:.1f}s",
     }

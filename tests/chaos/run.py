@@ -19,6 +19,7 @@ from taskflow.config import settings_from_dict
 from taskflow.jobs import submit
 from taskflow.runtime import Stores, open_stores
 from tests.chaos import checks
+from tests.chaos.api import ApiClient
 from tests.chaos.observe import TRANSIENT, Probe, Recovery, retrying
 from tests.chaos.report import Fault, Report, blame, figures
 from tests.chaos.servers import ChaosServers
@@ -51,6 +52,7 @@ class ChaosConfig(Struct, frozen=True, kw_only=True):
     recovery_timeout: float = 30.0
     drain_timeout: float = 45.0
     log_dir: Path | None = None  # worker logs (a temporary folder when None)
+    api: bool = True  # also run `taskflow serve` and submit through it during the faults
 
 
 def plan_faults(rng: random.Random, seconds: float) -> list[str]:
@@ -215,9 +217,10 @@ class Chaos:
             fault.recovered_after = done - began
 
     async def faults(self) -> None:
-        for kind in self.plan:
+        for i, kind in enumerate(self.plan):
             gap = self.rng.uniform(*self.cfg.gap)
-            if self.now() + gap >= self.cfg.seconds:
+            # The first round goes in whole, however slow the machine: every kind of fault.
+            if i >= len(ROUND) and self.now() + gap >= self.cfg.seconds:
                 break
             await asyncio.sleep(gap)
             await self.one_fault(kind)
@@ -291,6 +294,7 @@ async def run_chaos(cfg: ChaosConfig) -> Report:
     log_dir.mkdir(parents=True, exist_ok=True)
     chaos: Chaos | None = None
     watcher: asyncio.Task | None = None
+    api: ApiClient | None = None
     try:
         await servers.start()
         faults = plan_faults(random.Random(cfg.seed), cfg.seconds)
@@ -314,17 +318,34 @@ async def run_chaos(cfg: ChaosConfig) -> Report:
             for slot in range(cfg.workers):
                 chaos.start_worker(slot)
             watcher = asyncio.create_task(chaos.watch_workers())
+            if cfg.api:
+                api = ApiClient(servers, log_dir, TENANT, attempts=plan.kills + 1,
+                                ttl=cfg.seconds + cfg.drain_timeout + 3600)
+                await api.start()
+                stop = asyncio.Event()
+                client = asyncio.create_task(api.run(stop))
             await chaos.faults()
-        kinds = {**workload.kinds, "bait": chaos.baits}
-        chaos.report.workload = Workload(workload.submitted + chaos.baits, kinds)
-        drain = await chaos.drain()
-        await chaos.check(watcher)
+            if api is not None:
+                stop.set()
+                await client
+                chaos.report.violations["api_takes_submits"] = await api.finish() + api.exits
         report = chaos.report
+        kinds = {**workload.kinds, "bait": chaos.baits, "api": api.keys if api else 0}
+        report.workload = Workload(sum(kinds.values()), kinds)
+        drain = await chaos.drain()
+        if api is not None:
+            report.violations["api_takes_submits"] += api.stop()
+            report.api = (f"{api.accepted} of {api.keys} keys accepted; other answers "
+                          f"{api.refusals or 'none'}; longest wait for an accepted submit "
+                          f"{api.longest_outage:.2f}s")
+        await chaos.check(watcher)
         report.figures = await figures(report, await chaos.probe.connection(), drain,
                                        chaos.now())
         (log_dir / "chaos-report.txt").write_text(report.details())
         return report
     finally:
+        if api is not None:
+            api.kill()
         if watcher is not None:
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)

@@ -1,8 +1,8 @@
 """The chaos suite: a mixed workload (retries, delays, workflows, jobs that fail for good)
-on two ``taskflow work`` processes while workers are SIGKILLed and restarted, Redis is
-flushed and restarted and PostgreSQL is restarted, all on servers of the run's own. One
-run per module; each invariant is its own test, checked from PostgreSQL (and Redis for
-leases) once every job has finished.
+on two ``taskflow work`` processes, and submits through ``taskflow serve``, while workers
+are SIGKILLed and restarted, Redis is flushed and restarted and PostgreSQL is restarted,
+all on servers of the run's own. One run per module; each invariant is its own test,
+checked from PostgreSQL (and Redis for leases) once every job has finished.
 
 The faults are seeded (CHAOS_SEED, printed); CHAOS_SECONDS sets how long they go on.
 Longer runs with 100,000 jobs: ``make soak``.
@@ -84,3 +84,10 @@ def test_workers_survive_every_fault(chaos):
 
 def test_the_system_recovers_from_every_fault(chaos):
     _held(chaos, "every_fault_recovers")
+
+
+def test_the_api_takes_submits_through_the_faults_without_duplicates(chaos):
+    """A client repeating refused submits with their idempotency keys ends up with one job
+    per key (test_every_job_submitted_is_in_postgres counts them), and the API takes
+    submits again once the faults are over."""
+    _held(chaos, "api_takes_submits")
