@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import aiohttp
@@ -44,6 +45,7 @@ class ApiClient:
         self.refusals: dict[str, int] = {}  # answers that were not 200/201, by status
         self.longest_outage = 0.0  # seconds without an accepted submit
         self.exits: list[str] = []  # API processes that exited by themselves
+        self.errors: list[str] = []  # answers other than 2xx and 503, with their bodies
         self.stopping = asyncio.Event()
 
     async def start(self) -> None:
@@ -87,7 +89,12 @@ class ApiClient:
         try:
             async with http.post(f"{self.url}/tasks", json=body,
                                  headers={"Authorization": f"Bearer {self.bearer}"}) as resp:
-                await resp.read()
+                text = (await resp.read()).decode("utf-8", "replace")
+                if resp.status not in (200, 201, 503):
+                    when = datetime.now(timezone.utc).strftime("%H:%M:%S.%f")[:-3]
+                    self.errors.append(f"{when} UTC POST /tasks ({body['idempotency_key']}) "
+                                       f"answered {resp.status}: {text[:300]} (API log: "
+                                       f"{self.role.log_path if self.role else '?'})")
                 return resp.status
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             return type(exc).__name__

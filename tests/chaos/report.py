@@ -6,7 +6,7 @@ from __future__ import annotations
 import statistics
 from collections import Counter
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import asyncpg
 from msgspec import Struct, field
@@ -16,7 +16,7 @@ from tests.chaos.workload import Workload
 
 # The invariants of checks.py, then those the run itself watches.
 INVARIANTS = (*checks.INVARIANTS, "workers_stay_up", "every_fault_recovers",
-              "api_takes_submits")
+              "api_takes_submits", "api_answers_503_not_500")
 
 
 class Fault(Struct, kw_only=True):
@@ -96,15 +96,17 @@ async def figures(report: Report, conn: asyncpg.Connection, drain: float,
 
 
 async def blame(conn: asyncpg.Connection, faults: list[Fault],
-                killed: Mapping[int, datetime]) -> str:
-    """Which fault each wrongly lost attempt was running through."""
+                killed: Mapping[int, datetime], lease: timedelta) -> str:
+    """Which fault each wrongly lost attempt was running through (or came less than a
+    lease before its start: its lease may have been taken at claim time, before it)."""
     rows = await conn.fetch("SELECT worker, started_at, finished_at FROM job_attempts"
                             " WHERE outcome = 'lost' ORDER BY id")
     blamed: Counter[str] = Counter()
     for r in rows:
         if checks.killed_running(r["worker"], r["finished_at"], killed):
             continue
-        during = [f for f in faults if r["started_at"] <= f.wall <= r["finished_at"]]
+        during = [f for f in faults
+                  if r["started_at"] - lease <= f.wall <= r["finished_at"]]
         blamed[", ".join(f.name for f in during) or "no fault"] += 1
     return ("attempts charged as lost although their worker was not killed, by the fault "
-            "they ran through: " + "; ".join(f"{what}: {n}" for what, n in blamed.items()))
+            "they ran through (or that came less than a lease before they started): " + "; ".join(f"{what}: {n}" for what, n in blamed.items()))

@@ -9,7 +9,7 @@ import logging
 import random
 import signal
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import redis.asyncio as aioredis
@@ -269,8 +269,9 @@ class Chaos:
         v["dag_order"] = await checks.dag_order(conn)
         v["lost_only_to_kills"] = await checks.lost_only_to_kills(conn, self.killed)
         if v["lost_only_to_kills"]:
-            v["lost_only_to_kills"].insert(0, await blame(conn, self.report.faults,
-                                                          self.killed))
+            lease = timedelta(seconds=float(WORKER_SETTINGS["TASKFLOW_WORKER__LEASE_TTL"]))
+            v["lost_only_to_kills"].insert(
+                0, await blame(conn, self.report.faults, self.killed, lease))
         v["workers_stay_up"] = list(self.report.worker_exits)
         v["every_fault_recovers"] = [
             f"{f.name} ({f.detail}) not recovered within {self.cfg.recovery_timeout}s: "
@@ -335,6 +336,7 @@ async def run_chaos(cfg: ChaosConfig) -> Report:
         drain = await chaos.drain()
         if api is not None:
             report.violations["api_takes_submits"] += api.stop()
+            report.violations["api_answers_503_not_500"] = list(api.errors)
             report.api = (f"{api.accepted} of {api.keys} keys accepted; other answers "
                           f"{api.refusals or 'none'}; longest wait for an accepted submit "
                           f"{api.longest_outage:.2f}s")

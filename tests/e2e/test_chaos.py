@@ -91,3 +91,9 @@ def test_the_api_takes_submits_through_the_faults_without_duplicates(chaos):
     per key (test_every_job_submitted_is_in_postgres counts them), and the API takes
     submits again once the faults are over."""
     _held(chaos, "api_takes_submits")
+
+
+def test_the_api_answers_503_while_a_store_is_down(chaos):
+    """A submit that meets PostgreSQL or Redis down is a 503 the client may repeat, never
+    a 500."""
+    _held(chaos, "api_answers_503_not_500")
