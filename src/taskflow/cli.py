@@ -21,7 +21,8 @@ log = logging.getLogger("taskflow")
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="taskflow", description=__doc__)
-    parser.add_argument("--env", help="settings environment (default: TASKFLOW_ENV or development)")
+    parser.add_argument("--env", help="settings environment (default: TASKFLOW_ENV, else none; "
+                                      "`dev` uses development)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("migrate", help="apply the SQL migrations")
@@ -70,7 +71,13 @@ def _duration(text: str) -> float:
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     try:
-        settings = load_settings(env=args.env)
+        # `taskflow dev` is development unless told otherwise; nothing else is.
+        settings = load_settings(env=args.env,
+                                 default_env="development" if args.command == "dev" else None)
+        if args.command in ("serve", "dev"):
+            from taskflow.api.auth import check_auth_settings
+
+            check_auth_settings(settings)  # before anything starts
     except ConfigError as exc:
         sys.exit(f"taskflow: configuration error: {exc}")
     logging.basicConfig(
@@ -185,9 +192,13 @@ async def _work(settings: Settings, args: argparse.Namespace, db: str, rds: str)
 def _token(settings: Settings, args: argparse.Namespace) -> None:
     from taskflow.api.auth import mint_token, resolve_jwt_secret
 
-    secret = resolve_jwt_secret(settings)
+    try:
+        secret = resolve_jwt_secret(settings)
+    except ConfigError as exc:
+        sys.exit(f"taskflow: configuration error: {exc}")
     if not secret:
-        sys.exit("taskflow: no jwt_secret is configured (set TASKFLOW_JWT_SECRET)")
+        sys.exit("taskflow: no jwt_secret is configured (set TASKFLOW_JWT_SECRET; with "
+                 "TASKFLOW_ENV=development, the secret `taskflow dev` generated is used)")
     print(mint_token(secret, settings.auth, tenant=args.tenant, subject=args.sub,
                      scopes=args.scopes or [READ, WRITE], ttl=args.ttl))
 

@@ -49,6 +49,16 @@ class TaskPolicy(Struct, frozen=True, forbid_unknown_fields=True):
 class DatabaseSettings(Struct, frozen=True, forbid_unknown_fields=True):
     pool_min: Annotated[int, Meta(ge=0)] = 2
     pool_max: PositiveInt = 10
+    # Longest one statement may take before it is cancelled (a hung server, a lost
+    # connection nobody closed): no caller waits on PostgreSQL for ever.
+    command_timeout: PositiveFloat = 30.0
+
+
+class RedisSettings(Struct, frozen=True, forbid_unknown_fields=True):
+    # Longest a command (or a connection attempt) waits on Redis; pub/sub listeners block
+    # without it.
+    socket_timeout: PositiveFloat = 5.0
+    connect_timeout: PositiveFloat = 5.0
 
 
 class WorkerSettings(Struct, frozen=True, forbid_unknown_fields=True):
@@ -71,6 +81,8 @@ class MaintenanceSettings(Struct, frozen=True, forbid_unknown_fields=True):
     reaper_interval: PositiveFloat = 1.0
     reconcile_interval: PositiveFloat = 30.0
     reconcile_batch: PositiveInt = 1000
+    # Running jobs the rescuer's sweep looks at per pass (it pages through all of them).
+    sweep_batch: PositiveInt = 10_000
 
 
 class OutboundSettings(Struct, frozen=True, forbid_unknown_fields=True):
@@ -110,8 +122,13 @@ class ApiSettings(Struct, frozen=True, forbid_unknown_fields=True):
     known_tasks: tuple[str, ...] = ()
     # Single submits that arrive together share one INSERT and one Redis call.
     group_commit: bool = True
-    # Longest a request waits on PostgreSQL or Redis before answering 503.
+    # Longest a request waits on PostgreSQL or Redis before answering 503. A submit waits
+    # this long for its turn in the group commit; once its INSERT is sent it waits for the
+    # answer (bounded by database.command_timeout), so a 503 never hides a created job.
     backend_timeout: PositiveFloat = 10.0
+    # Single submits waiting for their group commit; beyond this a submit is a 503 with
+    # Retry-After at once (PostgreSQL is slower than the arrivals: shed load, keep memory).
+    max_pending_submits: PositiveInt = 10_000
     # Tokens already verified are remembered (until they expire) to skip re-verifying.
     token_cache_size: Annotated[int, Meta(ge=0)] = 10_000
 
@@ -130,7 +147,8 @@ class AuthSettings(Struct, frozen=True, forbid_unknown_fields=True):
     audience: str = ""
     leeway: NonNegFloat = 5.0
     tenant_claim: Annotated[str, Meta(min_length=1)] = "tenant"
-    # In development an unset jwt_secret is generated once and kept in data_dir.
+    # In development (and only there) an unset jwt_secret is generated once and kept in
+    # data_dir.
     generate_dev_secret: bool = False
 
 
@@ -144,6 +162,7 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True):
     log_level: str = "INFO"
     redis_prefix: Annotated[str, Meta(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")] = "tf"
     database: DatabaseSettings = DatabaseSettings()
+    redis: RedisSettings = RedisSettings()
     worker: WorkerSettings = WorkerSettings()
     maintenance: MaintenanceSettings = MaintenanceSettings()
     retry: RetryPolicy = RetryPolicy()
@@ -152,6 +171,10 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True):
     api: ApiSettings = ApiSettings()
     auth: AuthSettings = AuthSettings()
     jwt_secret: str = ""
+    # The settings environment chosen explicitly (TASKFLOW_ENV, --env, or the command's
+    # own: `taskflow dev` means development); "" when none was, and then only the
+    # [default] settings apply. Set by load_settings, not a setting to write.
+    environment: str = ""
 
     def __post_init__(self) -> None:
         if self.worker.heartbeat_interval >= self.worker.lease_ttl:
@@ -208,15 +231,20 @@ def _lower_keys(value: Any, keep_case: bool = False) -> Any:
 
 
 def load_settings(
-    files: list[str | Path] | None = None, env: str | None = None, **overrides: Any
+    files: list[str | Path] | None = None, env: str | None = None, *,
+    default_env: str | None = None, **overrides: Any,
 ) -> Settings:
     """Read settings files and ``TASKFLOW_*`` variables into a validated :class:`Settings`.
 
     ``files`` defaults to ``settings.toml`` (this checkout's, or the one in the working
     directory) plus any listed in ``TASKFLOW_SETTINGS_FILES``. ``overrides`` win over both.
+    The environment is ``env``, else ``TASKFLOW_ENV``, else ``default_env``; with none of
+    them only the ``[default]`` settings apply and :attr:`Settings.environment` is empty
+    (so nothing meant for development, such as a generated JWT secret, happens).
     """
     from dynaconf import Dynaconf
 
+    chosen = env or os.environ.get("TASKFLOW_ENV") or default_env
     if files is None:
         files = [REPO_ROOT / "settings.toml"]
         if Path("settings.toml").resolve() != files[0]:
@@ -228,12 +256,14 @@ def load_settings(
         settings_files=[str(f) for f in files],
         environments=True,
         env_switcher="TASKFLOW_ENV",
-        env=env or os.environ.get("TASKFLOW_ENV", "development"),
+        env=chosen or "default",
         merge_enabled=True,
     )
     data = _lower_keys(raw.as_dict())
-    for key in _DYNACONF_KEYS | {"settings_files_for_dynaconf"}:
+    for key in _DYNACONF_KEYS | {"settings_files_for_dynaconf", "environment"}:
         data.pop(key, None)
+    # What dynaconf loaded (TASKFLOW_ENV wins over env there), if anything was chosen.
+    data["environment"] = str(raw.current_env).lower() if chosen else ""
     data.update(overrides)
     return settings_from_dict(data)
 

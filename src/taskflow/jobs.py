@@ -98,14 +98,32 @@ async def cancel(
     raise RuntimeError(f"job {job_id} kept changing state while being cancelled")
 
 
+class UpstreamNotRetried(Exception):
+    """A job cannot be retried while upstream jobs it waits on have failed or been
+    cancelled: nothing would release it. Retrying those upstreams releases it."""
+
+    def __init__(self, job_id: uuid.UUID, upstreams: list[uuid.UUID]) -> None:
+        listed = ", ".join(str(u) for u in upstreams)
+        super().__init__(f"job {job_id} waits on upstream jobs that ended failed or "
+                         f"cancelled ({listed}); retry those: their success releases it")
+        self.upstreams = upstreams
+
+
 async def retry(
     store: PostgresStore, dispatch: RedisDispatch, job_id: uuid.UUID, tenant: str
 ) -> Job | None:
     """Put a failed or cancelled job of ``tenant`` back in its queue with at least one
     attempt left (or back to waiting, if upstream jobs have not succeeded); the
     dependents its failure cancelled wait for it again. None when the job is in neither
-    state (see ``get_tenant_job`` for why)."""
+    state (see ``get_tenant_job`` for why); :class:`UpstreamNotRetried` when an upstream
+    it waits on has ended failed or cancelled."""
     job = await store.retry_job(job_id, tenant)
+    if job is None:
+        current = await store.get_tenant_job(job_id, tenant)
+        if current is not None and current.state in (JobState.FAILED, JobState.CANCELLED):
+            ended = await store.ended_upstreams(job_id)
+            if ended:
+                raise UpstreamNotRetried(job_id, ended)
     if job is not None:
         entry = DispatchEntry(job.id, job.queue, job.priority, job.run_at, job.state)
         try:

@@ -17,6 +17,9 @@ OUTCOMES_REFUSED = Counter(
     "taskflow_outcomes_fenced", "Outcomes refused because the attempt's lease was taken over")
 LEASES_RESCUED = Counter("taskflow_leases_rescued", "Attempts rescued after their lease expired",
                          ["queue"])
+LEASES_RETAKEN = Counter(
+    "taskflow_leases_retaken", "Leases Redis lost (flush, empty restart) that a live worker "
+    "took back after PostgreSQL confirmed the attempt was still its own", ["queue"])
 JOBS_REINDEXED = Counter("taskflow_jobs_reindexed",
                          "Jobs the reconciler indexed in Redis because they were missing")
 QUEUE_DEPTH = Gauge("taskflow_queue_depth", "Jobs in the dispatch index, by set",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from msgspec import Struct, field
@@ -153,12 +153,13 @@ class Workflow(Struct, frozen=True):
 
 
 class Attempt(Struct, frozen=True):
-    """One finished attempt of a job."""
+    """One finished attempt of a job (served by the API as it is: its times are
+    time-zone aware, ``format: date-time`` in the OpenAPI document)."""
 
     attempt: int
     worker: str | None
-    started_at: datetime
-    finished_at: datetime
+    started_at: Annotated[datetime, msgspec.Meta(tz=True)]
+    finished_at: Annotated[datetime, msgspec.Meta(tz=True)]
     duration: float | None
     outcome: str
     error: str | None

@@ -47,9 +47,12 @@ async def open_stores(
         finally:
             await pool.close()
     pool = await create_pool(
-        database_url, min_size=settings.database.pool_min, max_size=settings.database.pool_max
+        database_url, min_size=settings.database.pool_min, max_size=settings.database.pool_max,
+        command_timeout=settings.database.command_timeout,
     )
-    dispatch = RedisDispatch.from_url(redis_url, settings.redis_prefix)
+    dispatch = RedisDispatch.from_url(
+        redis_url, settings.redis_prefix, socket_timeout=settings.redis.socket_timeout,
+        connect_timeout=settings.redis.connect_timeout)
     try:
         yield Stores(PostgresStore(pool), dispatch)
     finally:

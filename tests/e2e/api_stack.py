@@ -126,7 +126,7 @@ class Client:
 _LISTENING = re.compile(r"API listening on (http://\S+)")
 
 
-async def start_api(servers: TestServers, log: Path, *args: str, **settings: str
+async def start_api(servers: TestServers, log: Path, *args: str, **settings: str | None
                     ) -> tuple[Role, str]:
     """``taskflow serve --port 0``; returns the role and its URL once it answers."""
     role = Role(servers, ["serve", "--port", "0", *args], log, **settings)

@@ -11,7 +11,9 @@ from pathlib import Path
 from tests.conftest import TestServers
 
 
-def role_env(servers: TestServers, **settings: str) -> dict[str, str]:
+def role_env(servers: TestServers, **settings: str | None) -> dict[str, str]:
+    """The environment of a role: the test servers, short intervals, and ``settings``
+    (a None value removes that variable, e.g. ``TASKFLOW_ENV=None``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKFLOW_")}
     env.update({
         "TASKFLOW_ENV": "test",
@@ -25,14 +27,17 @@ def role_env(servers: TestServers, **settings: str) -> dict[str, str]:
         "TASKFLOW_MAINTENANCE__RECONCILE_INTERVAL": "1.0",
         "TASKFLOW_WORKER__METRICS_PORT": "0",
     })
-    env.update(settings)
+    env.update({k: v for k, v in settings.items() if v is not None})
+    for key in [k for k, v in settings.items() if v is None]:
+        env.pop(key, None)
     return env
 
 
 class Role:
     """A ``taskflow <role>`` process whose output goes to a log file."""
 
-    def __init__(self, servers: TestServers, args: list[str], log: Path, **settings: str) -> None:
+    def __init__(self, servers: TestServers, args: list[str], log: Path,
+                 **settings: str | None) -> None:
         self.log_path = log
         self._log = open(log, "wb")
         self.process = subprocess.Popen(

@@ -3,11 +3,17 @@ tenancy, and RS256 tokens checked with keys from a JWKS URL."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
+import time
+
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from taskflow.api.scopes import ADMIN, READ, WRITE
-from tests.e2e.api_stack import SECRET, Client, token
+from tests.e2e.api_stack import AUDIENCE, ISSUER, SECRET, Client, token
 
 pytestmark = pytest.mark.slow
 
@@ -45,8 +51,6 @@ async def test_bad_signature_expired_wrong_audience_and_issuer_are_401(client: C
 
 
 async def test_not_yet_valid_token_is_401(client: Client, tenant):
-    import time
-
     early = token(tenant, nbf=int(time.time()) + 600)
     assert_401(await client.with_token(early).get("/tasks"), "not yet valid")
 
@@ -107,3 +111,40 @@ async def test_rs256_token_verified_with_the_jwks(client: Client, jwks, tenant):
     ec_key = ec.generate_private_key(ec.SECP256R1())
     es = token(tenant, key=ec_key, alg="ES256", headers={"kid": jwks.kid})
     assert_401(await client.with_token(es).get("/tasks"), "no key to verify a ES256 token")
+
+
+def _raw_token(header: dict, claims: dict) -> str:
+    """A token with any header at all, HS256-signed with the stack's secret."""
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    signing_input = (b64(json.dumps(header, ensure_ascii=False).encode()) + "."
+                     + b64(json.dumps(claims).encode()))
+    signature = hmac.new(SECRET.encode(), signing_input.encode(), hashlib.sha256).digest()
+    return signing_input + "." + b64(signature)
+
+
+@pytest.mark.parametrize("header", [
+    {"alg": "\u2603"},                                  # not Latin-1
+    {"alg": "HS256\u2028x"},                            # a line separator
+    {"alg": "\u00e9" * 3000},                           # Latin-1, long
+    {"alg": "RS256", "kid": "\u043a\u043b\u044e\u0447"},  # an unknown non-Latin-1 kid
+    {"alg": "RS256", "kid": "k\r\nX-Injected: 1"},
+    {"alg": "RS256", "kid": ["a", "list"]},             # not a string at all
+    {"alg": "RS256", "kid": {"an": "object"}},
+    {"alg": ["HS256"]},
+], ids=["snowman-alg", "u2028-alg", "long-alg", "cyrillic-kid", "crlf-kid", "list-kid",
+        "object-kid", "list-alg"])
+async def test_any_header_value_gives_a_401_with_a_safe_challenge(client: Client, tenant,
+                                                                  header):
+    now = int(time.time())
+    bad = _raw_token({"typ": "JWT", **header}, {"tenant": tenant, "exp": now + 60,
+                                                "iss": ISSUER, "aud": AUDIENCE})
+    reply = await client.with_token(bad).get("/tasks")
+    assert reply.status == 401, reply
+    assert reply.headers["content-type"] == "application/problem+json"
+    challenge = reply.headers["www-authenticate"]
+    assert challenge.startswith('Bearer realm="taskflow", error="invalid_token"'), challenge
+    assert challenge.isascii() and challenge.isprintable() and len(challenge) < 400, challenge
+    assert "X-Injected" not in reply.headers
+    assert reply.body["status"] == 401 and len(reply.body["detail"]) < 400

@@ -14,9 +14,9 @@ pytestmark = pytest.mark.slow
 BAD_SUBMITS = [
     # (body, status, field, words in the detail)
     (b'{"task": "noop"', 400, None, "not valid JSON"),
-    (b"", 400, None, "data"),
+    (b"", 400, None, "request body is missing or not valid JSON"),
     (b'["noop"]', 422, None, "Expected `object`, got `array`"),
-    (b'{"payload": {}}', 422, None, "missing required field `task`"),
+    (b'{"payload": {}}', 422, "task", "missing required field `task`"),
     (b'{"task": 7}', 422, "task", "Expected `str`, got `int`"),
     (b'{"task": "noop", "priority": "5"}', 422, "priority", "Expected `int`, got `str`"),
     (b'{"task": "noop", "priority": 1001}', 422, "priority", "<= 1000"),
@@ -25,9 +25,9 @@ BAD_SUBMITS = [
     (b'{"task": "noop", "delay": -1}', 422, "delay", ">= 0"),
     (b'{"task": "noop", "timeout": 0}', 422, "timeout", "> 0"),
     (b'{"task": "noop", "queue": "no spaces"}', 422, "queue", "matching regex"),
-    (b'{"task": "noop", "colour": "red"}', 422, None, "unknown field `colour`"),
+    (b'{"task": "noop", "colour": "red"}', 422, "colour", "unknown field `colour`"),
     (b'{"task": "noop", "backoff": {"factor": 0.5}}', 422, "backoff.factor", ">= 1"),
-    (b'{"task": "noop", "backoff": {"retries": 2}}', 422, "backoff", "unknown field"),
+    (b'{"task": "noop", "backoff": {"retries": 2}}', 422, "backoff.retries", "unknown field"),
     (b'{"task": "noop", "labels": {"k": 1}}', 422, "labels[...]", "Expected `str`"),
     (b'{"task": "noop", "run_at": "tomorrow"}', 422, "run_at", "Invalid RFC3339"),
     (b'{"task": "noop", "run_at": "2030-01-01T00:00:00"}', 422, "run_at", "timezone"),
@@ -36,7 +36,10 @@ BAD_SUBMITS = [
     (b'{"task": "no-such-task"}', 422, "task", "no worker knows the task 'no-such-task'"),
     (b'{"task": "sleep", "payload": {"seconds": "long"}}', 422, "payload.seconds",
      "Expected `float`, got `str`"),
-    (b'{"task": "sleep", "payload": {}}', 422, "payload", "missing required field `seconds`"),
+    (b'{"task": "sleep", "payload": {}}', 422, "payload.seconds",
+     "missing required field `seconds`"),
+    (b'{"task": "sleep", "payload": {"seconds": 1, "x": 2}}', 422, "payload.x",
+     "unknown field `x`"),
     (b'{"task": "noop", "payload": {"blob": "' + b"x" * 5000 + b'"}}', 413, "payload",
      "api.max_payload_bytes"),
     # PostgreSQL cannot store NUL: a clear 422, not a 500 (and not for anyone else)
@@ -68,6 +71,16 @@ async def test_body_over_the_limit_is_413(client: Client):
     assert "api.max_body_bytes" in reply.body["detail"]
 
 
+async def test_batch_errors_name_the_job_and_field(client: Client):
+    for body, field in [({"tasks": [{"task": "noop"}, {"payload": {}}]}, "tasks[1].task"),
+                        ({"tasks": [{"task": "noop", "colour": 1}]}, "tasks[0].colour"),
+                        ({"tasks": [{"task": "sleep", "payload": {"seconds": "x"}}]},
+                         "tasks[0].payload.seconds"),
+                        ({"tasks": [{"task": "noop"}], "extra": 1}, "extra")]:
+        reply = await client.post("/tasks/batch", json=body)
+        assert reply.status == 422 and reply.body["field"] == field, (body, reply)
+
+
 async def test_batch_limits(client: Client):
     empty = await client.post("/tasks/batch", json={"tasks": []})
     assert empty.status == 422 and empty.body["field"] == "tasks"
@@ -77,20 +90,30 @@ async def test_batch_limits(client: Client):
     assert bad.status == 422 and bad.body["field"] == "tasks[1].task"
 
 
-@pytest.mark.parametrize("params,words", [
-    ({"limit": "0"}, "limit"),
-    ({"limit": "1001"}, "limit"),
-    ({"limit": "ten"}, "limit"),
-    ({"state": "sleeping"}, "state"),
-    ({"cursor": "!!!"}, "cursor"),
-    ({"label": "no-equals-sign"}, "key=value"),
-    ({"created_after": "yesterday"}, "created_after"),
+@pytest.mark.parametrize("params,field,words", [
+    ({"limit": "0"}, "limit", ">= 1"),
+    ({"limit": "-5"}, "limit", ">= 1"),
+    ({"limit": "1001"}, "limit", "<= 1000"),
+    ({"limit": "ten"}, "limit", "Expected `int`"),
+    ({"state": "sleeping"}, "state", "'sleeping'"),
+    ([("state", "queued"), ("state", "bogus")], "state", "'bogus'"),
+    ({"cursor": "!!!"}, "cursor", "next_cursor"),
+    ({"cursor": "x" * 65}, "cursor", "length <= 64"),
+    ({"queue": "q" * 129}, "queue", "length <= 128"),
+    ({"task": "t" * 201}, "task", "length <= 200"),
+    ({"label": "no-equals-sign"}, "label", "key=value"),
+    ({"created_after": "yesterday"}, "created_after", "RFC 3339"),
+    ({"created_before": "2030-01-01T00:00:00"}, "created_before", "RFC 3339"),
 ])
-async def test_bad_list_parameters_are_4xx(client: Client, params, words):
+async def test_bad_list_parameters_are_422_naming_the_parameter(client: Client, params,
+                                                                field, words):
+    """The same rule as a body's: a parameter that breaks a rule is a 422 whose field is
+    the parameter's name as the client wrote it."""
     reply = await client.get("/tasks", params=params)
-    assert reply.status in (400, 422), reply
+    assert reply.status == 422, reply
     assert reply.headers["content-type"] == "application/problem+json"
-    assert words in reply.body["detail"] or words == reply.body.get("field"), reply.body
+    assert reply.body["field"] == field, reply.body
+    assert reply.body["detail"].startswith(f"{field}: ") and words in reply.body["detail"]
 
 
 async def test_unknown_routes_ids_and_methods_are_problem_documents(client: Client):

@@ -48,3 +48,26 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(
         stop(api)
         await iso.drop()
     assert "Traceback" not in api.output(), api.output()[-5000:]
+
+
+def _types(prop: dict) -> list[dict]:
+    return prop.get("anyOf", [prop])
+
+
+async def test_served_schema_types_timestamps_and_states(stack, http):
+    async with http.get(stack.url + "/schema/openapi.json") as resp:
+        components = (await resp.json())["components"]["schemas"]
+    timestamps = {"JobOut": ["run_at", "created_at", "started_at", "finished_at"],
+                  "Attempt": ["started_at", "finished_at"],
+                  "WorkflowOut": ["created_at"],
+                  "WorkflowJobOut": ["started_at", "finished_at"]}
+    for name, fields in timestamps.items():
+        for field in fields:
+            strings = [t for t in _types(components[name]["properties"][field])
+                       if t.get("type") == "string"]
+            assert strings == [{"type": "string", "format": "date-time"}], (name, field)
+    state = components["WorkflowOut"]["properties"]["state"]
+    enum = components[state["$ref"].rsplit("/", 1)[-1]] if "$ref" in state else state
+    assert sorted(enum["enum"]) == ["cancelled", "failed", "running", "succeeded"]
+    job_state = components["JobOut"]["properties"]["state"]["$ref"].rsplit("/", 1)[-1]
+    assert "succeeded" in components[job_state]["enum"]

@@ -7,7 +7,7 @@ import signal
 from taskflow.jobs import submit_workflow
 from taskflow.models import NewJob, WorkflowNode
 from tests.e2e.processes import Role
-from tests.helpers import wait_for_states
+from tests.helpers import wait_for_states, wait_until
 
 HANDLERS = {"TASKFLOW_WORKER__HANDLER_MODULES": '["tests.e2e.sample_handlers"]'}
 
@@ -19,11 +19,14 @@ async def test_fan_in_of_1000_parents_finishing_on_two_workers_runs_the_child_on
                for i in range(1000)]
     child = WorkflowNode(name="child", after=tuple(p.name for p in parents),
                          job=NewJob(task="sample.collect", max_attempts=1))
-    workflow, ids = await submit_workflow(stores.store, stores.dispatch, "t", "fan-in",
-                                          [*parents, child])
     workers = [Role(servers, ["work", "-c", "50"], tmp_path / f"w{i}.log", **HANDLERS)
                for i in range(2)]
     try:
+        # Both serving before the jobs exist: on a loaded machine a worker that started
+        # first could otherwise drain every parent alone.
+        await wait_until(lambda: _serving(workers), timeout=30)
+        workflow, ids = await submit_workflow(stores.store, stores.dispatch, "t", "fan-in",
+                                              [*parents, child])
         jobs = await wait_for_states(stores, list(ids.values()), {"succeeded"}, timeout=60)
     finally:
         for w in workers:
@@ -36,3 +39,7 @@ async def test_fan_in_of_1000_parents_finishing_on_two_workers_runs_the_child_on
     assert child_job.attempts == 1 and child_job.pending_upstreams == 0
     attempts = await stores.store.job_attempts(child_job.id)
     assert [a.outcome for a in attempts] == ["succeeded"]
+
+
+async def _serving(workers: list[Role]) -> bool:
+    return all(" serving " in w.output() for w in workers)

@@ -37,9 +37,9 @@ class Dev:
     """``taskflow dev`` in its own process group, as a terminal would run it."""
 
     def __init__(self, data_dir: Path, log: Path) -> None:
+        # As `make dev` runs it: no TASKFLOW_ENV, no secret (`dev` means development).
         env = {k: v for k, v in os.environ.items() if not k.startswith("TASKFLOW_")}
-        env.update(TASKFLOW_ENV="development", TASKFLOW_DATA_DIR=str(data_dir / "data"),
-                   TASKFLOW_LOG_LEVEL="INFO")
+        env.update(TASKFLOW_DATA_DIR=str(data_dir / "data"), TASKFLOW_LOG_LEVEL="INFO")
         self.log_path = log
         self._log = open(log, "wb")
         self.process = subprocess.Popen(

@@ -194,14 +194,20 @@ async def test_job_born_cancelled_behind_a_failed_upstream_runs_after_its_retry(
         await wait_for_states(stores, [entry.id], {"succeeded"})
 
 
-async def test_retrying_a_cancelled_child_while_its_upstream_has_failed_keeps_it_waiting(
+async def test_retrying_a_cancelled_child_while_its_upstream_has_failed_is_refused(
         stores, settings):
+    # Blocked behind a failed upstream, it would wait for ever unless someone thought of
+    # retrying the upstream: the retry is refused, naming the upstream to retry instead.
+    from taskflow.jobs import UpstreamNotRetried
+
     nodes = [node("up", task="fail", payload={"times": 1}), node("child", "up", task="noop")]
     workflow, ids = await submit_workflow(stores.store, stores.dispatch, "t", "w", nodes)
     async with running_worker(stores, settings):
         await wait_for_states(stores, [ids["child"]], {"cancelled"})
-        child = await _retry(stores, ids["child"])
-        assert child.state is JobState.BLOCKED and child.pending_upstreams == 1
+        with pytest.raises(UpstreamNotRetried) as refused:
+            await _retry(stores, ids["child"])
+        assert refused.value.upstreams == [ids["up"]]
+        assert (await stores.store.get_job(ids["child"])).state is JobState.CANCELLED
         assert await stores.dispatch.depth("default") == (0, 0, 0)  # not indexed
         await _retry(stores, ids["up"])
         [done] = await wait_for_states(stores, [ids["child"]], {"succeeded"})

@@ -258,7 +258,10 @@ async def test_cancellation_missed_by_pubsub_is_found_by_the_heartbeat(stores, s
     [job_id] = await submit_jobs(stores, {"task": "sleep", "payload": {"seconds": 60}})
     async with running_worker(stores, settings) as worker:
         await wait_until(lambda: _running(stores, job_id))
-        # Only the marker, no message: the next heartbeat (0.5s in tests) must see it.
+        # Only the marker, no message: the next heartbeat (0.5s in tests) must see it,
+        # and PostgreSQL's flag (set first by every canceller) confirms it.
+        await stores.store.pool.execute(
+            "UPDATE jobs SET cancel_requested = true WHERE id = $1", job_id)
         keys = stores.dispatch.keys("default")
         await redis_client.set(keys.cancel_prefix + str(job_id), "1", px=60_000)
         await wait_for_states(stores, [job_id], {"cancelled"}, timeout=10)

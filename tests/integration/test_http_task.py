@@ -12,6 +12,8 @@ from tests.conftest import make_settings
 from tests.helpers import running_worker, submit_jobs, wait_for_states
 
 DONE = {"succeeded", "failed"}
+# 127.0.0.1 as the socket layer also reads it.
+NUMERIC_LOOPBACK = ["127.1", "2130706433", "0x7f.1", "0177.0.0.1", "[::ffff:127.0.0.1]"]
 
 
 @pytest.fixture
@@ -78,18 +80,27 @@ async def test_http_task_cannot_reach_internal_addresses_unless_allowed(
         stores, servers, server):
     base, calls = server
     locked = make_settings(servers, outbound={"allowed_networks": []})
-    ids = await submit_jobs(
-        stores,
-        {"task": "http", "payload": {"url": f"{base}/ok"}, "max_attempts": 3},
-        {"task": "http", "payload": {"url": base.replace("127.0.0.1", "localhost") + "/ok"},
-         "max_attempts": 3},
-    )
+    hosts = ["127.0.0.1", "localhost", *NUMERIC_LOOPBACK, "0", "[::ffff:0:127.0.0.1]"]
+    ids = await submit_jobs(stores, *(
+        {"task": "http", "payload": {"url": base.replace("127.0.0.1", host) + "/ok"},
+         "max_attempts": 3} for host in hosts))
     async with running_worker(stores, locked):
         jobs = await wait_for_states(stores, ids, DONE, timeout=20)
     for job in jobs:
         assert job.state is JobState.FAILED and job.attempts == 1
         assert "may not reach" in job.error
     assert "ok" not in calls
+
+
+async def test_http_task_reaches_numeric_forms_of_an_allowed_address(stores, settings, server):
+    base, calls = server  # settings allow 127.0.0.0/8
+    ids = await submit_jobs(stores, *(
+        {"task": "http", "payload": {"url": base.replace("127.0.0.1", host) + "/ok"},
+         "max_attempts": 1} for host in NUMERIC_LOOPBACK))
+    async with running_worker(stores, settings):
+        jobs = await wait_for_states(stores, ids, DONE, timeout=20)
+    assert [j.state for j in jobs] == [JobState.SUCCEEDED] * len(ids), [j.error for j in jobs]
+    assert calls["ok"] == len(ids)
 
 
 def jobs_in_order(jobs, ids):

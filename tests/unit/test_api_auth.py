@@ -78,3 +78,65 @@ def test_settings_without_a_way_to_verify_or_with_a_short_secret_fail():
         TokenVerifier(AuthSettings(), "short")
     with pytest.raises(ConfigError, match="not a PEM public key"):
         TokenVerifier(AuthSettings(public_keys=("-----BEGIN PUBLIC KEY-----\nnope",)), "")
+
+
+@pytest.fixture
+def bare_environment(monkeypatch, tmp_path):
+    """No TASKFLOW_* variables but a data_dir of the test's own."""
+    import os
+
+    for name in [n for n in os.environ if n.startswith("TASKFLOW_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("TASKFLOW_DATA_DIR", str(tmp_path))
+    return tmp_path
+
+
+async def test_without_an_explicit_environment_hs256_needs_a_set_secret(bare_environment,
+                                                                        monkeypatch):
+    """Only a JWKS URL configured and no environment named: no secret is generated, so an
+    HS256 token (signed with anything) is refused."""
+    from taskflow.api.auth import resolve_jwt_secret
+    from taskflow.config import load_settings
+
+    monkeypatch.setenv("TASKFLOW_AUTH__JWKS_URL", "http://127.0.0.1:1/jwks.json")
+    settings = load_settings()
+    assert resolve_jwt_secret(settings) == ""
+    assert not (bare_environment / "jwt-secret").exists()
+    verifier = TokenVerifier(settings.auth, resolve_jwt_secret(settings))
+    with pytest.raises(InvalidToken, match="no key to verify a HS256 token"):
+        await verifier.verify(jwt.encode(claims(), SECRET, "HS256"))
+
+
+def test_a_process_not_in_development_needs_explicit_auth(bare_environment, monkeypatch):
+    from taskflow.api.auth import check_auth_settings
+    from taskflow.config import load_settings
+
+    for env in (None, "production", "test"):
+        settings = load_settings(env=env)
+        with pytest.raises(ConfigError, match=r"set jwt_secret \(TASKFLOW_JWT_SECRET\), "
+                                              "auth.public_keys or auth.jwks_url"):
+            check_auth_settings(settings)
+    assert not (bare_environment / "jwt-secret").exists()
+    monkeypatch.setenv("TASKFLOW_JWT_SECRET", SECRET)
+    check_auth_settings(load_settings(env="production"))
+    # Asking for a generated secret outside development is an error, not a secret.
+    monkeypatch.delenv("TASKFLOW_JWT_SECRET")
+    monkeypatch.setenv("TASKFLOW_AUTH__GENERATE_DEV_SECRET", "true")
+    with pytest.raises(ConfigError, match="auth.generate_dev_secret is for the development"):
+        check_auth_settings(load_settings(env="production"))
+
+
+def test_development_named_explicitly_generates_and_keeps_a_secret(bare_environment,
+                                                                   monkeypatch):
+    from taskflow.api.auth import check_auth_settings, resolve_jwt_secret
+    from taskflow.config import load_settings
+
+    by_dev = load_settings(default_env="development")  # what `taskflow dev` asks for
+    assert by_dev.environment == "development"
+    check_auth_settings(by_dev)
+    secret = resolve_jwt_secret(by_dev)
+    assert len(secret) >= 32 and (bare_environment / "jwt-secret").exists()
+    monkeypatch.setenv("TASKFLOW_ENV", "development")  # `taskflow token` next to it
+    assert resolve_jwt_secret(load_settings()) == secret
+    monkeypatch.setenv("TASKFLOW_ENV", "production")  # TASKFLOW_ENV wins over the default
+    assert load_settings(default_env="development").environment == "production"

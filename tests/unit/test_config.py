@@ -55,6 +55,7 @@ def test_yaml_files_layer_on_top_and_task_names_keep_their_case(monkeypatch, tmp
     extra.write_text("development:\n  worker:\n    concurrency: 33\n"
                      "  task_policies:\n    sendEmail:\n      max_attempts: 7\n")
     monkeypatch.setenv("TASKFLOW_SETTINGS_FILES", str(extra))
+    monkeypatch.setenv("TASKFLOW_ENV", "development")
     monkeypatch.setenv("TASKFLOW_TASK_POLICIES__resize__MAX_ATTEMPTS", "10")
     settings = load_settings()
     assert settings.worker.concurrency == 33

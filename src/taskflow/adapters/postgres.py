@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
@@ -18,6 +19,13 @@ from taskflow.models import (
     Workflow, WorkflowNode,
 )
 from taskflow.states import JobState
+
+log = logging.getLogger(__name__)
+
+# Errors after which a write may or may not have committed (the connection broke, or the
+# statement timed out while the server was finishing it).
+MAYBE_COMMITTED: tuple[type[BaseException], ...] = (
+    TimeoutError, OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
 
 _encode = msgspec.json.encode
 _decode = msgspec.json.decode
@@ -39,9 +47,12 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """Nothing to undo when a connection goes back to the pool (see create_pool)."""
 
 
-async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+async def create_pool(
+    url: str, *, min_size: int = 2, max_size: int = 10, command_timeout: float | None = None
+) -> asyncpg.Pool:
     return await asyncpg.create_pool(
         url, min_size=min_size, max_size=max_size, init=_init_connection,
+        command_timeout=command_timeout,
         # Plan every execution with the table as it is now. A cached generic plan made
         # while `jobs` was small is a sequential scan joined to the batch, and it stays
         # cached as the table grows: 500 outcomes took 40 ms instead of 8 ms.
@@ -173,7 +184,30 @@ class PostgresStore:
         locking of those and the edges, in the same transaction).
 
         Raises :class:`UnknownUpstreams` when ``depends_on`` names a job that does not
-        exist for the job's tenant."""
+        exist for the job's tenant. When the connection breaks or the statement times
+        out, the commit may still have happened: the jobs are looked up by id, and if
+        they exist this returns as if nothing had gone wrong (so that a caller never
+        answers "failed" for jobs that were created)."""
+        try:
+            return await self._insert_jobs(jobs)
+        except MAYBE_COMMITTED:
+            found = await self._created_anyway(jobs)
+            if found is None:
+                raise
+            return found
+
+    async def _created_anyway(self, jobs: Sequence[NewJob]) -> InsertResult | None:
+        try:
+            rows = await self.pool.fetch(QUERIES["created_jobs"], [j.id for j in jobs])
+        except Exception:  # noqa: BLE001 - still unreachable: the caller's error stands
+            return None
+        if not rows:
+            return None
+        log.warning("the insert of %d jobs failed after its commit; answering with the "
+                    "jobs it created", len(jobs))
+        return await self._with_existing(jobs, rows)
+
+    async def _insert_jobs(self, jobs: Sequence[NewJob]) -> InsertResult:
         if not any(j.depends_on for j in jobs):
             rows = await self.pool.fetch(QUERIES["insert_jobs"], *_job_columns(jobs))
             return await self._with_existing(jobs, rows)
@@ -210,6 +244,21 @@ class PostgresStore:
                           has_dependents=n.name in with_dependents, node=n.name)
                for n in nodes]
         workflow_id = uuid7()
+        try:
+            row = await self._insert_workflow(workflow_id, tenant, name, jobs, dag, nodes, ids)
+        except MAYBE_COMMITTED:
+            try:  # as in insert_jobs: it may have committed before the error
+                row = await self.pool.fetchrow(QUERIES["get_workflow"], workflow_id)
+            except Exception:  # noqa: BLE001 - the caller's error stands
+                row = None
+            if row is None:
+                raise
+        return Workflow(**row), ids
+
+    async def _insert_workflow(
+        self, workflow_id: uuid.UUID, tenant: str, name: str, jobs: list[NewJob],
+        dag: list[_Placement], nodes: Sequence[WorkflowNode], ids: dict[str, uuid.UUID],
+    ) -> asyncpg.Record:
         async with self.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(QUERIES["insert_workflow"], workflow_id, tenant, name)
             dag = [msgspec.structs.replace(p, workflow_id=workflow_id) for p in dag]
@@ -217,7 +266,7 @@ class PostgresStore:
             edges = [(ids[up], n.job.id) for n in nodes for up in set(n.after)]
             await conn.execute(QUERIES["insert_dependencies"], [e[0] for e in edges],
                                [e[1] for e in edges])
-        return Workflow(**row), ids
+        return row
 
     async def workflow_entries(self, workflow_id: uuid.UUID) -> list[DispatchEntry]:
         """Dispatch entries of a workflow's jobs that are ready to be indexed."""
@@ -320,11 +369,23 @@ class PostgresStore:
         return [_entry(r) for r in rows]
 
     async def running_jobs_started_before(
-        self, seconds: float, limit: int
+        self, seconds: float, after: uuid.UUID | None, limit: int
     ) -> list[tuple[str, str, str]]:
-        """(id, queue, lease token) of attempts running for longer than ``seconds``."""
-        rows = await self.pool.fetch(QUERIES["running_jobs_started_before"], seconds, limit)
+        """(id, queue, lease token) of attempts running for longer than ``seconds``, in id
+        order after ``after``."""
+        rows = await self.pool.fetch(QUERIES["running_jobs_started_before"], seconds,
+                                     after or uuid.UUID(int=0), limit)
         return [(str(r["id"]), r["queue"], r["lease_token"]) for r in rows]
+
+    async def running_attempts(self, claims: Sequence[Claim]) -> dict[str, bool]:
+        """Of these attempts, those still running: id -> whether a cancel was requested."""
+        rows = await self.pool.fetch(
+            QUERIES["running_attempts"], [c.id for c in claims], [c.token for c in claims])
+        return {str(r["id"]): r["cancel_requested"] for r in rows}
+
+    async def dispatchable_jobs(self, ids: Sequence[uuid.UUID | str]) -> list[DispatchEntry]:
+        """Those of ``ids`` that are queued or scheduled."""
+        return [_entry(r) for r in await self.pool.fetch(QUERIES["dispatchable_jobs"], list(ids))]
 
     async def dispatchable_jobs_page(
         self, after: uuid.UUID | None, limit: int
@@ -367,12 +428,16 @@ class PostgresStore:
     async def retry_job(self, job_id: uuid.UUID, tenant: str) -> Job | None:
         """failed/cancelled -> queued (blocked while upstreams are unfinished); the
         descendants its failure cancelled wait for it again. None if the job is in
-        neither state."""
+        neither state, or if one of its upstreams ended failed or cancelled."""
         async with self.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(QUERIES["retry_job"], job_id, tenant)
             if row is not None and row["has_dependents"]:
                 await conn.fetch(QUERIES["revive_dependents"], job_id)
         return None if row is None else _job(row)
+
+    async def ended_upstreams(self, job_id: uuid.UUID) -> list[uuid.UUID]:
+        """The job's upstream jobs that ended failed or cancelled."""
+        return [r["id"] for r in await self.pool.fetch(QUERIES["ended_upstreams"], job_id)]
 
     async def get_tenant_workflow(
         self, workflow_id: uuid.UUID, tenant: str | None

@@ -29,6 +29,14 @@ class ClaimResult(msgspec.Struct, frozen=True):
     next_due_ms: int | None  # due time of the earliest delayed job, if any
 
 
+class Heartbeat(msgspec.Struct, frozen=True):
+    """What one heartbeat found (see ``extend.lua``)."""
+
+    lost: list[str]  # another token holds the lease now
+    cancel: list[str]  # a cancellation marker is set
+    retaken: list[str]  # the lease was missing and is ours again, if PostgreSQL agrees
+
+
 class QueueKeys(msgspec.Struct, frozen=True):
     ready: str
     delayed: str
@@ -62,8 +70,14 @@ class RedisDispatch:
         self.epoch_key = f"{prefix}:epoch"
 
     @classmethod
-    def from_url(cls, url: str, prefix: str = "tf") -> RedisDispatch:
-        return cls(aioredis.Redis.from_url(url, decode_responses=True), prefix)
+    def from_url(
+        cls, url: str, prefix: str = "tf", *, socket_timeout: float | None = None,
+        connect_timeout: float | None = None,
+    ) -> RedisDispatch:
+        client = aioredis.Redis.from_url(
+            url, decode_responses=True, socket_timeout=socket_timeout,
+            socket_connect_timeout=connect_timeout)
+        return cls(client, prefix)
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -109,15 +123,15 @@ class RedisDispatch:
 
     async def extend(
         self, queue: str, claims: Sequence[Claim], lease_ms: int
-    ) -> tuple[list[str], list[str]]:
-        """Heartbeat; returns (ids whose lease this worker no longer holds, ids whose
-        cancellation was requested)."""
+    ) -> Heartbeat:
+        """Extend the leases of ``claims``, taking back those Redis lost (see
+        ``extend.lua``)."""
         k = self.keys(queue)
         args: list[str | int] = [k.lease_prefix, k.cancel_prefix, lease_ms]
         for c in claims:
             args += (c.id, c.token)
-        lost, cancel = await self._extend(keys=[k.inflight], args=args)
-        return lost, cancel
+        lost, cancel, retaken = await self._extend(keys=[k.inflight], args=args)
+        return Heartbeat(lost, cancel, retaken)
 
     async def request_cancel(self, queue: str, job_id: str, ttl_ms: int = 3_600_000) -> None:
         """Tell the worker running ``job_id`` to stop it (see ``cancel.lua``)."""
@@ -161,8 +175,25 @@ class RedisDispatch:
 
     async def ensure_epoch(self) -> bool:
         """Marks this Redis as indexed; False when the mark was missing (new, flushed or
-        restarted empty), which means the index must be rebuilt from PostgreSQL."""
-        return not await self.client.set(self.epoch_key, os.urandom(8).hex(), nx=True)
+        restarted empty), which means the index must be rebuilt from PostgreSQL -- and
+        that running jobs' leases are gone until their workers' heartbeats take them
+        back. The mark holds the time the index began (Redis's clock)."""
+        secs, micros = await self.client.time()
+        began = repr(secs + micros / 1e6)
+        return not await self.client.set(self.epoch_key, began, nx=True)
+
+    async def index_age(self) -> float | None:
+        """Seconds since the index began (see :meth:`ensure_epoch`); None if unmarked."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.time()
+            pipe.get(self.epoch_key)
+            (secs, micros), began = await pipe.execute()
+        if began is None:
+            return None
+        try:
+            return max(0.0, secs + micros / 1e6 - float(began))
+        except ValueError:  # a mark from before it held a time: old enough
+            return float("inf")
 
     async def depth(self, queue: str) -> tuple[int, int, int]:
         """(ready, delayed, in flight) counts of a queue."""

@@ -31,7 +31,7 @@ from taskflow.config import AuthSettings, ConfigError, Settings
 MIN_SECRET_BYTES = 32
 
 __all__ = ["ADMIN", "READ", "WRITE", "Principal", "TokenVerifier", "JwtAuthMiddleware",
-           "scope_guard", "mint_token", "resolve_jwt_secret"]
+           "scope_guard", "mint_token", "resolve_jwt_secret", "check_auth_settings"]
 
 
 class Principal(msgspec.Struct, frozen=True):
@@ -56,9 +56,22 @@ class InvalidToken(ApiError):
     def __init__(self, detail: str, *, error: str | None = "invalid_token") -> None:
         challenge = 'Bearer realm="taskflow"'
         if error:
-            safe = detail.replace('"', "'")
-            challenge += f', error="{error}", error_description="{safe}"'
+            challenge += f', error="{error}", error_description="{_challenge_text(detail)}"'
         super().__init__(401, detail, headers={"WWW-Authenticate": challenge})
+
+
+def _challenge_text(detail: str, limit: int = 200) -> str:
+    """``detail`` as RFC 6750 allows in ``error_description`` (printable ASCII without
+    ``"`` or ``\\``): a token's header values are echoed in details, and a header must
+    not carry what HTTP cannot encode or what would end the quoted string."""
+    text = "".join(c if " " <= c <= "~" and c not in '"\\' else "?" for c in detail)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """A token's header value quoted for a message, cut short: the caller chose it."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 4] + "...'"
 
 
 class MissingScope(ApiError):
@@ -71,12 +84,18 @@ class MissingScope(ApiError):
 
 
 def resolve_jwt_secret(settings: Settings) -> str:
-    """``jwt_secret``, or in development (``auth.generate_dev_secret``) a random secret
-    generated once and kept in ``data_dir/jwt-secret``. Empty when neither applies."""
+    """``jwt_secret``, or in the development environment (``auth.generate_dev_secret``) a
+    random secret generated once and kept in ``data_dir/jwt-secret``. Empty when neither
+    applies: outside development HS256 needs a secret someone set."""
     if settings.jwt_secret:
         return settings.jwt_secret
     if not settings.auth.generate_dev_secret:
         return ""
+    if settings.environment != "development":
+        raise ConfigError(
+            "auth.generate_dev_secret is for the development environment only "
+            f"(TASKFLOW_ENV=development; this process: {_environment(settings)}); "
+            "set jwt_secret (TASKFLOW_JWT_SECRET) instead")
     path = Path(settings.data_dir) / "jwt-secret"
     if path.exists():
         return path.read_text().strip()
@@ -86,6 +105,25 @@ def resolve_jwt_secret(settings: Settings) -> str:
     with os.fdopen(fd, "w") as f:
         f.write(secret + "\n")
     return secret
+
+
+def check_auth_settings(settings: Settings) -> None:
+    """Fails with a :class:`ConfigError` naming the settings unless the API can verify
+    tokens with keys someone configured (or, in development, the generated secret).
+    The API's roles call it before they start anything."""
+    auth = settings.auth
+    secret = resolve_jwt_secret(settings)
+    if not (secret or auth.public_keys or auth.jwks_url):
+        raise ConfigError(
+            "no way to verify tokens: set jwt_secret (TASKFLOW_JWT_SECRET), auth.public_keys "
+            "or auth.jwks_url; only the development environment (TASKFLOW_ENV=development, "
+            f"the default of `taskflow dev`) generates a secret (this process: "
+            f"{_environment(settings)})")
+    TokenVerifier(auth, secret, cache_size=0)  # the secret's length, the PEM keys
+
+
+def _environment(settings: Settings) -> str:
+    return settings.environment or "no environment chosen"
 
 
 def mint_token(
@@ -210,12 +248,15 @@ class TokenVerifier:
         except jwt.InvalidTokenError as exc:
             raise InvalidToken(f"malformed token: {exc}") from None
         alg = header.get("alg")
-        if alg not in self.auth.algorithms:
-            raise InvalidToken(f"tokens signed with {alg!r} are not accepted")
-        keys = await self._keys(alg, header.get("kid"))
+        if not isinstance(alg, str) or alg not in self.auth.algorithms:
+            raise InvalidToken(f"tokens signed with {_shown(alg)} are not accepted")
+        kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise InvalidToken("the token header's 'kid' must be a string")
+        keys = await self._keys(alg, kid)
         if not keys:
             raise InvalidToken(f"no key to verify a {alg} token"
-                               + (f" with kid {header['kid']!r}" if header.get("kid") else ""))
+                               + (f" with kid {_shown(kid)}" if kid else ""))
         for i, key in enumerate(keys):
             try:
                 return jwt.decode(

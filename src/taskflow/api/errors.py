@@ -1,5 +1,11 @@
 """Every error the API answers is a problem-details document (RFC 9457) with a message
-naming the field and the rule; nothing a client sends yields a 500."""
+naming the field and the rule; nothing a client sends yields a 500.
+
+One rule for status codes: a body that is missing or not JSON is a 400; a body field or
+query parameter that breaks a rule (wrong type, out of range, not one of the allowed
+values, unknown, missing) is a 422 whose ``field`` names it as the client wrote it (a
+JSON path such as ``backoff.factor``, or the parameter's name such as ``state``).
+"""
 
 from __future__ import annotations
 
@@ -54,21 +60,38 @@ class Unavailable(ApiError):
 
 
 _AT = re.compile(r"^(.*) - at (`key` in )?`\$(.*)`$", re.DOTALL)
+_NAMED_FIELD = re.compile(r"^Object (?:contains unknown|missing required) field `(.*)`$")
+
+
+def located(error: msgspec.ValidationError, prefix: str = "") -> tuple[str, str]:
+    """The JSON path a msgspec validation error is about ("" for the whole document),
+    after ``prefix``, and its rule: "Expected `int` <= 1000 - at `$.priority`" gives
+    ("priority", "Expected `int` <= 1000"). An unknown or missing field is named by its
+    own path ("backoff.retries"), not by the object holding it."""
+    text = str(error)
+    path = ""
+    match = _AT.match(text)
+    if match:
+        text, path = match.group(1), match.group(3).lstrip(".")
+        if match.group(2):
+            text = f"a key: {text}"
+    named = _NAMED_FIELD.match(text)
+    if named:
+        path = f"{path}.{named.group(1)}" if path else named.group(1)
+    if prefix:
+        path = f"{prefix}.{path}" if path and not path.startswith("[") else prefix + path
+    return path, text
 
 
 def invalid_body(exc: msgspec.ValidationError | msgspec.DecodeError) -> ApiError:
     """A 400 (not JSON) or 422 (JSON that breaks a rule) naming the field, from msgspec's
     message ("Expected `int` <= 1000 - at `$.priority`")."""
-    text = str(exc)
     if isinstance(exc, msgspec.ValidationError):
-        match = _AT.match(text)
-        if match:
-            rule, path = match.group(1), match.group(3).lstrip(".") or "(body)"
-            if match.group(2):
-                rule = f"a key: {rule}"
+        path, rule = located(exc)
+        if path:
             return ApiError(422, f"{path}: {rule}", field=path)
-        return ApiError(422, text)
-    return ApiError(400, f"request body is not valid JSON: {text}")
+        return ApiError(422, rule)
+    return ApiError(400, f"request body is not valid JSON: {exc}")
 
 
 # Failures that mean a store is unreachable or overloaded, not that the request was wrong.
@@ -98,21 +121,39 @@ def on_api_error(request: Request[Any, Any, Any], exc: ApiError) -> Response[Any
 def on_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     """Litestar's own errors (no route, wrong method, bad query parameter, body too
     large) in the same shape."""
+    if isinstance(exc, ValidationException):
+        error = invalid_parameters(request, exc)
+        return _response(error.problem(), {**(exc.headers or {}), **error.headers})
     status = exc.status_code
     detail = exc.detail or _TITLES.get(status, "Error")
-    field = None
-    if isinstance(exc, ValidationException) and isinstance(exc.extra, list) and exc.extra:
-        parts = []
-        for item in exc.extra:
-            if isinstance(item, dict):
-                key = item.get("key")
-                field = field or key
-                parts.append(f"{key}: {item.get('message')}" if key else str(item.get("message")))
-        detail = "; ".join(parts) or detail
     if status == 413:
         detail = "request body exceeds the configured limit (api.max_body_bytes)"
-    return _response(Problem(_TITLES.get(status, "Error"), status, detail, field=field),
-                     exc.headers)
+    return _response(Problem(_TITLES.get(status, "Error"), status, detail), exc.headers)
+
+
+def invalid_parameters(request: Request[Any, Any, Any], exc: ValidationException) -> ApiError:
+    """Litestar's checks of the parameters a handler declares: a value that breaks a rule
+    is a 422 naming the parameter as the client wrote it (``state``, not the handler's
+    ``job_state``). A body Litestar could not read at all (it decodes only a missing
+    one; :class:`~taskflow.api.app.StrictRequest` decodes the rest) is a 400."""
+    items = [i for i in exc.extra if isinstance(i, dict)] if isinstance(exc.extra, list) else []
+    params = [i for i in items if i.get("key") and i.get("source") != "body"]
+    if not params:
+        return ApiError(400, "request body is missing or not valid JSON")
+    names = [_parameter_name(request, str(i["key"])) for i in params]
+    detail = "; ".join(f"{name}: {i.get('message')}" for name, i in zip(names, params))
+    return ApiError(422, detail, field=names[0])
+
+
+def _parameter_name(request: Request[Any, Any, Any], key: str) -> str:
+    """The query (or header, cookie) name of the handler argument ``key``."""
+    try:
+        kwarg = request.route_handler.parsed_fn_signature.parameters[key].kwarg_definition
+    except (AttributeError, KeyError):
+        return key
+    alias = (getattr(kwarg, "query", None) or getattr(kwarg, "header", None)
+             or getattr(kwarg, "cookie", None))
+    return alias or key
 
 
 # Transient conflicts between concurrent transactions: the request may simply be repeated.

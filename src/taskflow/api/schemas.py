@@ -4,6 +4,7 @@ exactly what the schema documents."""
 
 from __future__ import annotations
 
+import enum
 import uuid
 from datetime import datetime
 from typing import Annotated, Any
@@ -35,6 +36,9 @@ NodeName = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[A-Za-z0
 MAX_PAGE = 1000
 """Most jobs in one page of ``GET /tasks``."""
 DEFAULT_PAGE = 100
+
+Timestamp = Annotated[datetime, Meta(tz=True)]
+"""A moment with its time zone: RFC 3339 (``format: date-time``) in JSON and the schema."""
 
 # A year: far enough for any delay a scheduler is asked for, small enough for timestamps.
 MAX_DELAY = 366 * 86_400.0
@@ -101,10 +105,10 @@ class JobOut(Struct, frozen=True):
     payload: Any
     attempts: int
     max_attempts: int
-    run_at: datetime
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    run_at: Timestamp
+    created_at: Timestamp
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
     result: Any
     error: str | None
     labels: dict[str, str]
@@ -168,9 +172,22 @@ class WorkflowJobOut(Struct, frozen=True):
     state: JobState
     task: str
     attempts: int
-    started_at: datetime | None
-    finished_at: datetime | None
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
     error: str | None
+
+
+class WorkflowState(enum.Enum):
+    """A workflow's state, which follows from its jobs' states."""
+
+    RUNNING = "running"
+    """Some job is not finished."""
+    SUCCEEDED = "succeeded"
+    """Every job succeeded."""
+    FAILED = "failed"
+    """Every job finished and some failed."""
+    CANCELLED = "cancelled"
+    """Every job finished, none failed, and some were cancelled."""
 
 
 class WorkflowOut(Struct, frozen=True):
@@ -179,8 +196,8 @@ class WorkflowOut(Struct, frozen=True):
 
     id: uuid.UUID
     name: str
-    state: str
-    created_at: datetime
+    state: WorkflowState
+    created_at: Timestamp
     jobs: list[WorkflowJobOut]
 
 

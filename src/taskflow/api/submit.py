@@ -8,6 +8,7 @@ many small transactions into a few larger ones, and an idle system pays no added
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import re
 import uuid
@@ -18,7 +19,7 @@ from typing import Any
 import msgspec
 
 from taskflow.adapters.postgres import InsertResult
-from taskflow.api.errors import BACKEND_ERRORS, ApiError
+from taskflow.api.errors import BACKEND_ERRORS, ApiError, Unavailable, located
 from taskflow.api.schemas import MAX_BATCH, JobOut, JobSpec
 from taskflow.config import Settings
 from taskflow.jobs import submit
@@ -54,10 +55,21 @@ class KnownTasks:
             try:
                 msgspec.convert(spec.payload, payload_type)
             except msgspec.ValidationError as exc:
-                text, _, path = str(exc).partition(" - at `$")
-                field = f"{where}payload{path.rstrip('`')}"
+                field, text = located(exc, f"{where}payload")
                 raise ApiError(422, f"{field}: {text} (payload of task {spec.task!r})",
                                field=field) from None
+
+
+class _Waiting:
+    """A single submit waiting for its group commit."""
+
+    __slots__ = ("job", "answer", "sent", "dropped")
+
+    def __init__(self, job: NewJob, answer: asyncio.Future[tuple[bool, JobOut]]) -> None:
+        self.job = job
+        self.answer = answer
+        self.sent = False  # its INSERT is on its way: it may be created
+        self.dropped = False  # its caller gave up before it was sent: never send it
 
 
 class Submitter:
@@ -69,7 +81,9 @@ class Submitter:
         self.known = known
         self.max_payload = settings.api.max_payload_bytes
         self.max_inflight = max(1, settings.database.pool_max // 2)
-        self._pending: list[tuple[NewJob, asyncio.Future[Any]]] = []
+        self.max_pending = settings.api.max_pending_submits
+        self.timeout = settings.api.backend_timeout
+        self._pending: collections.deque[_Waiting] = collections.deque()
         self._inflight = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -113,7 +127,12 @@ class Submitter:
             raise _unknown_upstreams(jobs, exc) from None
 
     async def submit_one(self, job: NewJob) -> tuple[bool, JobOut]:
-        """(created, the job): an idempotent replay gives (False, the first job)."""
+        """(created, the job): an idempotent replay gives (False, the first job).
+
+        A submit waits at most ``api.backend_timeout`` for its turn in the group commit
+        (503 after that, and the job is never sent); once its INSERT is on its way it
+        waits for the answer, bounded by ``database.command_timeout``, so that a 503 is
+        never given for a job that was created."""
         # A job with upstreams goes alone: an unknown upstream must fail only its request.
         if job.depends_on:
             created, out = _Answers(await self._insert([job])).of(job)
@@ -123,21 +142,41 @@ class Submitter:
             return created, out
         if not self.settings.api.group_commit:
             return _Answers(await self._insert([job])).of(job)
-        future: asyncio.Future[tuple[bool, JobOut]] = asyncio.get_running_loop().create_future()
-        self._pending.append((job, future))
+        if len(self._pending) >= self.max_pending:
+            raise Unavailable(f"{len(self._pending)} submits are waiting for PostgreSQL "
+                              "(api.max_pending_submits); retry shortly")
+        waiting = _Waiting(job, asyncio.get_running_loop().create_future())
+        self._pending.append(waiting)
         if self._inflight < self.max_inflight:
             self._flush()
-        return await future
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await asyncio.shield(waiting.answer)
+        except TimeoutError:
+            if waiting.sent:
+                return await waiting.answer  # the INSERT is out: its answer is the truth
+            waiting.dropped = True
+            raise Unavailable(f"PostgreSQL did not take the job within {self.timeout:g}s "
+                              "(api.backend_timeout); it was not created, retry") from None
+        except asyncio.CancelledError:
+            waiting.dropped = True  # the client went away: nobody wants it if unsent
+            raise
 
     def _flush(self) -> None:
-        batch = self._pending[:MAX_BATCH]
-        del self._pending[: len(batch)]
+        batch: list[_Waiting] = []
+        while self._pending and len(batch) < MAX_BATCH:
+            waiting = self._pending.popleft()
+            if not waiting.dropped:
+                waiting.sent = True
+                batch.append(waiting)
+        if not batch:
+            return
         self._inflight += 1
         task = asyncio.create_task(self._commit(batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _commit(self, batch: list[tuple[NewJob, asyncio.Future[Any]]]) -> None:
+    async def _commit(self, batch: list[_Waiting]) -> None:
         try:
             await self._answer(batch)
         finally:
@@ -145,27 +184,29 @@ class Submitter:
             if self._pending:
                 self._flush()
 
-    async def _answer(self, batch: list[tuple[NewJob, asyncio.Future[Any]]]) -> None:
+    async def _answer(self, batch: list[_Waiting]) -> None:
         """Insert the batch and settle each request's future with its answer."""
         try:
-            answers = _Answers(await self._insert([job for job, _ in batch]))
+            answers = _Answers(await self._insert([w.job for w in batch]))
         except Exception as exc:
             if len(batch) > 1 and not isinstance(exc, BACKEND_ERRORS):
                 # Something in one request broke the shared statement: each goes alone,
                 # so that only that request fails.
                 await asyncio.gather(*(self._answer([item]) for item in batch))
                 return
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
+            for waiting in batch:
+                if not waiting.answer.done():
+                    waiting.answer.set_exception(exc)
+                    waiting.answer.exception()  # retrieved: a gone client must not warn
             return
-        for job, future in batch:
-            if future.done():
-                continue  # the client went away; the job exists all the same
+        for waiting in batch:
+            if waiting.answer.done():
+                continue
             try:
-                future.set_result(answers.of(job))
+                waiting.answer.set_result(answers.of(waiting.job))
             except ApiError as err:
-                future.set_exception(err)
+                waiting.answer.set_exception(err)
+                waiting.answer.exception()
 
     async def close(self) -> None:
         if self._tasks:

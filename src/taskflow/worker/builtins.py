@@ -81,8 +81,7 @@ class HttpTask:
             kwargs["data"] = msgspec.json.encode(spec.body)
             kwargs["headers"] = {"Content-Type": "application/json", **spec.headers}
         try:
-            self.client.check_literal(url.host)
-            async with self.client.session().request(spec.method, url, **kwargs) as resp:
+            async with self.client.request(spec.method, url, **kwargs) as resp:
                 body = await _read_up_to(resp.content, self.client.settings.max_response_bytes)
                 status = resp.status
                 retry_after = resp.headers.get("Retry-After")

@@ -3,9 +3,10 @@
 - **reaper** (every ``reaper_interval``, each worker, its own queues): attempts whose lease
   expired in Redis are rescued in PostgreSQL (requeued, or failed when out of attempts)
   and indexed again.
-- **rescuer sweep** (every ``reconcile_interval``, one process at a time, all queues): jobs
-  PostgreSQL says are running whose lease Redis no longer holds (a reaper died mid-way,
-  Redis was flushed) are rescued the same way.
+- **rescuer sweep** (every ``reconcile_interval``, one process at a time, all queues, a
+  page at a time): jobs PostgreSQL says are running whose lease Redis no longer holds (a
+  reaper died mid-way, a worker died while Redis was being flushed) are rescued the same
+  way -- once live workers have had a lease's time to take their leases back.
 - **reconciler** (same schedule, and at once when Redis lost its data): every job
   PostgreSQL says is queued or scheduled is indexed in Redis if it is missing there
   (Redis restart or flush, an API enqueue whose ``ZADD`` failed).
@@ -16,16 +17,21 @@ Every rescue is fenced by the attempt's lease token, so a racing worker's outcom
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+
+import redis.exceptions
 
 from taskflow.adapters.postgres import PostgresStore
 from taskflow.adapters.redis import RedisDispatch
 from taskflow import metrics
 from taskflow.config import Settings
 from taskflow.models import Claim
+from taskflow.states import DISPATCHABLE
 from taskflow.supervise import every, supervised
 
 log = logging.getLogger(__name__)
@@ -42,6 +48,11 @@ class Maintenance:
         self.dispatch = dispatch
         self.queues = list(queues)
         self.lock_key = f"{dispatch.prefix}:maintenance-lock"
+        self._sweep_after: uuid.UUID | None = None  # where the next sweep page starts
+        # After this process lost Redis, leases may be missing or expired because Redis
+        # was away, not because workers died: no rescue until live workers have had a
+        # lease's time to heartbeat (and take their leases back).
+        self._quiet_until = 0.0
 
     async def run(self) -> None:
         await asyncio.gather(
@@ -50,35 +61,60 @@ class Maintenance:
                        lambda: every(self.cfg.reconcile_interval, self.sweep_and_reconcile)),
         )
 
+    def _quiet(self) -> bool:
+        return time.monotonic() < self._quiet_until
+
+    @contextlib.contextmanager
+    def _noting_redis_loss(self) -> Iterator[None]:
+        try:
+            yield
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            self._quiet_until = time.monotonic() + self.lease_ttl
+            raise
+
     async def reap_once(self) -> int:
         """Rescue this process's queues' expired leases; reindex all if Redis was emptied."""
-        if not await self.dispatch.ensure_epoch():
-            log.warning("Redis has no dispatch index (new, restarted or flushed): rebuilding "
-                        "it from PostgreSQL")
-            await self.sweep_running()
-            await self.reconcile()
-        rescued = 0
-        for queue in self.queues:
-            claims = await self.dispatch.reap(queue)
-            if claims:
-                rescued += await self._rescue(claims)
-            ready, delayed, inflight = await self.dispatch.depth(queue)
-            metrics.QUEUE_DEPTH.labels(queue, "ready").set(ready)
-            metrics.QUEUE_DEPTH.labels(queue, "delayed").set(delayed)
-            metrics.QUEUE_DEPTH.labels(queue, "in_flight").set(inflight)
-        return rescued
+        with self._noting_redis_loss():
+            if not await self.dispatch.ensure_epoch():
+                log.warning("Redis has no dispatch index (new, restarted or flushed): "
+                            "rebuilding it from PostgreSQL; running jobs keep going while "
+                            "their workers take their leases back")
+                await self.reconcile()
+            rescued = 0
+            for queue in self.queues:
+                if not self._quiet():
+                    claims = await self.dispatch.reap(queue)
+                    if claims:
+                        rescued += await self._rescue(claims)
+                ready, delayed, inflight = await self.dispatch.depth(queue)
+                metrics.QUEUE_DEPTH.labels(queue, "ready").set(ready)
+                metrics.QUEUE_DEPTH.labels(queue, "delayed").set(delayed)
+                metrics.QUEUE_DEPTH.labels(queue, "in_flight").set(inflight)
+            return rescued
 
     async def sweep_and_reconcile(self) -> None:
-        token = os.urandom(8).hex()
-        ttl_ms = int(max(self.cfg.reconcile_interval, 5) * 1000)
-        if not await self.dispatch.client.set(self.lock_key, token, nx=True, px=ttl_ms):
-            return  # another process is on it
-        await self.sweep_running()
-        await self.reconcile()
+        with self._noting_redis_loss():
+            token = os.urandom(8).hex()
+            ttl_ms = int(max(self.cfg.reconcile_interval, 5) * 1000)
+            if not await self.dispatch.client.set(self.lock_key, token, nx=True, px=ttl_ms):
+                return  # another process is on it
+            await self.sweep_running()
+            await self.reconcile()
 
     async def sweep_running(self) -> int:
-        """Rescue running attempts older than a lease whose lease Redis does not hold."""
-        rows = await self.store.running_jobs_started_before(self.lease_ttl, 10_000)
+        """Rescue running attempts older than a lease whose lease Redis does not hold.
+
+        One page of ``sweep_batch`` per pass, going round all running jobs over the
+        passes. Not while the index is younger than a lease (or this process lost Redis
+        lately): a live worker takes its missing leases back within a heartbeat, and only
+        the leases nobody took back are real losses."""
+        age = await self.dispatch.index_age()
+        if age is None or age < self.lease_ttl or self._quiet():
+            return 0
+        rows = await self.store.running_jobs_started_before(
+            self.lease_ttl, self._sweep_after, self.cfg.sweep_batch)
+        self._sweep_after = uuid.UUID(rows[-1][0]) if len(rows) == self.cfg.sweep_batch \
+            else None
         by_queue: dict[str, list[tuple[str, str]]] = {}
         for job_id, queue, token in rows:
             by_queue.setdefault(queue, []).append((job_id, token))
@@ -94,11 +130,18 @@ class Maintenance:
         entries = await self.store.rescue_jobs(claims)
         for e in entries:
             metrics.LEASES_RESCUED.labels(e.queue).inc()
+        moved = {str(e.id) for e in entries}
+        requeued = [e for e in entries if e.state in DISPATCHABLE]
         if entries:
-            requeued = [e for e in entries if e.state.value in ("queued", "scheduled")]
-            await self.dispatch.enqueue(requeued)
             log.warning("rescued %d jobs whose worker lost its lease (%d requeued)",
                         len(entries), len(requeued))
+        unstarted = [c.id for c in claims if c.id not in moved]
+        if unstarted:
+            # Leased in Redis but never started in PostgreSQL (the worker died between
+            # claim and start): back in the index now, not at the reconciler's next pass.
+            requeued += await self.store.dispatchable_jobs(unstarted)
+        if requeued:
+            await self.dispatch.enqueue(requeued)
         return len(entries)
 
     async def reconcile(self) -> int:

@@ -22,7 +22,7 @@ import asyncpg
 
 from taskflow import metrics
 from taskflow.adapters.postgres import PostgresStore
-from taskflow.adapters.redis import RedisDispatch, WakeListener
+from taskflow.adapters.redis import Heartbeat, RedisDispatch, WakeListener
 from taskflow.config import Settings
 from taskflow.models import Claim, DispatchEntry, Outcome, StartedJob
 from taskflow.states import DISPATCHABLE, JobState
@@ -318,12 +318,39 @@ class Worker:
             by_queue.setdefault(held.queue, []).append(held.claim)
         for queue, claims in by_queue.items():
             for i in range(0, len(claims), 1000):
-                lost, cancel = await self.dispatch.extend(
-                    queue, claims[i : i + 1000], self.lease_ms)
-                for job_id in lost:
+                beat = await self.dispatch.extend(queue, claims[i : i + 1000], self.lease_ms)
+                for job_id in beat.lost:
                     self._abandon(job_id)
-                for job_id in cancel:
-                    self._cancel_requested(job_id)
+                if beat.retaken or beat.cancel:
+                    await self._check_with_postgres(queue, beat)
+
+    async def _check_with_postgres(self, queue: str, beat: Heartbeat) -> None:
+        """Redis lost leases we held (flushed, restarted empty) and the heartbeat took them
+        back, or it found cancel markers: PostgreSQL says which attempts are still ours
+        and which cancellations stand (a marker can outlive a cancel that a retry undid)."""
+        asked = [self.held[i].claim for i in {*beat.retaken, *beat.cancel} if i in self.held]
+        current = await self.store.running_attempts(asked)
+        given_up = []
+        for job_id in beat.retaken:
+            held = self.held.get(job_id)
+            if held is None or held.task is None:
+                continue  # not started yet: start_jobs decides whether it is ours
+            if job_id in current:
+                metrics.LEASES_RETAKEN.labels(queue).inc()
+            else:
+                given_up.append(held.claim)
+        if beat.retaken:
+            log.warning("Redis had lost %d of our leases; took back %d that PostgreSQL "
+                        "says are still ours", len(beat.retaken),
+                        len(beat.retaken) - len(given_up))
+        if given_up:
+            # Rescued or ended meanwhile: not ours. Give back what we just took.
+            await self.dispatch.release(queue, given_up)
+            for claim in given_up:
+                self._abandon(claim.id)
+        for job_id in beat.cancel:
+            if current.get(job_id):
+                self._cancel_requested(job_id)
 
     def _abandon(self, job_id: str) -> None:
         """Our lease on this job is gone: stop its handler; its outcome would be fenced."""

@@ -1,11 +1,13 @@
 -- Index jobs for dispatch: due ones in the ready set, later ones in the delayed set.
--- A job already indexed, or leased (running, or being claimed), is left alone, so the
--- reconciler can call this for every job PostgreSQL says is dispatchable.
+-- A job already ready, or leased (running, or being claimed), is left alone, so the
+-- reconciler can call this for every job PostgreSQL says is dispatchable. A job already
+-- in the delayed set takes the due time given here (PostgreSQL's, the truth): an entry
+-- left from before a cancel and a retry must not hold the job back to its old due time.
 --
 -- KEYS[1] ready set    KEYS[2] delayed set
 -- ARGV[1] lease key prefix    ARGV[2] wake-up channel
 -- ARGV[3..] triples: job id, priority (-1000..1000), due time (Unix ms)
--- Returns the number of jobs added.
+-- Returns the number of jobs added (or moved to a new due time).
 redis.replicate_commands()
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -15,10 +17,12 @@ for i = 3, #ARGV, 3 do
   local prio = tonumber(ARGV[i + 1])
   local due = tonumber(ARGV[i + 2])
   local member = id .. '|' .. ARGV[i + 1]
+  local delayed = redis.call('ZSCORE', KEYS[2], member)
   if not redis.call('ZSCORE', KEYS[1], id)
-      and not redis.call('ZSCORE', KEYS[2], member)
+      and (not delayed or tonumber(delayed) ~= due)
       and redis.call('EXISTS', ARGV[1] .. id) == 0 then
     if due <= now then
+      if delayed then redis.call('ZREM', KEYS[2], member) end
       -- same score formula as claim.lua
       local rel = math.min(math.max(due - 1735689600000, 0), 4398046511103)
       redis.call('ZADD', KEYS[1], (1000 - prio) * 4398046511104 + rel, id)

@@ -52,6 +52,10 @@ CROSS JOIN LATERAL (
 ON CONFLICT ON CONSTRAINT jobs_idempotency DO NOTHING
 RETURNING id, queue, priority, run_at, state, created_at;
 
+-- name: created_jobs
+-- After an insert that failed in a way that may have come after its commit: what it made.
+SELECT id, queue, priority, run_at, state, created_at FROM jobs WHERE id = ANY($1::uuid[]);
+
 -- name: lock_upstreams
 -- Marks jobs as having dependents and returns their current state. The row lock makes a
 -- concurrent completion of one of them wait for this transaction, or this transaction
@@ -179,12 +183,27 @@ SELECT id, queue, priority, run_at, state, has_dependents FROM moved;
 SELECT * FROM taskflow_cancel_dependents($1::uuid[], $2::job_state[]);
 
 -- name: running_jobs_started_before
--- Candidates for the rescuer's PostgreSQL-side sweep: running attempts older than a lease.
+-- Candidates for the rescuer's PostgreSQL-side sweep: running attempts older than a lease,
+-- one keyset page after id $2 (the sweep goes round all of them over its passes).
 SELECT id, queue, lease_token FROM jobs
 WHERE finished_at IS NULL AND state = 'running'
-  AND started_at < now() - make_interval(secs => $1)
+  AND started_at < now() - make_interval(secs => $1) AND id > $2
 ORDER BY id
-LIMIT $2;
+LIMIT $3;
+
+-- name: running_attempts
+-- Which of these attempts PostgreSQL still says are running (by lease token), and whether
+-- their cancellation was requested: a worker that took a lost lease back, or found a
+-- cancel marker, asks before it trusts Redis.
+SELECT j.id, j.cancel_requested
+FROM jobs AS j JOIN unnest($1::uuid[], $2::text[]) AS c(id, token) ON j.id = c.id
+WHERE j.state = 'running' AND j.lease_token = c.token;
+
+-- name: dispatchable_jobs
+-- The jobs among these that belong in the dispatch index (the reaper requeues those a
+-- worker claimed in Redis but never started: it died in between).
+SELECT id, queue, priority, run_at, state FROM jobs
+WHERE id = ANY($1::uuid[]) AND state IN ('queued', 'scheduled');
 
 -- name: dispatchable_jobs_page
 -- Keyset page of the jobs that belong in the Redis dispatch index (reconciler).
@@ -234,14 +253,24 @@ RETURNING *;
 -- name: retry_job
 -- failed|cancelled -> queued, due now, with at least one attempt left (attempt numbers
 -- keep counting up, so the history in job_attempts stays in order); -> blocked instead
--- while some of its upstream jobs have not succeeded.
+-- while some of its upstream jobs have not succeeded. Not while an upstream has failed or
+-- been cancelled: nothing would ever release it (retry that upstream: it releases this).
 UPDATE jobs
 SET state = CASE WHEN pending_upstreams > 0 THEN 'blocked' ELSE 'queued' END::job_state,
     run_at = now(), max_attempts = greatest(max_attempts, attempts + 1),
     finished_at = NULL, result = NULL, error = NULL, cancel_requested = false,
     cancelled_by = NULL
 WHERE id = $1 AND tenant = $2 AND state IN ('failed', 'cancelled')
+  AND NOT EXISTS (
+      SELECT 1 FROM job_dependencies AS d JOIN jobs AS u ON u.id = d.upstream_id
+      WHERE d.job_id = $1 AND u.state IN ('failed', 'cancelled'))
 RETURNING *;
+
+-- name: ended_upstreams
+-- A job's upstream jobs that ended failed or cancelled (why a retry was refused).
+SELECT u.id FROM job_dependencies AS d JOIN jobs AS u ON u.id = d.upstream_id
+WHERE d.job_id = $1 AND u.state IN ('failed', 'cancelled')
+ORDER BY u.id;
 
 -- name: revive_dependents
 SELECT * FROM taskflow_revive_dependents($1);

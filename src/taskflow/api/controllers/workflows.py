@@ -20,7 +20,7 @@ from taskflow.api.context import ApiContext
 from taskflow.api.controllers.tasks import _problems
 from taskflow.api.errors import ApiError, Unavailable
 from taskflow.api.schemas import (
-    WorkflowCreated, WorkflowJobOut, WorkflowOut, WorkflowSpec,
+    WorkflowCreated, WorkflowJobOut, WorkflowOut, WorkflowSpec, WorkflowState,
 )
 from taskflow.dag import WorkflowError, check_workflow
 from taskflow.models import Job, Workflow, WorkflowNode
@@ -29,16 +29,16 @@ from taskflow.states import ACTIVE, JobState
 WorkflowId = Annotated[uuid.UUID, Parameter(description="workflow id")]
 
 
-def workflow_state(states: list[JobState]) -> str:
+def workflow_state(states: list[JobState]) -> WorkflowState:
     """running while any job is unfinished; then succeeded if all succeeded, failed if
     any failed, cancelled otherwise."""
     if any(s in ACTIVE for s in states):
-        return "running"
+        return WorkflowState.RUNNING
     if all(s is JobState.SUCCEEDED for s in states):
-        return "succeeded"
+        return WorkflowState.SUCCEEDED
     if any(s is JobState.FAILED for s in states):
-        return "failed"
-    return "cancelled"
+        return WorkflowState.FAILED
+    return WorkflowState.CANCELLED
 
 
 def _view(workflow: Workflow, members: list[Job]) -> WorkflowOut:
@@ -80,9 +80,10 @@ class WorkflowController(Controller):
             check_workflow({n.name: n.after for n in nodes})
         except WorkflowError as exc:
             raise ApiError(422, f"jobs: {exc}", field="jobs") from None
-        async with api.deadline():
-            workflow, ids = await jobs.submit_workflow(api.store, api.dispatch, tenant,
-                                                       data.name, nodes)
+        # Bounded by the stores' own timeouts, not a deadline that could fire after the
+        # commit (see TaskController.submit).
+        workflow, ids = await jobs.submit_workflow(api.store, api.dispatch, tenant,
+                                                   data.name, nodes)
         return WorkflowCreated(workflow.id, ids)
 
     @get("/{workflow_id:uuid}", opt={"scope": READ}, summary="A workflow and its jobs",
