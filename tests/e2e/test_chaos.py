@@ -29,9 +29,13 @@ async def chaos(request, tmp_path_factory) -> Report:
         seed=SEED, seconds=SECONDS, jobs=1200, concurrency=8, workflows=4,
         recovery_timeout=25.0, drain_timeout=40.0, log_dir=logs))
     # The figures belong in every run's output, not only a failing one's.
+    text = f"\n{report.summary()}\n  worker logs and the full report: {logs}"
     capture = request.config.pluginmanager.get_plugin("capturemanager")
-    with capture.global_and_fixture_disabled():
-        print(f"\n{report.summary()}\n  worker logs and the full report: {logs}", flush=True)
+    if capture is None:
+        print(text, flush=True)
+    else:
+        with capture.global_and_fixture_disabled():
+            print(text, flush=True)
     return report
 
 
