@@ -22,7 +22,6 @@ INVARIANTS = (
     "no_orphan_attempts",
     "dag_order",
     "no_lease_left",
-    "lost_only_to_kills",
 )
 
 
@@ -164,19 +163,3 @@ def killed_running(worker: str | None, finished_at: datetime,
     before it ended (a lost attempt's end is when the rescue recorded it)."""
     when = killed.get(pid_of(worker))  # type: ignore[arg-type]
     return when is not None and when <= finished_at
-
-
-async def lost_only_to_kills(conn: asyncpg.Connection,
-                             killed: Mapping[int, datetime]) -> list[str]:
-    """An attempt is charged as lost only when the worker running it was SIGKILLed while
-    it ran (its pid was killed before the rescue that recorded the loss)."""
-    rows = await conn.fetch("SELECT job_id, worker, finished_at FROM job_attempts"
-                            " WHERE outcome = 'lost' ORDER BY id")
-    healthy = [r for r in rows if not killed_running(r["worker"], r["finished_at"], killed)]
-    if not healthy:
-        return []
-    ids = list(dict.fromkeys(r["job_id"] for r in healthy))
-    workers = sorted({r["worker"] for r in healthy})
-    return [f"{len(healthy)} attempts of {len(ids)} jobs charged as lost although their "
-            f"worker was not killed while they ran ({', '.join(workers)}):\n"
-            f"{await describe(conn, ids)}"]

@@ -15,8 +15,9 @@ from tests.chaos import checks
 from tests.chaos.workload import Workload
 
 # The invariants of checks.py, then those the run itself watches.
-INVARIANTS = (*checks.INVARIANTS, "workers_stay_up", "every_fault_recovers",
-              "api_takes_submits", "api_answers_503_not_500")
+INVARIANTS = (*checks.INVARIANTS, "lost_only_to_kills", "no_attempt_lost_to_postgres_restarts",
+              "workers_stay_up", "every_fault_recovers", "api_takes_submits",
+              "api_answers_503_not_500")
 
 
 class Fault(Struct, kw_only=True):
@@ -95,18 +96,30 @@ async def figures(report: Report, conn: asyncpg.Connection, drain: float,
     }
 
 
-async def blame(conn: asyncpg.Connection, faults: list[Fault],
-                killed: Mapping[int, datetime], lease: timedelta) -> str:
-    """Which fault each wrongly lost attempt was running through (or came less than a
-    lease before its start: its lease may have been taken at claim time, before it)."""
-    rows = await conn.fetch("SELECT worker, started_at, finished_at FROM job_attempts"
+async def wrongly_lost(conn: asyncpg.Connection, faults: list[Fault],
+                       killed: Mapping[int, datetime], lease: timedelta) -> dict[str, list[str]]:
+    """Attempts charged as lost although their worker was not SIGKILLed while they ran,
+    by invariant: those a PostgreSQL restart may explain (it struck while they ran, or
+    less than a lease before they started: their lease was taken at claim time), and
+    all others (Redis faults, or no fault at all)."""
+    rows = await conn.fetch("SELECT job_id, worker, started_at, finished_at FROM job_attempts"
                             " WHERE outcome = 'lost' ORDER BY id")
-    blamed: Counter[str] = Counter()
+    groups: dict[str, tuple[Counter[str], list]] = {}
     for r in rows:
         if checks.killed_running(r["worker"], r["finished_at"], killed):
             continue
-        during = [f for f in faults
-                  if r["started_at"] - lease <= f.wall <= r["finished_at"]]
+        during = [f for f in faults if r["started_at"] - lease <= f.wall <= r["finished_at"]]
+        name = ("no_attempt_lost_to_postgres_restarts"
+                if any(f.kind == "restart_postgres" for f in during) else "lost_only_to_kills")
+        blamed, ids = groups.setdefault(name, (Counter(), []))
         blamed[", ".join(f.name for f in during) or "no fault"] += 1
-    return ("attempts charged as lost although their worker was not killed, by the fault "
-            "they ran through (or that came less than a lease before they started): " + "; ".join(f"{what}: {n}" for what, n in blamed.items()))
+        ids.append(r["job_id"])
+    out = {}
+    for name, (blamed, ids) in groups.items():
+        out[name] = [
+            f"{len(ids)} attempts of {len(set(ids))} jobs charged as lost although their worker "
+            "was not killed while they ran; by the faults they ran through (or that came less "
+            "than a lease before they started): "
+            + "; ".join(f"{what}: {n}" for what, n in blamed.items()),
+            await checks.describe(conn, list(dict.fromkeys(ids)))]
+    return out

@@ -21,7 +21,7 @@ from taskflow.runtime import Stores, open_stores
 from tests.chaos import checks
 from tests.chaos.api import ApiClient
 from tests.chaos.observe import TRANSIENT, Probe, Recovery, retrying
-from tests.chaos.report import Fault, Report, blame, figures
+from tests.chaos.report import Fault, Report, figures, wrongly_lost
 from tests.chaos.servers import ChaosServers
 from tests.chaos.workload import QUEUES, TENANT, Plan, Workload, bait, submit_workload
 from tests.e2e.processes import Role
@@ -267,11 +267,11 @@ class Chaos:
         v["one_success_per_job"] = await checks.one_success_per_job(conn)
         v["no_orphan_attempts"] = await checks.no_orphan_attempts(conn)
         v["dag_order"] = await checks.dag_order(conn)
-        v["lost_only_to_kills"] = await checks.lost_only_to_kills(conn, self.killed)
-        if v["lost_only_to_kills"]:
-            lease = timedelta(seconds=float(WORKER_SETTINGS["TASKFLOW_WORKER__LEASE_TTL"]))
-            v["lost_only_to_kills"].insert(
-                0, await blame(conn, self.report.faults, self.killed, lease))
+        lease = timedelta(seconds=float(WORKER_SETTINGS["TASKFLOW_WORKER__LEASE_TTL"]))
+        lost = await wrongly_lost(conn, self.report.faults, self.killed, lease)
+        v["lost_only_to_kills"] = lost.get("lost_only_to_kills", [])
+        v["no_attempt_lost_to_postgres_restarts"] = lost.get(
+            "no_attempt_lost_to_postgres_restarts", [])
         v["workers_stay_up"] = list(self.report.worker_exits)
         v["every_fault_recovers"] = [
             f"{f.name} ({f.detail}) not recovered within {self.cfg.recovery_timeout}s: "

@@ -77,9 +77,15 @@ def test_no_lease_is_left_behind_in_redis(chaos):
 
 
 def test_only_killed_workers_lose_attempts(chaos):
-    """A Redis flush or restart, or a PostgreSQL restart, charges no attempt: an attempt
-    ends ``lost`` only when the worker running it was SIGKILLed."""
+    """A Redis flush or restart charges no attempt: an attempt ends ``lost`` only when
+    the worker running it was SIGKILLed (or a PostgreSQL restart came, below)."""
     _held(chaos, "lost_only_to_kills")
+
+
+def test_a_postgres_restart_charges_no_attempt(chaos):
+    """Nor does a PostgreSQL restart: a worker that cannot tell whether its jobs were
+    started must not have them charged an attempt they never ran."""
+    _held(chaos, "no_attempt_lost_to_postgres_restarts")
 
 
 def test_workers_survive_every_fault(chaos):
