@@ -11,6 +11,7 @@ import sys
 import warnings
 from collections.abc import Awaitable, Callable
 
+from taskflow import metrics
 from taskflow.api.scopes import ADMIN, READ, SCOPES, WRITE
 from taskflow.adapters.migrate import MigrationChanged
 from taskflow.config import ConfigError, Settings, load_settings
@@ -78,8 +79,10 @@ def main(argv: list[str] | None = None) -> None:
             from taskflow.api.auth import check_auth_settings
 
             check_auth_settings(settings)  # before anything starts
+        settings.check_queues(getattr(args, "queues", None) or (), "--queue")
     except ConfigError as exc:
         sys.exit(f"taskflow: configuration error: {exc}")
+    metrics.LABEL_CAP.configure(settings.metrics.max_label_values)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -7,6 +7,7 @@ Everything else receives the structs below through its constructor.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -72,6 +73,13 @@ class WorkerSettings(Struct, frozen=True, forbid_unknown_fields=True):
     shutdown_grace: NonNegFloat = 25.0
     sync_threads: PositiveInt = 16
     max_idle_wait: PositiveFloat = 1.0
+    # Largest result a handler may return, JSON-encoded; a larger one fails the attempt
+    # (for good: the same handler would return it again).
+    max_result_bytes: PositiveInt = 1_048_576
+    # Most upstream results loaded for one job (``ctx.upstream_results``), JSON-encoded;
+    # a job whose upstreams returned more fails without running. Memory held for them is
+    # at most concurrency times this.
+    max_upstream_bytes: PositiveInt = 16 * 1_048_576
     # Prometheus exposition of `taskflow work` (0 = off); `serve`/`dev` use the API's /metrics.
     metrics_host: str = "127.0.0.1"
     metrics_port: Annotated[int, Meta(ge=0, le=65535)] = 9101
@@ -105,6 +113,44 @@ class OutboundSettings(Struct, frozen=True, forbid_unknown_fields=True):
                 ipaddress.ip_network(net, strict=False)
             except ValueError as exc:
                 raise ConfigError(f"invalid setting 'outbound.allowed_networks': {exc}") from None
+
+
+class TenantLimits(Struct, frozen=True, forbid_unknown_fields=True):
+    """What one tenant may ask of one queue (every queue is shared by all tenants).
+
+    Checked by the API at submit. ``max_active`` bounds a tenant's unfinished jobs
+    (blocked, scheduled, queued or running) in the queue, so one tenant cannot fill it
+    ahead of the others; 0 means no bound.
+    """
+
+    max_priority: Annotated[int, Meta(ge=-1000, le=1000)] = 1000
+    max_active: Annotated[int, Meta(ge=0)] = 0
+    # Most attempts a job may ask for: a job that crashes its worker every time costs a
+    # lost attempt per crash (and the jobs running beside it theirs), so it must stop soon.
+    max_attempts: PositiveInt = 25
+    # How far ahead a job may be due (delay or run_at), in seconds.
+    max_delay: NonNegFloat = 366 * 86_400.0
+    # Longest job timeout a tenant may ask for (0 = no bound); a job that sets none gets
+    # this one when its task's own timeout is unset or longer.
+    max_timeout: NonNegFloat = 0.0
+
+
+class QueueLimits(Struct, frozen=True, forbid_unknown_fields=True):
+    """Per-queue overrides of :class:`TenantLimits`; unset fields inherit."""
+
+    max_priority: Annotated[int, Meta(ge=-1000, le=1000)] | None = None
+    max_active: Annotated[int, Meta(ge=0)] | None = None
+    max_attempts: PositiveInt | None = None
+    max_delay: NonNegFloat | None = None
+    max_timeout: NonNegFloat | None = None
+
+
+class MetricsSettings(Struct, frozen=True, forbid_unknown_fields=True):
+    """Prometheus exposition. Queue and task names come from clients: each label takes at
+    most ``max_label_values`` distinct values per process, later ones are counted as
+    ``other``."""
+
+    max_label_values: PositiveInt = 100
 
 
 class ApiSettings(Struct, frozen=True, forbid_unknown_fields=True):
@@ -175,8 +221,20 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True):
     # own: `taskflow dev` means development); "" when none was, and then only the
     # [default] settings apply. Set by load_settings, not a setting to write.
     environment: str = ""
+    # The queues that exist (shared by all tenants): a job naming another is refused, and
+    # a worker cannot serve another. Not in settings.toml on purpose: dynaconf merges
+    # lists, so a default there could never be removed.
+    queues: Annotated[tuple[QueueName, ...], Meta(min_length=1)] = ("default",)
+    tenant_limits: TenantLimits = TenantLimits()
+    queue_limits: dict[str, QueueLimits] = {}
+    metrics: MetricsSettings = MetricsSettings()
 
     def __post_init__(self) -> None:
+        undeclared = [q for q in self.queue_limits if q not in self.queues]
+        if undeclared:
+            raise ConfigError(f"invalid setting 'queue_limits.{undeclared[0]}': not a "
+                              f"declared queue (queues = {list(self.queues)})")
+        self.check_queues(self.worker.queues, "worker.queues")
         if self.worker.heartbeat_interval >= self.worker.lease_ttl:
             raise ConfigError(
                 "worker.heartbeat_interval must be shorter than worker.lease_ttl "
@@ -184,6 +242,23 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True):
             )
         if self.database.pool_min > self.database.pool_max:
             raise ConfigError("database.pool_min must not exceed database.pool_max")
+
+    def check_queues(self, names: Sequence[str], key: str) -> None:
+        """Raise :class:`ConfigError` naming ``key`` if a queue in ``names`` is not
+        declared in ``queues``."""
+        for name in names:
+            if name not in self.queues:
+                raise ConfigError(f"invalid setting {key!r}: {name!r} is not a declared "
+                                  f"queue (queues = {list(self.queues)})")
+
+    def limits_for(self, queue: str) -> TenantLimits:
+        """What one tenant may ask of ``queue``: the defaults with its overrides."""
+        override = self.queue_limits.get(queue)
+        if override is None:
+            return self.tenant_limits
+        changes = {f: getattr(override, f) for f in QueueLimits.__struct_fields__
+                   if getattr(override, f) is not None}
+        return msgspec.structs.replace(self.tenant_limits, **changes)
 
     @property
     def migrations_path(self) -> Path:
@@ -212,8 +287,8 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True):
 _DYNACONF_KEYS = {"env", "environment", "env_for_dynaconf", "settings_file", "settings_files"}
 
 
-# Maps whose keys are names (task names), not setting names: their case is kept.
-_NAME_KEYED = {"task_policies"}
+# Maps whose keys are names (task and queue names), not setting names: their case is kept.
+_NAME_KEYED = {"task_policies", "queue_limits"}
 
 
 def _lower_keys(value: Any, keep_case: bool = False) -> Any:

@@ -152,6 +152,22 @@ class Workflow(Struct, frozen=True):
     created_at: datetime
 
 
+class WorkflowMember(Struct, frozen=True):
+    """A job of a workflow as the workflow's view shows it (payload and result are None
+    unless they were asked for)."""
+
+    id: uuid.UUID
+    node: str | None
+    state: JobState
+    task: str
+    attempts: int
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+    payload: Any = None
+    result: Any = None
+
+
 class Attempt(Struct, frozen=True):
     """One finished attempt of a job (served by the API as it is: its times are
     time-zone aware, ``format: date-time`` in the OpenAPI document)."""

@@ -67,6 +67,7 @@ async def stack(servers, tmp_path_factory, jwks: Jwks) -> AsyncIterator[Stack]:
         "TASKFLOW_REDIS_PREFIX": iso.prefix,
         "TASKFLOW_API__MAX_PAYLOAD_BYTES": "4096",
         "TASKFLOW_API__MAX_BODY_BYTES": "2000000",
+        "TASKFLOW_QUEUES": '["default", "parked", "q1", "q2", "metered"]',
     }
     api, url = await start_api(iso, folder / "api.log", **env)
     worker = Role(iso, ["work", "--concurrency", "20"], folder / "worker.log", **env)

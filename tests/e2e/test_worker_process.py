@@ -105,7 +105,8 @@ async def test_worker_runs_handlers_from_configured_modules_on_several_queues(
         {"task": "noop", "queue": "unserved"},
     )
     worker = Role(servers, ["work", "-q", "math", "-q", "text"], tmp_path / "worker.log",
-                  TASKFLOW_WORKER__HANDLER_MODULES='["tests.e2e.sample_handlers"]')
+                  TASKFLOW_WORKER__HANDLER_MODULES='["tests.e2e.sample_handlers"]',
+                  TASKFLOW_QUEUES='["default", "math", "text", "unserved"]')
     try:
         jobs = await wait_for_states(stores, ids[:3], {"succeeded"}, timeout=20)
     finally:
@@ -124,3 +125,9 @@ async def test_worker_with_a_bad_setting_fails_fast_naming_it(servers, tmp_path)
                   TASKFLOW_WORKER__CONCURRENCY="zero")
     assert worker.wait(timeout=30) != 0
     assert "invalid setting 'worker.concurrency'" in worker.output()
+
+
+async def test_worker_refuses_to_serve_an_undeclared_queue(servers, tmp_path):
+    worker = Role(servers, ["work", "-q", "default", "-q", "nowhere"], tmp_path / "worker.log")
+    assert worker.wait(timeout=30) != 0
+    assert "invalid setting '--queue': 'nowhere' is not a declared queue" in worker.output()

@@ -16,7 +16,7 @@ from taskflow.adapters.sql import QUERIES
 from taskflow.ids import uuid7
 from taskflow.models import (
     Attempt, Claim, DispatchEntry, Job, NewJob, Outcome, StartedJob, UnknownUpstreams,
-    Workflow, WorkflowNode,
+    Workflow, WorkflowMember, WorkflowNode,
 )
 from taskflow.states import JobState
 
@@ -89,6 +89,9 @@ class JobQuery(msgspec.Struct, frozen=True, kw_only=True):
     created_after: datetime | None = None
     created_before: datetime | None = None
     tenant: str | None = None  # only for cross-tenant listing
+    # Payload and result are read only when asked for (they can be large); else None.
+    with_payload: bool = False
+    with_result: bool = False
 
 
 class _Placement(msgspec.Struct):
@@ -282,15 +285,24 @@ class PostgresStore:
         return [_job(r) for r in await self.pool.fetch(QUERIES["workflow_jobs"], workflow_id)]
 
     async def upstream_results(
-        self, job_ids: Sequence[uuid.UUID]
-    ) -> dict[uuid.UUID, dict[str, Any]]:
+        self, job_ids: Sequence[uuid.UUID], max_bytes: int
+    ) -> tuple[dict[uuid.UUID, dict[str, Any]], dict[uuid.UUID, int]]:
         """Results of each job's direct upstream jobs, keyed by node name in a workflow
-        and by job id otherwise. One query for the whole batch."""
+        and by job id otherwise, and the jobs whose upstream results add up to more than
+        ``max_bytes`` (JSON), with how much: theirs are not loaded. One query for the
+        whole batch."""
         out: dict[uuid.UUID, dict[str, Any]] = {j: {} for j in job_ids}
-        for r in await self.pool.fetch(QUERIES["upstream_results"], list(job_ids)):
+        too_large: dict[uuid.UUID, int] = {}
+        rows = await self.pool.fetch(QUERIES["upstream_results"], list(job_ids), max_bytes)
+        for r in rows:
+            if r["over"]:
+                too_large[r["job_id"]] = max(too_large.get(r["job_id"], 0), r["loaded"])
+                continue
             key = r["node"] or str(r["id"])
             out[r["job_id"]][key] = None if r["result"] is None else _decode(r["result"])
-        return out
+        for job_id in too_large:
+            del out[job_id]
+        return out, too_large
 
     async def _with_existing(
         self, jobs: Sequence[NewJob], rows: list[asyncpg.Record]
@@ -407,9 +419,26 @@ class PostgresStore:
         rows = await self.pool.fetch(
             QUERIES["list_jobs"], tenant if tenant is not None else query.tenant, query.before,
             states, query.queue, query.task, labels, query.created_after,
-            query.created_before, query.limit,
+            query.created_before, query.limit, query.with_payload, query.with_result,
         )
         return [_job(r) for r in rows]
+
+    async def workflow_members(
+        self, workflow_id: uuid.UUID, *, with_payload: bool = False, with_result: bool = False
+    ) -> list[WorkflowMember]:
+        """A workflow's jobs as its view shows them; payload and result only when asked
+        for (None otherwise)."""
+        rows = await self.pool.fetch(QUERIES["workflow_job_views"], workflow_id,
+                                     with_payload, with_result)
+        return [WorkflowMember(**{**r, "state": JobState(r["state"])}) for r in rows]
+
+    async def count_active_jobs(
+        self, keys: Sequence[tuple[str, str]], limit: int
+    ) -> dict[tuple[str, str], int]:
+        """Unfinished jobs per (tenant, queue), each count stopping at ``limit``."""
+        rows = await self.pool.fetch(QUERIES["count_active_jobs"], [k[0] for k in keys],
+                                     [k[1] for k in keys], limit)
+        return {(r["tenant"], r["queue"]): r["active"] for r in rows}
 
     async def cancel_waiting_job(self, job_id: uuid.UUID, tenant: str) -> Job | None:
         """blocked/scheduled/queued -> cancelled, and its blocked descendants with it (one

@@ -94,6 +94,6 @@ def create_app(settings: Settings, stores: Stores, *, debug: bool = False) -> Li
         logging_config=None,  # the CLI configured logging already
         debug=debug,
     )
-    use_msgspec_schemas(app, known.names if known.reject_unknown else None)
+    use_msgspec_schemas(app, known.names if known.reject_unknown else None, settings.queues)
     return app
 

@@ -33,8 +33,10 @@ class _JsonSchema(Schema):
         return self.document
 
 
-def use_msgspec_schemas(app: Litestar, known_tasks: Collection[str] | None) -> None:
-    """``known_tasks``: when only those are accepted, the schema lists them."""
+def use_msgspec_schemas(app: Litestar, known_tasks: Collection[str] | None,
+                        queues: Collection[str] | None = None) -> None:
+    """``known_tasks``: when only those are accepted, the schema lists them; ``queues``
+    (the declared ones) likewise."""
     _, components = msgspec.json.schema_components(
         _BODIES, ref_template="#/components/schemas/{name}")
     openapi = app.openapi_schema
@@ -44,5 +46,8 @@ def use_msgspec_schemas(app: Litestar, known_tasks: Collection[str] | None) -> N
     if known_tasks is not None:
         for spec in ("JobSpec", "WorkflowJobSpec"):
             components[spec]["properties"]["task"]["enum"] = sorted(known_tasks)
+    if queues is not None:
+        for spec in ("JobSpec", "WorkflowJobSpec"):
+            components[spec]["properties"]["queue"]["enum"] = sorted(queues)
     for name, document in components.items():
         registry[name] = _JsonSchema(document)

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import enum
 import uuid
+from collections.abc import Collection
 from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
-from msgspec import Meta, Struct, field
+from msgspec import UNSET, Meta, Struct, UnsetType, field
 
 from taskflow.config import QueueName
 from taskflow.models import PRIORITY_MAX, PRIORITY_MIN, Attempt, Job
@@ -94,22 +95,27 @@ class BatchCreated(Struct, frozen=True):
     ids: list[uuid.UUID]
 
 
-class JobOut(Struct, frozen=True):
-    """A job as the API shows it."""
+OPTIONAL_FIELDS = ("payload", "result")
+"""Fields that list and workflow views leave out unless asked for (``include=``)."""
+
+
+class JobOut(Struct, frozen=True, kw_only=True):
+    """A job as the API shows it. ``GET /tasks/{id}`` always has ``payload`` and
+    ``result``; lists have them only when asked for (``include=payload,result``)."""
 
     id: uuid.UUID
     task: str
     queue: str
     state: JobState
     priority: int
-    payload: Any
+    payload: Any | UnsetType = UNSET
     attempts: int
     max_attempts: int
     run_at: Timestamp
     created_at: Timestamp
     started_at: Timestamp | None
     finished_at: Timestamp | None
-    result: Any
+    result: Any | UnsetType = UNSET
     error: str | None
     labels: dict[str, str]
     tenant: str
@@ -122,13 +128,19 @@ class JobOut(Struct, frozen=True):
     cancelled_by: uuid.UUID | None = None  # the upstream whose failure cancelled it
 
     @classmethod
-    def of(cls, job: Job) -> JobOut:
+    def of(cls, job: Job, include: Collection[str] = OPTIONAL_FIELDS) -> JobOut:
         return cls(
-            job.id, job.task, job.queue, job.state, job.priority, job.payload, job.attempts,
-            job.max_attempts, job.run_at, job.created_at, job.started_at, job.finished_at,
-            job.result, job.error, job.labels, job.tenant, job.idempotency_key, job.timeout,
-            job.cancel_requested, job.workflow_id, job.node, job.pending_upstreams,
-            job.cancelled_by,
+            id=job.id, task=job.task, queue=job.queue, state=job.state,
+            priority=job.priority,
+            payload=job.payload if "payload" in include else UNSET,
+            attempts=job.attempts, max_attempts=job.max_attempts, run_at=job.run_at,
+            created_at=job.created_at, started_at=job.started_at,
+            finished_at=job.finished_at,
+            result=job.result if "result" in include else UNSET, error=job.error,
+            labels=job.labels, tenant=job.tenant, idempotency_key=job.idempotency_key,
+            timeout=job.timeout, cancel_requested=job.cancel_requested,
+            workflow_id=job.workflow_id, node=job.node,
+            pending_upstreams=job.pending_upstreams, cancelled_by=job.cancelled_by,
         )
 
 
@@ -175,6 +187,9 @@ class WorkflowJobOut(Struct, frozen=True):
     started_at: Timestamp | None
     finished_at: Timestamp | None
     error: str | None
+    # Only when asked for (include=payload,result).
+    payload: Any | UnsetType = UNSET
+    result: Any | UnsetType = UNSET
 
 
 class WorkflowState(enum.Enum):

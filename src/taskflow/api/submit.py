@@ -20,6 +20,7 @@ import msgspec
 
 from taskflow.adapters.postgres import InsertResult
 from taskflow.api.errors import BACKEND_ERRORS, ApiError, Unavailable, located
+from taskflow.api.quotas import Quotas
 from taskflow.api.schemas import MAX_BATCH, JobOut, JobSpec
 from taskflow.config import Settings
 from taskflow.jobs import submit
@@ -79,6 +80,7 @@ class Submitter:
         self.settings = settings
         self.stores = stores
         self.known = known
+        self.quotas = Quotas(settings, stores.store)
         self.max_payload = settings.api.max_payload_bytes
         self.max_inflight = max(1, settings.database.pool_max // 2)
         self.max_pending = settings.api.max_pending_submits
@@ -89,6 +91,7 @@ class Submitter:
 
     def new_job(self, spec: JobSpec, tenant: str, where: str = "") -> NewJob:
         self.known.check(spec, where)
+        timeout = self.quotas.check_spec(spec, where)
         encoded = msgspec.json.encode(spec.payload)
         size = len(encoded)
         if b"\\u0000" in encoded and _NUL_ESCAPE.search(encoded):
@@ -112,7 +115,7 @@ class Submitter:
             task=spec.task, payload=spec.payload, queue=spec.queue, priority=spec.priority,
             tenant=tenant, run_at=spec.run_at, delay=spec.delay,
             max_attempts=spec.max_attempts or policy.max_attempts, retry_policy=retry_policy,
-            timeout=spec.timeout, idempotency_key=spec.idempotency_key, labels=spec.labels,
+            timeout=timeout, idempotency_key=spec.idempotency_key, labels=spec.labels,
             depends_on=tuple(spec.depends_on),
         )
 
@@ -121,6 +124,7 @@ class Submitter:
         return _Answers(await self._insert(jobs)).ids(jobs)
 
     async def _insert(self, jobs: Sequence[NewJob]) -> InsertResult:
+        await self.quotas.check_active(jobs)
         try:
             return await submit(self.stores.store, self.stores.dispatch, jobs)
         except UnknownUpstreams as exc:

@@ -54,6 +54,7 @@ class Runner:
         self.settings = settings
         self.registry = registry
         self.threads = threads
+        self.max_result = settings.worker.max_result_bytes
         self._policies: dict[tuple[str, str | None], RetryPolicy] = {}
 
     def policy(self, job: StartedJob) -> RetryPolicy:
@@ -84,12 +85,17 @@ class Runner:
         try:
             result = await self._call(job, ctx_hook, upstream)
             try:
-                encoded = _encode(result).decode()
+                raw = _encode(result)
             except (TypeError, ValueError, OverflowError) as exc:
                 raise AttemptError(
                     f"result of task {job.task!r} cannot be stored as JSON: {exc}",
                     retryable=False,
                 ) from None
+            if len(raw) > self.max_result:
+                raise AttemptError(
+                    f"result of task {job.task!r} is {len(raw)} bytes as JSON, over the "
+                    f"limit of {self.max_result} (worker.max_result_bytes)", retryable=False)
+            encoded = raw.decode()
             if "\\u0000" in encoded and _NUL_ESCAPE.search(encoded):
                 raise AttemptError(
                     f"result of task {job.task!r} cannot be stored: it contains a NUL "

@@ -174,10 +174,12 @@ class Worker:
                 queue, [c for c in claims if c.id not in started_ids]
             )
         upstream: dict = {}
+        too_large: dict = {}
         fan_in = [j.id for j in started if j.upstream_count]
         if fan_in:
             try:
-                upstream = await self.store.upstream_results(fan_in)
+                upstream, too_large = await self.store.upstream_results(
+                    fan_in, self.cfg.max_upstream_bytes)
             except BaseException:
                 # Running in PostgreSQL but never run: stop heartbeating them, so their
                 # leases expire and the reaper requeues them (as a lost attempt).
@@ -186,11 +188,25 @@ class Worker:
                 raise
         for job in started:
             held = self.held[str(job.id)]
+            if job.id in too_large:
+                self._refuse(job, f"its upstream jobs' results add up to more than "
+                             f"{self.cfg.max_upstream_bytes} bytes "
+                             f"({too_large[job.id]} loaded before stopping; "
+                             "worker.max_upstream_bytes)")
+                continue
             self.running += 1
             metrics.JOBS_STARTED.labels(queue, job.task).inc()
             held.task = asyncio.create_task(self._run(job, held, upstream.get(job.id)),
                                             name=f"job {job.id}")
         return len(started)
+
+    def _refuse(self, job: StartedJob, why: str) -> None:
+        """End an attempt without running its handler (for good: it would not change)."""
+        log.error("job %s fails without running: %s", job.id, why)
+        metrics.JOBS_FINISHED.labels(job.queue, job.task, "failed").inc()
+        self.outcomes.append(Outcome(job.id, job.lease_token, JobState.FAILED, "failed", 0.0,
+                                     error=f"not run: {why}"))
+        self._outcomes_ready.set()
 
     async def _release_unstarted(self, queue: str, claims: list[Claim]) -> None:
         for c in claims:

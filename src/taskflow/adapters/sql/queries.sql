@@ -83,10 +83,19 @@ SELECT * FROM workflows WHERE id = $1;
 SELECT * FROM jobs WHERE workflow_id = $1 ORDER BY id;
 
 -- name: upstream_results
--- Results of the direct upstream jobs of a batch of started jobs, in one query.
-SELECT d.job_id, u.id, u.node, u.result::text AS result
-FROM job_dependencies AS d JOIN jobs AS u ON u.id = d.upstream_id
-WHERE d.job_id = ANY($1::uuid[]);
+-- Results of the direct upstream jobs of a batch of started jobs, in one query, within a
+-- budget of $2 bytes per job: once a job's running total passes it, its rows say so
+-- (over) and carry no result, so a fan-in of thousands of large results is never loaded.
+SELECT job_id, id, node, CASE WHEN NOT over THEN result END AS result, over, loaded
+FROM (
+    SELECT d.job_id, u.id, u.node, r.text AS result,
+           coalesce(sum(octet_length(r.text)) OVER w, 0) AS loaded,
+           coalesce(sum(octet_length(r.text)) OVER w, 0) > $2 AS over
+    FROM job_dependencies AS d JOIN jobs AS u ON u.id = d.upstream_id
+    CROSS JOIN LATERAL (SELECT u.result::text AS text) AS r
+    WHERE d.job_id = ANY($1::uuid[])
+    WINDOW w AS (PARTITION BY d.job_id ORDER BY u.id)
+) AS s;
 
 -- name: jobs_by_idempotency_key
 SELECT * FROM jobs WHERE tenant = $1 AND idempotency_key = ANY($2::text[]);
@@ -220,8 +229,15 @@ SELECT * FROM jobs WHERE id = $1 AND ($2::text IS NULL OR tenant = $2);
 -- Newest first, keyset-paged on the time-ordered id. Every filter is optional (NULL),
 -- the tenant ($1) too: NULL only for an operator's cross-tenant list. Plans are made per
 -- execution (custom plans), so the NULL tests fold away and a tenant's listing uses the
--- (tenant, id) index. $6 is a jsonb object of labels the job must all carry.
-SELECT * FROM jobs
+-- (tenant, id) index. $6 is a jsonb object of labels the job must all carry. Payload and
+-- result are read only when asked for ($10, $11): a page of 1,000 jobs with large results
+-- would otherwise read (and de-TOAST) them all.
+SELECT id, tenant, task, queue, CASE WHEN $10::bool THEN payload END AS payload, priority,
+       run_at, state, attempts, max_attempts, retry_policy, timeout, idempotency_key, labels,
+       CASE WHEN $11::bool THEN result END AS result, error, created_at, started_at,
+       finished_at, lease_token, worker, cancel_requested, workflow_id, node, upstream_count,
+       pending_upstreams, has_dependents, cancelled_by
+FROM jobs
 WHERE ($1::text IS NULL OR tenant = $1)
   AND ($2::uuid IS NULL OR id < $2)
   AND ($3::job_state[] IS NULL OR state = ANY($3))
@@ -289,3 +305,22 @@ RETURNING id, queue, state, has_dependents;
 
 -- name: get_tenant_workflow
 SELECT * FROM workflows WHERE id = $1 AND ($2::text IS NULL OR tenant = $2);
+
+-- name: workflow_job_views
+-- A workflow's jobs as GET /workflows/{id} shows them: payload and result only when asked
+-- for ($2, $3).
+SELECT id, node, state, task, attempts, started_at, finished_at, error,
+       CASE WHEN $2::bool THEN payload END AS payload,
+       CASE WHEN $3::bool THEN result END AS result
+FROM jobs WHERE workflow_id = $1 ORDER BY id;
+
+-- name: count_active_jobs
+-- Unfinished jobs of each (tenant, queue) pair, for tenant_limits.max_active. Each count
+-- stops at $3 (the largest bound asked about), so its cost is bounded by the limit and
+-- not by the tenant's backlog (index jobs_tenant_queue_unfinished, migration 0005).
+SELECT k.tenant, k.queue,
+       (SELECT count(*) FROM (SELECT 1 FROM jobs AS j
+                              WHERE j.tenant = k.tenant AND j.queue = k.queue
+                                AND j.finished_at IS NULL
+                              LIMIT $3) AS s) AS active
+FROM unnest($1::text[], $2::text[]) AS k(tenant, queue);

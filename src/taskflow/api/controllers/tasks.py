@@ -25,8 +25,8 @@ from taskflow.api.auth import READ, WRITE, Principal, scope_guard
 from taskflow.api.context import ApiContext
 from taskflow.api.errors import ApiError, Unavailable
 from taskflow.api.schemas import (
-    DEFAULT_PAGE, MAX_PAGE, AttemptList, BatchCreated, BatchSpec, JobOut, JobPage,
-    JobSpec, Problem,
+    DEFAULT_PAGE, MAX_PAGE, OPTIONAL_FIELDS, AttemptList, BatchCreated, BatchSpec, JobOut,
+    JobPage, JobSpec, Problem,
 )
 from taskflow.models import Job
 from taskflow.states import JobState
@@ -37,6 +37,8 @@ def _problems(*codes: int) -> dict[int, ResponseSpec]:
             403: "the token lacks the scope", 404: "no such job for this tenant",
             409: "the job is not in a state that allows this", 413: "body or payload too large",
             422: "the request breaks a rule (the message names the field)",
+            429: "the tenant has as many unfinished jobs in the queue as it may "
+                 "(tenant_limits.max_active)",
             503: "PostgreSQL or Redis unavailable"}
     return {c: ResponseSpec(Problem, description=text[c], media_type="application/problem+json",
                          generate_examples=False)
@@ -45,6 +47,7 @@ def _problems(*codes: int) -> dict[int, ResponseSpec]:
 
 _READ_ERRORS = _problems(400, 401, 403, 404, 422, 503)
 _WRITE_ERRORS = _problems(400, 401, 403, 404, 409, 413, 422, 503)
+_SUBMIT_ERRORS = _problems(400, 401, 403, 404, 409, 413, 422, 429, 503)
 
 JobId = Annotated[uuid.UUID, Parameter(description="job id (UUIDv7)")]
 
@@ -76,6 +79,28 @@ def _timestamp(name: str, text: str | None) -> datetime | None:
                        field=name) from None
 
 
+INCLUDE_PATTERN = r"^(payload|result)(,(payload|result))*$"
+
+
+def include_param(text: str | None) -> frozenset[str]:
+    """The optional fields a list or workflow view should carry (``include=``): a
+    comma-separated list of ``payload`` and ``result``; absent means neither."""
+    if text is None:
+        return frozenset()
+    names = text.split(",")
+    for name in names:
+        if name not in OPTIONAL_FIELDS:
+            raise ApiError(422, f"include: unknown field {name!r} (a comma-separated list of "
+                           f"{', '.join(OPTIONAL_FIELDS)})", field="include")
+    return frozenset(names)
+
+
+Include = Annotated[str | None, Parameter(
+    description="comma-separated fields to add to each job: payload, result (left out by "
+                "default: they can be large)",
+    schema_extra={"pattern": INCLUDE_PATTERN})]
+
+
 def _labels(pairs: list[str] | None) -> dict[str, str]:
     labels: dict[str, str] = {}
     for pair in pairs or ():
@@ -94,7 +119,7 @@ class TaskController(Controller):
     @post("/", opt={"scope": WRITE}, status_code=201, summary="Submit a job",
           responses={200: ResponseSpec(JobOut, generate_examples=False, description="idempotent replay: the first job "
                                        "with this idempotency_key; nothing was created"),
-                     **_WRITE_ERRORS})
+                     **_SUBMIT_ERRORS})
     async def submit(self, request: Request[Any, Principal, Any], state: State,
                      data: JobSpec) -> Response[JobOut]:
         api: ApiContext = state.api
@@ -105,7 +130,7 @@ class TaskController(Controller):
         return Response(out, status_code=201 if created else 200)
 
     @post("/batch", opt={"scope": WRITE}, status_code=201, summary="Submit jobs, all or none",
-          responses=_WRITE_ERRORS)
+          responses=_SUBMIT_ERRORS)
     async def submit_batch(self, request: Request[Any, Principal, Any], state: State,
                            data: BatchSpec) -> BatchCreated:
         api: ApiContext = state.api
@@ -137,24 +162,27 @@ class TaskController(Controller):
             description="RFC 3339; created before")] = None,
         tenant: Annotated[str | None, Parameter(
             description="admin only: this tenant's jobs (default: every tenant's)")] = None,
+        include: Include = None,
     ) -> JobPage:
         api: ApiContext = state.api
         principal = request.auth
         if tenant is not None and not principal.is_admin:
             raise ApiError(403, "tenant: only an admin token lists other tenants' jobs",
                            field="tenant")
+        extra = include_param(include)
         query = JobQuery(
             limit=limit + 1, before=decode_cursor(cursor) if cursor else None,
             states=tuple(job_state or ()), queue=queue, task=task, labels=_labels(label),
             created_after=_timestamp("created_after", created_after),
             created_before=_timestamp("created_before", created_before), tenant=tenant,
+            with_payload="payload" in extra, with_result="result" in extra,
         )
         async with api.deadline():
             found = await api.store.list_jobs(
                 None if principal.is_admin else principal.tenant, query)
         page = found[:limit]
         more = len(found) > limit
-        return JobPage([JobOut.of(j) for j in page],
+        return JobPage([JobOut.of(j, extra) for j in page],
                        encode_cursor(page[-1].id) if more else None)
 
     @get("/{job_id:uuid}", opt={"scope": READ}, summary="A job", responses=_READ_ERRORS)

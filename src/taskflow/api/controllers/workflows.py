@@ -7,23 +7,25 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
+from collections.abc import Collection
 from typing import Annotated, Any
 
 import redis.exceptions
 from litestar import Controller, Request, get, post
 from litestar.datastructures import State
 from litestar.params import Parameter
+from msgspec import UNSET
 
 from taskflow import jobs
 from taskflow.api.auth import READ, WRITE, Principal, scope_guard
 from taskflow.api.context import ApiContext
-from taskflow.api.controllers.tasks import _problems
+from taskflow.api.controllers.tasks import Include, _problems, include_param
 from taskflow.api.errors import ApiError, Unavailable
 from taskflow.api.schemas import (
     WorkflowCreated, WorkflowJobOut, WorkflowOut, WorkflowSpec, WorkflowState,
 )
 from taskflow.dag import WorkflowError, check_workflow
-from taskflow.models import Job, Workflow, WorkflowNode
+from taskflow.models import Workflow, WorkflowMember, WorkflowNode
 from taskflow.states import ACTIVE, JobState
 
 WorkflowId = Annotated[uuid.UUID, Parameter(description="workflow id")]
@@ -41,12 +43,16 @@ def workflow_state(states: list[JobState]) -> WorkflowState:
     return WorkflowState.CANCELLED
 
 
-def _view(workflow: Workflow, members: list[Job]) -> WorkflowOut:
+def _view(workflow: Workflow, members: list[WorkflowMember],
+          include: Collection[str] = ()) -> WorkflowOut:
     return WorkflowOut(
         workflow.id, workflow.name, workflow_state([j.state for j in members]),
         workflow.created_at,
         [WorkflowJobOut(j.node or "", j.id, j.state, j.task, j.attempts, j.started_at,
-                        j.finished_at, j.error) for j in members],
+                        j.finished_at, j.error,
+                        payload=j.payload if "payload" in include else UNSET,
+                        result=j.result if "result" in include else UNSET)
+         for j in members],
     )
 
 
@@ -56,7 +62,7 @@ class WorkflowController(Controller):
     guards = [scope_guard]
 
     @post("/", opt={"scope": WRITE}, status_code=201, summary="Submit a workflow",
-          responses=_problems(400, 401, 403, 413, 422, 503))
+          responses=_problems(400, 401, 403, 413, 422, 429, 503))
     async def submit(self, request: Request[Any, Principal, Any], state: State,
                      data: WorkflowSpec) -> WorkflowCreated:
         api: ApiContext = state.api
@@ -80,6 +86,8 @@ class WorkflowController(Controller):
             check_workflow({n.name: n.after for n in nodes})
         except WorkflowError as exc:
             raise ApiError(422, f"jobs: {exc}", field="jobs") from None
+        async with api.deadline():
+            await api.submitter.quotas.check_active([n.job for n in nodes])
         # Bounded by the stores' own timeouts, not a deadline that could fire after the
         # commit (see TaskController.submit).
         workflow, ids = await jobs.submit_workflow(api.store, api.dispatch, tenant,
@@ -87,18 +95,20 @@ class WorkflowController(Controller):
         return WorkflowCreated(workflow.id, ids)
 
     @get("/{workflow_id:uuid}", opt={"scope": READ}, summary="A workflow and its jobs",
-         responses=_problems(400, 401, 403, 404, 503))
+         responses=_problems(400, 401, 403, 404, 422, 503))
     async def get_workflow(self, request: Request[Any, Principal, Any], state: State,
-                           workflow_id: WorkflowId) -> WorkflowOut:
+                           workflow_id: WorkflowId, include: Include = None) -> WorkflowOut:
         api: ApiContext = state.api
         principal = request.auth
+        extra = include_param(include)
         async with api.deadline():
             workflow = await api.store.get_tenant_workflow(
                 workflow_id, None if principal.is_admin else principal.tenant)
             if workflow is None:
                 raise _not_found(workflow_id)
-            members = await api.store.workflow_jobs(workflow_id)
-        return _view(workflow, members)
+            members = await api.store.workflow_members(
+                workflow_id, with_payload="payload" in extra, with_result="result" in extra)
+        return _view(workflow, members, extra)
 
     @post("/{workflow_id:uuid}/cancel", opt={"scope": WRITE}, status_code=200,
           summary="Cancel every unfinished job of a workflow (running ones are stopped by "
@@ -116,7 +126,7 @@ class WorkflowController(Controller):
                 raise Unavailable(f"the cancellation is recorded but running jobs' workers "
                                   f"could not be told ({type(exc).__name__}); repeat the "
                                   "request") from None
-            members = await api.store.workflow_jobs(workflow_id)
+            members = await api.store.workflow_members(workflow_id)
         return _view(workflow, members)
 
 

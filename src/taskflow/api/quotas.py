@@ -1,0 +1,95 @@
+"""What one tenant may ask of a queue. Queues are declared by the operator and shared by
+all tenants; these checks keep one tenant from crowding the others out of one.
+
+Checked at submit, by the API (the tenant boundary): the queue must be declared; the
+priority, how far ahead the job is due and its timeout stay within the queue's limits
+(422 naming the field); and a tenant's unfinished jobs in a queue stay under
+``max_active`` (429). The last is one indexed count per (tenant, queue) of a submitted
+batch, bounded by the limit itself, and only for queues that have one. Concurrent
+submits of one tenant are not serialized: together they may pass the limit by what they
+add at once, which bounds a flood all the same.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from taskflow.adapters.postgres import PostgresStore
+from taskflow.api.errors import ApiError
+from taskflow.api.schemas import JobSpec, Problem
+from taskflow.config import Settings
+from taskflow.models import NewJob
+
+
+class QuotaExceeded(ApiError):
+    """A tenant has as many unfinished jobs in a queue as it may have (429)."""
+
+    def __init__(self, detail: str, field: str) -> None:
+        super().__init__(429, detail, field=field, headers={"Retry-After": "1"})
+
+    def problem(self) -> Problem:
+        return Problem("Too Many Requests", 429, self.detail, field=self.field)
+
+
+class Quotas:
+    """The queue checks of submitted jobs (see the module's docstring)."""
+
+    def __init__(self, settings: Settings, store: PostgresStore) -> None:
+        self.settings = settings
+        self.store = store
+        self.queues = frozenset(settings.queues)
+
+    def check_spec(self, spec: JobSpec, where: str = "") -> float | None:
+        """422 naming the field when ``spec`` breaks its queue's limits; returns the
+        timeout the job gets (its own, or the queue's bound when it has none)."""
+        if spec.queue not in self.queues:
+            listed = ", ".join(sorted(self.queues)[:20])
+            raise ApiError(422, f"{where}queue: no queue {spec.queue!r} (declared: {listed}; "
+                           "see the queues setting)", field=f"{where}queue")
+        limits = self.settings.limits_for(spec.queue)
+        if spec.max_attempts is not None and spec.max_attempts > limits.max_attempts:
+            raise ApiError(422, f"{where}max_attempts: at most {limits.max_attempts} in queue "
+                           f"{spec.queue!r}", field=f"{where}max_attempts")
+        if spec.priority > limits.max_priority:
+            raise ApiError(422, f"{where}priority: at most {limits.max_priority} in queue "
+                           f"{spec.queue!r}", field=f"{where}priority")
+        ahead = spec.delay
+        if spec.run_at is not None:
+            ahead = (spec.run_at - datetime.now(UTC)).total_seconds()
+        if ahead is not None and ahead > limits.max_delay:
+            name = "run_at" if spec.run_at is not None else "delay"
+            raise ApiError(422, f"{where}{name}: at most {limits.max_delay:g} seconds ahead in "
+                           f"queue {spec.queue!r}", field=f"{where}{name}")
+        if not limits.max_timeout:
+            return spec.timeout
+        if spec.timeout is not None:
+            if spec.timeout > limits.max_timeout:
+                raise ApiError(422, f"{where}timeout: at most {limits.max_timeout:g} seconds "
+                               f"in queue {spec.queue!r}", field=f"{where}timeout")
+            return spec.timeout
+        own = self.settings.timeout_for(spec.task)
+        return own if 0 < own <= limits.max_timeout else limits.max_timeout
+
+    async def check_active(self, jobs: Sequence[NewJob]) -> None:
+        """429 when a batch would take a tenant past ``max_active`` in a queue."""
+        adding = Counter((j.tenant, j.queue) for j in jobs)
+        bounds = {key: self.settings.limits_for(key[1]).max_active for key in adding}
+        bounded = [key for key, bound in bounds.items() if bound]
+        if not bounded:
+            return
+        for key in bounded:
+            if adding[key] > bounds[key]:  # never fits: waiting would not help
+                raise ApiError(422, f"queue: {adding[key]} jobs for queue {key[1]!r} in one "
+                               f"request; a tenant may have at most {bounds[key]} unfinished "
+                               "jobs there", field="queue")
+        counts = await self.store.count_active_jobs(bounded, max(bounds.values()))
+        for key in bounded:
+            tenant, queue = key
+            bound = bounds[key]
+            if counts.get(key, 0) + adding[key] > bound:
+                raise QuotaExceeded(
+                    f"queue: this tenant has {counts.get(key, 0)} unfinished jobs in queue "
+                    f"{queue!r}; at most {bound} (adding {adding[key]}); retry when some "
+                    "have finished", field="queue")

@@ -1,0 +1,101 @@
+"""PostgreSQL restarts under running roles (issue 10, item 5): the API and the worker
+reconnect by themselves, /readyz says not ready meanwhile, and no job is lost or finished
+twice."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg
+import pytest
+
+from taskflow.adapters.embedded import EmbeddedPostgres
+from taskflow.config import settings_from_dict
+from taskflow.runtime import open_stores
+from tests.conftest import TestServers
+from tests.e2e.api_stack import AUDIENCE, ISSUER, SECRET, TERMINAL, Client, start_api, stop, token
+from tests.e2e.processes import Role
+
+pytestmark = pytest.mark.slow
+
+
+async def _until(check, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not within {timeout}s (last: {value!r})")
+        await asyncio.sleep(0.1)
+
+
+async def test_roles_ride_out_a_postgresql_restart(servers, http, tmp_path):
+    pg = EmbeddedPostgres(tmp_path / "pg")
+    own = TestServers(pg.url, servers.redis_url, tmp_path)
+    env = {"TASKFLOW_JWT_SECRET": SECRET, "TASKFLOW_AUTH__ISSUER": ISSUER,
+           "TASKFLOW_AUTH__AUDIENCE": AUDIENCE, "TASKFLOW_REDIS_PREFIX": "pgrestart",
+           "TASKFLOW_DATABASE__COMMAND_TIMEOUT": "5"}
+    async with open_stores(settings_from_dict({"redis_prefix": "pgrestart"}), pg.url,
+                           servers.redis_url, apply_migrations=True) as stores:
+        await stores.dispatch.client.flushdb()
+    api = worker = None
+    try:
+        api, url = await start_api(own, tmp_path / "api.log", **env)
+        worker = Role(own, ["work", "-c", "30"], tmp_path / "worker.log", **env)
+        client = Client(http, url, token("t"))
+        before = []
+        for _ in range(10):
+            reply = await client.post("/tasks", json={"task": "sleep",
+                                                      "payload": {"seconds": 1.5}})
+            assert reply.status == 201, reply
+            before.append(reply.body["id"])
+
+        async def some_running() -> bool:
+            page = await client.get("/tasks", params={"state": "running"})
+            return page.status == 200 and len(page.body["items"]) > 0
+
+        await _until(some_running, 20, "jobs running")
+        pg.stop()
+
+        async def not_ready() -> bool:
+            ready = await client.get("/readyz")
+            return ready.status == 503 and "PostgreSQL" in ready.body["detail"]
+
+        await _until(not_ready, 10, "/readyz reporting PostgreSQL down")
+        down = await client.post("/tasks", json={"task": "noop"})
+        assert down.status == 503, down
+        await asyncio.sleep(2.0)  # the jobs finish meanwhile: their outcomes must wait
+        pg = EmbeddedPostgres(tmp_path / "pg")
+        assert pg.url == own.database_url  # same socket: the roles reconnect to it
+
+        async def ready() -> bool:
+            return (await client.get("/readyz")).status == 200
+
+        await _until(ready, 30, "/readyz back to ready")
+        after = await client.post("/tasks", json={"task": "echo", "payload": {"ok": True}})
+        assert after.status == 201, after
+        for job_id in [*before, after.body["id"]]:
+            done = await client.wait_state(job_id, TERMINAL, timeout=60)
+            assert done["state"] == "succeeded", done
+    finally:
+        codes = stop(*(r for r in (api, worker) if r is not None))
+        pg.stop()
+    assert codes == [0, 0], (api.output()[-3000:], worker.output()[-3000:])
+    # Exactly one successful attempt per job, and every attempt belongs to a job.
+    pg = EmbeddedPostgres(tmp_path / "pg")
+    try:
+        conn = await asyncpg.connect(pg.url)
+        twice = await conn.fetch(
+            "SELECT job_id FROM job_attempts WHERE outcome = 'succeeded' "
+            "GROUP BY job_id HAVING count(*) > 1")
+        orphans = await conn.fetchval(
+            "SELECT count(*) FROM job_attempts a WHERE NOT EXISTS "
+            "(SELECT 1 FROM jobs j WHERE j.id = a.job_id)")
+        states = await conn.fetch("SELECT state, count(*) FROM jobs GROUP BY state")
+        await conn.close()
+    finally:
+        pg.stop()
+    assert twice == [] and orphans == 0
+    assert {r["state"]: r["count"] for r in states} == {"succeeded": 11}
