@@ -15,11 +15,12 @@ from pathlib import Path
 import aiohttp
 
 from tests.chaos.servers import ChaosServers
-from tests.chaos.workload import QUEUES
+from tests.chaos.workload import QUEUES, QUEUES_SETTING
 from tests.e2e.api_stack import AUDIENCE, ISSUER, SECRET, start_api, token
 from tests.e2e.processes import Role
 
 API_SETTINGS = {
+    "TASKFLOW_QUEUES": QUEUES_SETTING,
     "TASKFLOW_JWT_SECRET": SECRET,
     "TASKFLOW_AUTH__ISSUER": ISSUER,
     "TASKFLOW_AUTH__AUDIENCE": AUDIENCE,

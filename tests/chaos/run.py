@@ -23,7 +23,9 @@ from tests.chaos.api import ApiClient
 from tests.chaos.observe import TRANSIENT, Probe, Recovery, retrying
 from tests.chaos.report import Fault, Report, figures, wrongly_lost
 from tests.chaos.servers import ChaosServers
-from tests.chaos.workload import QUEUES, TENANT, Plan, Workload, bait, submit_workload
+from tests.chaos.workload import (
+    QUEUES, QUEUES_SETTING, TENANT, Plan, Workload, bait, submit_workload,
+)
 from tests.e2e.processes import Role
 
 log = logging.getLogger("chaos")
@@ -32,6 +34,7 @@ log = logging.getLogger("chaos")
 # longer runs, so even a short run sees every kind.
 ROUND = ("kill", "flush_redis", "restart_redis", "restart_postgres", "kill")
 WORKER_SETTINGS = {
+    "TASKFLOW_QUEUES": QUEUES_SETTING,
     "TASKFLOW_WORKER__LEASE_TTL": "2.0",
     "TASKFLOW_WORKER__HEARTBEAT_INTERVAL": "0.5",
     "TASKFLOW_WORKER__SHUTDOWN_GRACE": "3.0",

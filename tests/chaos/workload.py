@@ -23,6 +23,7 @@ from taskflow.models import NewJob, WorkflowNode
 
 TENANT = "chaos"
 QUEUES = ("default", "batch")
+QUEUES_SETTING = '["default", "batch"]'  # TASKFLOW_QUEUES: the queues that exist
 # Short backoff, no jitter: retries come back within half a second.
 BACKOFF = RetryPolicy(base_delay=0.05, factor=2.0, max_delay=0.5, jitter=0.0)
 
