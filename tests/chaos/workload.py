@@ -77,8 +77,10 @@ def _job(rng: random.Random, kind: str, plan: Plan, key: str) -> NewJob:
 def bait(rng: random.Random, plan: Plan, key: str) -> NewJob:
     """A job submitted just before a fault and running when it strikes, so every fault
     hits running jobs (which is what the faults are about)."""
+    # Top priority: claimed ahead of any backlog, so it runs before the fault.
     return NewJob(task="sleep", payload={"seconds": round(rng.uniform(1.5, 2.5), 2)},
                   max_attempts=plan.kills + 1, queue=rng.choice(QUEUES), tenant=TENANT,
+                  priority=1000,
                   labels={"kind": "bait", "expect": "succeeded"}, idempotency_key=key,
                   retry_policy=BACKOFF)
 
