@@ -111,7 +111,8 @@ async def migrated(servers: TestServers, settings: Settings) -> None:
 async def stores(servers: TestServers, settings: Settings, migrated: None) -> AsyncIterator[Stores]:
     """Stores over an empty database and an empty Redis."""
     async with open_stores(settings, servers.database_url, servers.redis_url) as s:
-        await s.store.pool.execute("TRUNCATE jobs, job_attempts, job_dependencies, workflows")
+        await s.store.pool.execute(
+            "TRUNCATE jobs, job_attempts, job_dependencies, workflows, jobs_unindexed")
         await s.dispatch.client.flushdb()
         yield s
 

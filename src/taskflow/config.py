@@ -91,6 +91,12 @@ class MaintenanceSettings(Struct, frozen=True, forbid_unknown_fields=True):
     reconcile_batch: PositiveInt = 1000
     # Running jobs the rescuer's sweep looks at per pass (it pages through all of them).
     sweep_batch: PositiveInt = 10_000
+    # Seconds before a job whose enqueue Redis has not confirmed is indexed by the
+    # reconciler (confirmations are written within milliseconds).
+    unconfirmed_grace: PositiveFloat = 5.0
+    # The reconciler's pass over every waiting job, a safety net (the index is rebuilt at
+    # once when Redis lost it; unconfirmed enqueues are indexed every reconcile_interval).
+    full_reconcile_interval: PositiveFloat = 3600.0
 
 
 class OutboundSettings(Struct, frozen=True, forbid_unknown_fields=True):

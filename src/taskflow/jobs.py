@@ -15,7 +15,7 @@ from taskflow import metrics
 from taskflow.adapters.postgres import InsertResult, PostgresStore
 from taskflow.adapters.redis import RedisDispatch
 from taskflow.models import DispatchEntry, Job, NewJob, Workflow, WorkflowNode
-from taskflow.states import JobState
+from taskflow.states import DISPATCHABLE, JobState
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +35,17 @@ async def submit(
     for queue, n in per_queue.items():  # one label lookup per queue, not per job
         metrics.JOBS_SUBMITTED.labels(queue).inc(n)
     if result.created:
-        await _index(dispatch, result.created)
+        await _index(store, dispatch, result.created)
     return result
 
 
-async def _index(dispatch: RedisDispatch, entries: list[DispatchEntry]) -> None:
+async def _index(
+    store: PostgresStore, dispatch: RedisDispatch, entries: list[DispatchEntry]
+) -> None:
+    """Enqueue committed jobs; once Redis confirmed, their jobs_unindexed rows go."""
+    entries = [e for e in entries if e.state in DISPATCHABLE]
+    if not entries:
+        return
     try:
         if len({e.queue for e in entries}) == 1:
             await dispatch.enqueue(entries)
@@ -50,6 +56,18 @@ async def _index(dispatch: RedisDispatch, entries: list[DispatchEntry]) -> None:
     except Exception:
         log.exception("committed %d jobs but could not index them in Redis; the "
                       "reconciler will", len(entries))
+        return
+    store.confirm_indexed_soon([e.id for e in entries])
+
+
+async def note_unindexed(store: PostgresStore, entries: Sequence[DispatchEntry]) -> None:
+    """After a failed enqueue of jobs that are dispatchable in PostgreSQL: note them for
+    the reconciler (if PostgreSQL fails too, its periodic full pass finds them)."""
+    try:
+        await store.note_unindexed([e.id for e in entries])
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        log.warning("could not note %d jobs for the reconciler (%r); its full pass will "
+                    "find them", len(entries), exc)
 
 
 class Cancel(str, enum.Enum):
@@ -131,6 +149,8 @@ async def retry(
         except Exception:
             log.exception("job %s is queued again but could not be indexed in Redis; the "
                           "reconciler will", job.id)
+            if entry.state in DISPATCHABLE:
+                await note_unindexed(store, [entry])
     return job
 
 
@@ -144,11 +164,7 @@ async def submit_workflow(
     for node in nodes:
         metrics.JOBS_SUBMITTED.labels(node.job.queue).inc()
     roots = await store.workflow_entries(workflow.id)
-    try:
-        await dispatch.enqueue(roots)
-    except Exception:
-        log.exception("committed workflow %s but could not index it in Redis; the "
-                      "reconciler will", workflow.id)
+    await _index(store, dispatch, roots)
     return workflow, ids
 
 

@@ -11,6 +11,7 @@ from taskflow.adapters.migrate import migrate
 from taskflow.adapters.postgres import PostgresStore, create_pool
 from taskflow.adapters.redis import RedisDispatch
 from taskflow.config import Settings
+from taskflow.index import IndexGuard
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,13 @@ async def open_stores(
     dispatch = RedisDispatch.from_url(
         redis_url, settings.redis_prefix, socket_timeout=settings.redis.socket_timeout,
         connect_timeout=settings.redis.connect_timeout)
+    store = PostgresStore(pool)
     try:
-        yield Stores(PostgresStore(pool), dispatch)
+        await IndexGuard(store, dispatch).check(may_rebuild=False)
+    except Exception as exc:  # noqa: BLE001 - a store down at start: the reaper checks later
+        log.warning("could not check the dispatch index at start (%r)", exc)
+    try:
+        yield Stores(store, dispatch)
     finally:
         await dispatch.close()
-        await pool.close()
+        await store.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 
 import asyncpg
 import pytest
@@ -34,12 +35,13 @@ async def _until(check, timeout: float, what: str):
 async def test_roles_ride_out_a_postgresql_restart(servers, http, tmp_path):
     pg = EmbeddedPostgres(tmp_path / "pg")
     own = TestServers(pg.url, servers.redis_url, tmp_path)
+    prefix = f"pgrestart{uuid.uuid4().hex[:8]}"  # Redis is the session's: keys of our own
     env = {"TASKFLOW_JWT_SECRET": SECRET, "TASKFLOW_AUTH__ISSUER": ISSUER,
-           "TASKFLOW_AUTH__AUDIENCE": AUDIENCE, "TASKFLOW_REDIS_PREFIX": "pgrestart",
+           "TASKFLOW_AUTH__AUDIENCE": AUDIENCE, "TASKFLOW_REDIS_PREFIX": prefix,
            "TASKFLOW_DATABASE__COMMAND_TIMEOUT": "5"}
-    async with open_stores(settings_from_dict({"redis_prefix": "pgrestart"}), pg.url,
-                           servers.redis_url, apply_migrations=True) as stores:
-        await stores.dispatch.client.flushdb()
+    async with open_stores(settings_from_dict({"redis_prefix": prefix}), pg.url,
+                           servers.redis_url, apply_migrations=True):
+        pass
     api = worker = None
     try:
         api, url = await start_api(own, tmp_path / "api.log", **env)
@@ -78,7 +80,7 @@ async def test_roles_ride_out_a_postgresql_restart(servers, http, tmp_path):
         assert after.status == 201, after
         for job_id in [*before, after.body["id"]]:
             done = await client.wait_state(job_id, TERMINAL, timeout=60)
-            assert done["state"] == "succeeded", done
+            assert done["state"] == "succeeded", (done, worker.output()[-3000:])
     finally:
         codes = stop(*(r for r in (api, worker) if r is not None))
         pg.stop()

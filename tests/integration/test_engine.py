@@ -9,6 +9,7 @@ from datetime import timedelta
 import msgspec
 
 from taskflow.models import Outcome
+from taskflow.index import IndexGuard
 from taskflow.states import JobState
 from taskflow.worker.maintenance import Maintenance
 from taskflow.worker.registry import Registry
@@ -124,7 +125,7 @@ async def test_committed_job_whose_enqueue_failed_is_indexed_by_the_reconciler(s
 
     result = await stores.store.insert_jobs([NewJob(task="noop", max_attempts=1)])
     [entry] = result.created
-    await stores.dispatch.ensure_epoch()  # Redis is otherwise intact
+    await IndexGuard(stores.store, stores.dispatch).check()  # marked, however it stood  # Redis is otherwise intact
     assert sum(await stores.dispatch.depth("default")) == 0
     maintenance = Maintenance(settings, stores.store, stores.dispatch, ["default"])
     assert await maintenance.reconcile() == 1

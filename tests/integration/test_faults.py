@@ -13,6 +13,7 @@ from taskflow import jobs
 from taskflow.adapters.embedded import EmbeddedRedis
 from taskflow.adapters.redis import RedisDispatch
 from taskflow.runtime import Stores
+from taskflow.index import IndexGuard
 from taskflow.states import JobState
 from taskflow.worker.maintenance import Maintenance
 from tests.helpers import running_worker, submit_jobs, wait_for_states, wait_until
@@ -149,7 +150,7 @@ async def test_jobs_claimed_by_a_worker_killed_before_starting_them_are_requeued
     assert len(claims) == 5
     await asyncio.sleep(0.2)
     maintenance = Maintenance(settings, stores.store, stores.dispatch, ["default"])
-    await stores.dispatch.ensure_epoch()
+    await IndexGuard(stores.store, stores.dispatch).check()  # marked, however it stood
     await maintenance.reap_once()
     assert (await stores.dispatch.depth("default"))[0] == 5
     async with running_worker(stores, settings, maintenance=False):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -175,9 +176,31 @@ class PostgresStore:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
+        self._confirmed: list[uuid.UUID] = []
+        self._confirming: asyncio.Task[None] | None = None
 
     async def close(self) -> None:
+        if self._confirming is not None:
+            await asyncio.gather(self._confirming, return_exceptions=True)
         await self.pool.close()
+
+    def confirm_indexed_soon(self, ids: Sequence[uuid.UUID]) -> None:
+        """Like :meth:`confirm_indexed`, off the caller's path: confirmations arriving
+        within a few milliseconds share one DELETE. One that fails costs only a repeated
+        (idempotent) enqueue by the reconciler."""
+        self._confirmed.extend(ids)
+        if self._confirming is None or self._confirming.done():
+            self._confirming = asyncio.create_task(self._confirm_later())
+
+    async def _confirm_later(self) -> None:
+        await asyncio.sleep(0.02)
+        while self._confirmed:
+            ids, self._confirmed = self._confirmed[:10_000], self._confirmed[10_000:]
+            try:
+                await self.confirm_indexed(ids)
+            except Exception as exc:  # noqa: BLE001 - see the docstring
+                log.warning("could not confirm %d indexed jobs (%r); the reconciler will "
+                            "check them", len(ids), exc)
 
     async def ping(self) -> None:
         await self.pool.fetchval("SELECT 1")
@@ -398,6 +421,31 @@ class PostgresStore:
     async def dispatchable_jobs(self, ids: Sequence[uuid.UUID | str]) -> list[DispatchEntry]:
         """Those of ``ids`` that are queued or scheduled."""
         return [_entry(r) for r in await self.pool.fetch(QUERIES["dispatchable_jobs"], list(ids))]
+
+    async def claim_index_generation(self, candidate: uuid.UUID) -> tuple[uuid.UUID, bool]:
+        """(the index generation of this database, whether this call created it while no
+        job waits -- a new deployment, whose empty Redis index is complete)."""
+        row = await self.pool.fetchrow(QUERIES["claim_index_generation"], candidate)
+        return row["generation"], row["fresh"]
+
+    async def confirm_indexed(self, ids: Sequence[uuid.UUID]) -> None:
+        """Redis has these jobs: they no longer wait in jobs_unindexed."""
+        await self.pool.execute(QUERIES["confirm_indexed"], list(ids))
+
+    async def note_unindexed(self, ids: Sequence[uuid.UUID]) -> None:
+        """These dispatchable jobs may be missing from Redis: the reconciler indexes them."""
+        await self.pool.execute(QUERIES["note_unindexed"], list(ids))
+
+    async def list_unindexed(
+        self, older_than: float, limit: int
+    ) -> tuple[list[uuid.UUID], list[DispatchEntry]]:
+        """Jobs whose enqueue was not confirmed within ``older_than`` seconds, and the
+        dispatch entries of those still dispatchable."""
+        rows = await self.pool.fetch(QUERIES["list_unindexed"], older_than, limit)
+        entries = [DispatchEntry(r["job_id"], r["queue"], r["priority"], r["run_at"],
+                                 JobState(r["state"]))
+                   for r in rows if r["state"] in ("queued", "scheduled")]
+        return [r["job_id"] for r in rows], entries
 
     async def dispatchable_jobs_page(
         self, after: uuid.UUID | None, limit: int

@@ -173,26 +173,34 @@ class RedisDispatch:
                 pipe.get(k.lease_prefix + job_id)
             return await pipe.execute()
 
-    async def ensure_epoch(self) -> bool:
-        """Marks this Redis as indexed; False when the mark was missing (new, flushed or
-        restarted empty), which means the index must be rebuilt from PostgreSQL -- and
-        that running jobs' leases are gone until their workers' heartbeats take them
-        back. The mark holds the time the index began (Redis's clock)."""
+    async def epoch(self) -> str | None:
+        """The generation of the index this Redis holds (see :mod:`taskflow.index`), or
+        None when it holds none: new, flushed or restarted empty."""
+        value = await self.client.get(self.epoch_key)
+        return None if value is None else value.partition("@")[0]
+
+    async def mark_epoch(self, generation: str, *, replace: bool = False) -> bool:
+        """Marks this Redis as holding (or, for the caller, rebuilding) the index of
+        ``generation``, stamped with Redis's clock; False if another process marked it
+        first (``replace``: overwrite a mark of another generation)."""
         secs, micros = await self.client.time()
-        began = repr(secs + micros / 1e6)
-        return not await self.client.set(self.epoch_key, began, nx=True)
+        value = f"{generation}@{secs + micros / 1e6!r}"
+        if replace:
+            return bool(await self.client.set(self.epoch_key, value))
+        return bool(await self.client.set(self.epoch_key, value, nx=True))
 
     async def index_age(self) -> float | None:
-        """Seconds since the index began (see :meth:`ensure_epoch`); None if unmarked."""
+        """Seconds since the index was marked (see :meth:`mark_epoch`); None if unmarked.
+        Running jobs' leases may be missing for a heartbeat after that."""
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.time()
             pipe.get(self.epoch_key)
-            (secs, micros), began = await pipe.execute()
-        if began is None:
+            (secs, micros), value = await pipe.execute()
+        if value is None:
             return None
         try:
-            return max(0.0, secs + micros / 1e6 - float(began))
-        except ValueError:  # a mark from before it held a time: old enough
+            return max(0.0, secs + micros / 1e6 - float(value.partition("@")[2]))
+        except ValueError:  # a mark without a time: old enough
             return float("inf")
 
     async def depth(self, queue: str) -> tuple[int, int, int]:

@@ -30,6 +30,8 @@ from taskflow.adapters.postgres import PostgresStore
 from taskflow.adapters.redis import RedisDispatch
 from taskflow import metrics
 from taskflow.config import Settings
+from taskflow.index import IndexGuard
+from taskflow.jobs import note_unindexed
 from taskflow.models import Claim
 from taskflow.states import DISPATCHABLE
 from taskflow.supervise import every, supervised
@@ -53,6 +55,10 @@ class Maintenance:
         # was away, not because workers died: no rescue until live workers have had a
         # lease's time to heartbeat (and take their leases back).
         self._quiet_until = 0.0
+        self.index = IndexGuard(store, dispatch)
+        # The full pass over every waiting job is a safety net (a process killed before
+        # it could note a failed enqueue); the unconfirmed list covers the rest.
+        self._next_full_pass = time.monotonic() + self.cfg.full_reconcile_interval
 
     async def run(self) -> None:
         await asyncio.gather(
@@ -75,11 +81,14 @@ class Maintenance:
     async def reap_once(self) -> int:
         """Rescue this process's queues' expired leases; reindex all if Redis was emptied."""
         with self._noting_redis_loss():
-            if not await self.dispatch.ensure_epoch():
-                log.warning("Redis has no dispatch index (new, restarted or flushed): "
+            if not await self.index.check():
+                log.warning("Redis lost the dispatch index (flushed or restarted empty): "
                             "rebuilding it from PostgreSQL; running jobs keep going while "
                             "their workers take their leases back")
-                await self.reconcile()
+                began = time.monotonic()
+                added = await self.reconcile()
+                log.warning("rebuilt the dispatch index in %.1fs (%d jobs)",
+                            time.monotonic() - began, added)
             rescued = 0
             for queue in self.queues:
                 if not self._quiet():
@@ -99,7 +108,10 @@ class Maintenance:
             if not await self.dispatch.client.set(self.lock_key, token, nx=True, px=ttl_ms):
                 return  # another process is on it
             await self.sweep_running()
-            await self.reconcile()
+            await self.reconcile_unconfirmed()
+            if time.monotonic() >= self._next_full_pass:
+                self._next_full_pass = time.monotonic() + self.cfg.full_reconcile_interval
+                await self.reconcile()
 
     async def sweep_running(self) -> int:
         """Rescue running attempts older than a lease whose lease Redis does not hold.
@@ -141,11 +153,36 @@ class Maintenance:
             # claim and start): back in the index now, not at the reconciler's next pass.
             requeued += await self.store.dispatchable_jobs(unstarted)
         if requeued:
-            await self.dispatch.enqueue(requeued)
+            try:
+                await self.dispatch.enqueue(requeued)
+            except Exception:
+                await note_unindexed(self.store, requeued)
+                raise
         return len(entries)
 
+    async def reconcile_unconfirmed(self) -> int:
+        """Index the jobs whose enqueue was never confirmed (the Redis call failed, or
+        the process died between its commit and the call): work in proportion to what is
+        missing, whatever the backlog."""
+        grace = self.cfg.unconfirmed_grace
+        added = 0
+        while True:
+            ids, entries = await self.store.list_unindexed(grace, self.cfg.reconcile_batch)
+            if not ids:
+                break
+            if entries:
+                added += await self.dispatch.enqueue(entries)
+            await self.store.confirm_indexed(ids)
+            if len(ids) < self.cfg.reconcile_batch:
+                break
+        if added:
+            metrics.JOBS_REINDEXED.inc(added)
+            log.warning("indexed %d jobs whose enqueue had not been confirmed", added)
+        return added
+
     async def reconcile(self) -> int:
-        """Index in Redis every dispatchable job that is missing there."""
+        """Index in Redis every dispatchable job that is missing there (a pass over the
+        whole backlog: when the index was lost, and rarely as a safety net)."""
         after: uuid.UUID | None = None
         added = 0
         while True:

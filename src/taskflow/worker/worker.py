@@ -24,6 +24,7 @@ from taskflow import metrics
 from taskflow.adapters.postgres import PostgresStore
 from taskflow.adapters.redis import Heartbeat, RedisDispatch, WakeListener
 from taskflow.config import Settings
+from taskflow.jobs import note_unindexed
 from taskflow.models import Claim, DispatchEntry, Outcome, StartedJob
 from taskflow.states import DISPATCHABLE, JobState
 from taskflow.supervise import every, supervised
@@ -315,8 +316,10 @@ class Worker:
             await self.dispatch.settle(released, requeued)
         except Exception:
             # Outcomes are durable; leases expire by themselves and the reconciler indexes
-            # the retries, so this costs only latency.
+            # the retries (noted for it here), so this costs only latency.
             log.exception("could not settle %d outcomes in Redis", len(batch))
+            if requeued:
+                await note_unindexed(self.store, requeued)
             return
         if any(e.state is JobState.QUEUED and e.queue in self._served for e in requeued):
             # Released dependents (or retries) for our own queues: claim them now rather
@@ -420,9 +423,16 @@ class Worker:
     async def _hand_back(self, queue: str, claims: list[Claim]) -> None:
         try:
             entries = await self.store.hand_back_jobs(claims)
-            await self.dispatch.release(queue, claims)
-            await self.dispatch.enqueue(entries)
-            log.info("handed back %d jobs of queue %s", len(entries), queue)
         except Exception:
             log.exception("could not hand back %d jobs; they run again when their leases "
                           "expire", len(claims))
+            return
+        requeued = [e for e in entries if e.state in DISPATCHABLE]
+        try:
+            await self.dispatch.release(queue, claims)
+            await self.dispatch.enqueue(requeued)
+            log.info("handed back %d jobs of queue %s", len(entries), queue)
+        except Exception:
+            log.exception("handed back %d jobs but could not index them in Redis; the "
+                          "reconciler will", len(requeued))
+            await note_unindexed(self.store, requeued)

@@ -26,7 +26,9 @@ INSERT INTO schema_migrations (version, name, sha256) VALUES ($1, $2, $3);
 -- A batch of new jobs in one statement. A job whose (tenant, idempotency_key) exists
 -- already is skipped; the caller reads the existing one with jobs_by_idempotency_key.
 -- A job waits ('blocked') while upstream jobs have not succeeded, and is born cancelled
--- when one of them has failed or been cancelled already.
+-- when one of them has failed or been cancelled already. Dispatchable ones are noted in
+-- jobs_unindexed in the same statement, until their enqueue is confirmed.
+WITH created AS (
 INSERT INTO jobs (id, tenant, task, queue, payload, priority, run_at, state, max_attempts,
                   retry_policy, timeout, idempotency_key, labels, upstream_count,
                   pending_upstreams, has_dependents, workflow_id, node, cancelled_by, error,
@@ -50,7 +52,13 @@ CROSS JOIN LATERAL (
     SELECT coalesce(t.run_at, now() + make_interval(secs => coalesce(t.delay, 0))) AS run_at
 ) AS due
 ON CONFLICT ON CONSTRAINT jobs_idempotency DO NOTHING
-RETURNING id, queue, priority, run_at, state, created_at;
+RETURNING id, queue, priority, run_at, state, created_at
+), unconfirmed AS (
+    -- until Redis confirms the enqueue (see migration 0004)
+    INSERT INTO jobs_unindexed (job_id)
+    SELECT id FROM created WHERE state IN ('queued', 'scheduled')
+)
+SELECT * FROM created;
 
 -- name: created_jobs
 -- After an insert that failed in a way that may have come after its commit: what it made.
@@ -213,6 +221,41 @@ WHERE j.state = 'running' AND j.lease_token = c.token;
 -- worker claimed in Redis but never started: it died in between).
 SELECT id, queue, priority, run_at, state FROM jobs
 WHERE id = ANY($1::uuid[]) AND state IN ('queued', 'scheduled');
+
+-- name: index_generation
+SELECT generation FROM dispatch_index;
+
+-- name: claim_index_generation
+-- The first process of a new deployment names the index generation. Returns the
+-- generation that stands, and whether this call made it and no job waits (so the empty
+-- Redis it is looking at holds a complete index: there is nothing to put in it).
+WITH made AS (
+    INSERT INTO dispatch_index (generation) VALUES ($1)
+    ON CONFLICT (id) DO NOTHING
+    RETURNING generation
+)
+SELECT coalesce((SELECT generation FROM made), (SELECT generation FROM dispatch_index))
+           AS generation,
+       EXISTS (SELECT 1 FROM made)
+       AND NOT EXISTS (SELECT 1 FROM jobs
+                       WHERE finished_at IS NULL AND state IN ('queued', 'scheduled'))
+           AS fresh;
+
+-- name: confirm_indexed
+DELETE FROM jobs_unindexed WHERE job_id = ANY($1::uuid[]);
+
+-- name: note_unindexed
+INSERT INTO jobs_unindexed (job_id) SELECT unnest($1::uuid[]) ON CONFLICT DO NOTHING;
+
+-- name: list_unindexed
+-- Up to $2 jobs whose enqueue was not confirmed within $1 seconds (oldest first), and,
+-- for those still dispatchable, what Redis needs. The caller indexes them, then deletes
+-- the rows (confirm_indexed); a crash in between only repeats the work.
+SELECT u.job_id, j.queue, j.priority, j.run_at, j.state
+FROM (SELECT job_id FROM jobs_unindexed
+      WHERE since < now() - make_interval(secs => $1)
+      ORDER BY since LIMIT $2) AS u
+LEFT JOIN jobs AS j ON j.id = u.job_id;
 
 -- name: dispatchable_jobs_page
 -- Keyset page of the jobs that belong in the Redis dispatch index (reconciler).
