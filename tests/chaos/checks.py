@@ -16,7 +16,6 @@ SHOWN = 10  # jobs described in full per violated invariant
 # Every check's name, in the order they are reported.
 INVARIANTS = (
     "jobs_exist",
-    "nothing_unfinished",
     "expected_states",
     "one_success_per_job",
     "no_orphan_attempts",
@@ -32,7 +31,8 @@ async def describe(conn: asyncpg.Connection, ids: Sequence, limit: int = SHOWN) 
         return ""
     jobs = await conn.fetch(
         "SELECT id, task, labels->>'kind' AS kind, node, state, attempts, max_attempts,"
-        " error, payload FROM jobs WHERE id = ANY($1::uuid[]) ORDER BY id", ids)
+        " error, payload, queue, created_at, run_at FROM jobs WHERE id = ANY($1::uuid[])"
+        " ORDER BY id", ids)
     attempts = await conn.fetch(
         "SELECT job_id, attempt, worker, outcome, error, started_at, finished_at"
         " FROM job_attempts WHERE job_id = ANY($1::uuid[]) ORDER BY id", ids)
@@ -46,7 +46,9 @@ async def describe(conn: asyncpg.Connection, ids: Sequence, limit: int = SHOWN) 
     for j in jobs:
         lines.append(f"  job {j['id']} ({j['kind']}{'/' + j['node'] if j['node'] else ''}, "
                      f"{j['task']} {j['payload']}): {j['state']}, attempts "
-                     f"{j['attempts']}/{j['max_attempts']}, error {short(j['error'])}")
+                     f"{j['attempts']}/{j['max_attempts']}, error {short(j['error'])}; "
+                     f"queue {j['queue']}, created {j['created_at']:%H:%M:%S.%f}, due "
+                     f"{j['run_at']:%H:%M:%S.%f}")
         for a in by_job.get(j["id"], []):
             lines.append(f"    attempt {a['attempt']} on {a['worker']}: {a['outcome']} "
                          f"({a['started_at']:%H:%M:%S.%f} -> {a['finished_at']:%H:%M:%S.%f})"
@@ -54,7 +56,8 @@ async def describe(conn: asyncpg.Connection, ids: Sequence, limit: int = SHOWN) 
     return "\n".join(lines)
 
 
-async def _listed(conn: asyncpg.Connection, what: str, ids: Sequence) -> list[str]:
+async def listed(conn: asyncpg.Connection, what: str, ids: Sequence) -> list[str]:
+    """A violation naming ``ids`` (none when there are none), described in full."""
     if not ids:
         return []
     return [f"{len(ids)} jobs {what}:\n{await describe(conn, ids)}"]
@@ -65,10 +68,10 @@ async def jobs_exist(conn: asyncpg.Connection, tenant: str, submitted: int) -> l
     return [] if n == submitted else [f"{submitted} jobs submitted, {n} in PostgreSQL"]
 
 
-async def nothing_unfinished(conn: asyncpg.Connection) -> list[str]:
-    ids = await conn.fetch("SELECT id FROM jobs WHERE state <> ALL($1::job_state[]) "
-                           "ORDER BY id", list(TERMINAL))
-    return await _listed(conn, "left unfinished", [r["id"] for r in ids])
+async def unfinished(conn: asyncpg.Connection) -> list:
+    """Jobs not in a terminal state (id, run_at)."""
+    return await conn.fetch("SELECT id, run_at FROM jobs WHERE state <> ALL($1::job_state[])"
+                            " ORDER BY id", list(TERMINAL))
 
 
 async def expected_states(conn: asyncpg.Connection) -> list[str]:
@@ -81,7 +84,7 @@ async def expected_states(conn: asyncpg.Connection) -> list[str]:
     for r in rows:
         wrong.setdefault((r["expect"], r["state"]), []).append(r["id"])
     for (expect, state), ids in sorted(wrong.items()):
-        out += await _listed(conn, f"ended {state} instead of {expect}", ids)
+        out += await listed(conn, f"ended {state} instead of {expect}", ids)
     return out
 
 
@@ -95,8 +98,8 @@ async def one_success_per_job(conn: asyncpg.Connection) -> list[str]:
         "        <> CASE WHEN j.state = 'succeeded' THEN 1 ELSE 0 END ORDER BY j.id")
     twice = [r["id"] for r in rows if r["wins"] > 1]
     other = [r["id"] for r in rows if r["wins"] <= 1]
-    return (await _listed(conn, "succeeded more than once", twice)
-            + await _listed(conn, "whose success attempts disagree with their state", other))
+    return (await listed(conn, "succeeded more than once", twice)
+            + await listed(conn, "whose success attempts disagree with their state", other))
 
 
 async def no_orphan_attempts(conn: asyncpg.Connection) -> list[str]:

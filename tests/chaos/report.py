@@ -15,7 +15,8 @@ from tests.chaos import checks
 from tests.chaos.workload import Workload
 
 # The invariants of checks.py, then those the run itself watches.
-INVARIANTS = (*checks.INVARIANTS, "lost_only_to_kills", "no_attempt_lost_to_postgres_restarts",
+INVARIANTS = (*checks.INVARIANTS, "nothing_unfinished", "nothing_lost_to_postgres_restarts",
+              "lost_only_to_kills", "no_attempt_lost_to_postgres_restarts",
               "workers_stay_up", "every_fault_recovers", "api_takes_submits",
               "api_answers_503_not_500")
 
@@ -24,6 +25,7 @@ class Fault(Struct, kw_only=True):
     kind: str
     at: float  # seconds since the workers started
     wall: datetime  # when, to read beside attempts and logs
+    over: datetime | None = None  # when it was over (the server back, the worker killed)
     detail: str = ""
     recovered_after: float | None = None  # seconds from the fault to progress again
     stuck: str = ""  # what had not recovered, when it did not
@@ -93,6 +95,24 @@ async def figures(report: Report, conn: asyncpg.Connection, drain: float,
         "api submits": report.api or "-",
         "drain after the faults": f"{drain:.1f}s",
         "total": f"{total:.1f}s",
+    }
+
+
+async def left_unfinished(conn: asyncpg.Connection, faults: list[Fault]
+                          ) -> dict[str, list[str]]:
+    """Jobs left unfinished, by invariant: those due while PostgreSQL was down (or just
+    before: a worker claims them from Redis, then cannot start them), and all others."""
+    windows = [(f.wall - timedelta(seconds=2), (f.over or f.wall) + timedelta(seconds=1))
+               for f in faults if f.kind == "restart_postgres"]
+    pg, other = [], []
+    for r in await checks.unfinished(conn):
+        due_while_down = any(lo <= r["run_at"] <= hi for lo, hi in windows)
+        (pg if due_while_down else other).append(r["id"])
+    return {
+        "nothing_unfinished": await checks.listed(conn, "left unfinished", other),
+        "nothing_lost_to_postgres_restarts": await checks.listed(
+            conn, "left unfinished that fell due while PostgreSQL was restarting (see the "
+            "faults below)", pg),
     }
 
 

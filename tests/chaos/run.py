@@ -21,7 +21,7 @@ from taskflow.runtime import Stores, open_stores
 from tests.chaos import checks
 from tests.chaos.api import ApiClient
 from tests.chaos.observe import TRANSIENT, Probe, Recovery, retrying
-from tests.chaos.report import Fault, Report, figures, wrongly_lost
+from tests.chaos.report import Fault, Report, figures, left_unfinished, wrongly_lost
 from tests.chaos.servers import ChaosServers
 from tests.chaos.workload import (
     QUEUES, QUEUES_SETTING, TENANT, Plan, Workload, bait, submit_workload,
@@ -208,6 +208,7 @@ class Chaos:
         last_attempt = await retrying("last attempt id", self.recovery.last_attempt)
         began = time.monotonic()
         fault, back = await self.inject(kind)
+        fault.over = datetime.now(timezone.utc) - timedelta(seconds=time.monotonic() - back)
         hit = f"{len(exposed)} jobs running or leased"
         if baited < 4:
             hit += f" (only {baited} of 4 bait jobs running)"
@@ -265,7 +266,7 @@ class Chaos:
         conn = await retrying("PostgreSQL at the end", self.probe.connection)
         assert self.report.workload is not None
         v["jobs_exist"] = await checks.jobs_exist(conn, TENANT, self.report.workload.submitted)
-        v["nothing_unfinished"] = await checks.nothing_unfinished(conn)
+        v.update(await left_unfinished(conn, self.report.faults))
         v["expected_states"] = await checks.expected_states(conn)
         v["one_success_per_job"] = await checks.one_success_per_job(conn)
         v["no_orphan_attempts"] = await checks.no_orphan_attempts(conn)

@@ -54,6 +54,19 @@ def test_nothing_is_left_running_or_waiting(chaos):
     _held(chaos, "nothing_unfinished")
 
 
+# A race: it shows in some runs only, so strict=True would fail the runs it misses.
+@pytest.mark.xfail(strict=False, reason=(
+    "regression of main 671388b (issue 11: no reconcile pass over the backlog but hourly): "
+    "a worker that claims due jobs from Redis while PostgreSQL is down fails start_jobs "
+    "(FileNotFoundError / ConnectionResetError), and Worker._start gives their leases back "
+    "(release.lua) but puts them back in no ready or delayed set, and nothing marks them "
+    "unconfirmed; they stay 'scheduled' with 0 attempts until the hourly full pass. "
+    "CHAOS_SEED=41: jobs due 15:13:21.088 and 15:13:21.093, pg_ctl stop -m immediate at "
+    "15:13:21.058; CHAOS_SEED=20261130 once in make test"))
+def test_jobs_due_while_postgres_restarts_still_run(chaos):
+    _held(chaos, "nothing_lost_to_postgres_restarts")
+
+
 def test_every_job_ends_as_designed(chaos):
     """Jobs meant to succeed succeeded, jobs meant to fail failed, and the dependents of
     a workflow node that failed for good were cancelled without running."""
