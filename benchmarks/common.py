@@ -110,7 +110,8 @@ def report(name: str, value: float, unit: str, note: str = "") -> None:
 COUNT_SUCCEEDED = "SELECT count(*) FROM jobs WHERE state = 'succeeded'"
 RUN_WINDOW = ("SELECT extract(epoch FROM max(finished_at) - min(started_at)) FROM jobs "
               "WHERE state = 'succeeded'")
-RESET = "TRUNCATE jobs, job_attempts, job_dependencies, workflows"
+RESET = ("TRUNCATE jobs, job_attempts, job_dependencies, workflows, jobs_unindexed, "
+         "dispatch_index")
 # One worker process sized for throughput: many handlers, large claim batches.
 FAST_WORKER = {"TASKFLOW_WORKER__CONCURRENCY": "500", "TASKFLOW_WORKER__CLAIM_BATCH": "500"}
 

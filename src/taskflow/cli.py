@@ -172,24 +172,15 @@ async def _run_worker(settings: Settings, args: argparse.Namespace, stores: Stor
         await outbound.close()
 
 
-def _serve_metrics(settings: Settings) -> None:
-    from prometheus_client import start_http_server
-
-    port = settings.worker.metrics_port
-    if not port:
-        return
-    try:
-        start_http_server(port, settings.worker.metrics_host)
-    except OSError as exc:
-        log.error("cannot serve metrics on %s:%d: %s (set worker.metrics_port)",
-                  settings.worker.metrics_host, port, exc)
-
-
 async def _work(settings: Settings, args: argparse.Namespace, db: str, rds: str) -> None:
+    from taskflow.ops_http import ops_server
+
     stop = _stop_event()
-    _serve_metrics(settings)
     async with open_stores(settings, db, rds, apply_migrations=args.migrate) as stores:
-        await _run_worker(settings, args, stores, stop)
+        checks = {"postgres": stores.store.ping, "redis": stores.dispatch.ping}
+        async with ops_server(settings.worker.metrics_host, settings.worker.metrics_port,
+                              checks):
+            await _run_worker(settings, args, stores, stop)
 
 
 def _token(settings: Settings, args: argparse.Namespace) -> None:

@@ -234,6 +234,11 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True):
     tenant_limits: TenantLimits = TenantLimits()
     queue_limits: dict[str, QueueLimits] = {}
     metrics: MetricsSettings = MetricsSettings()
+    # AWS SSM Parameter Store layer (between files and environment variables): every
+    # parameter under ssm_path is a setting. Region and endpoint default to boto3's.
+    ssm_path: Annotated[str, Meta(pattern=r"^(/.*)?$")] = ""
+    ssm_region: str = ""
+    ssm_endpoint_url: str = ""
 
     def __post_init__(self) -> None:
         undeclared = [q for q in self.queue_limits if q not in self.queues]
@@ -315,13 +320,20 @@ def load_settings(
     files: list[str | Path] | None = None, env: str | None = None, *,
     default_env: str | None = None, **overrides: Any,
 ) -> Settings:
-    """Read settings files and ``TASKFLOW_*`` variables into a validated :class:`Settings`.
+    """Read the settings layers into a validated :class:`Settings`. Later layers win:
 
-    ``files`` defaults to ``settings.toml`` (this checkout's, or the one in the working
-    directory) plus any listed in ``TASKFLOW_SETTINGS_FILES``. ``overrides`` win over both.
-    The environment is ``env``, else ``TASKFLOW_ENV``, else ``default_env``; with none of
-    them only the ``[default]`` settings apply and :attr:`Settings.environment` is empty
-    (so nothing meant for development, such as a generated JWT secret, happens).
+    1. files: ``settings.toml`` (this checkout's, or the one in the working directory),
+       then those listed in ``TASKFLOW_SETTINGS_FILES`` (TOML or YAML, with environment
+       sections like ``settings.toml``); ``files`` replaces this list;
+    2. AWS SSM Parameter Store, when ``ssm_path`` is set (in a file or the environment);
+    3. ``TASKFLOW_*`` environment variables;
+    4. ``overrides``.
+
+    Mappings merge key by key across layers; a list or value from a later layer replaces
+    the earlier one. The environment is ``env``, else ``TASKFLOW_ENV``, else
+    ``default_env``; with none of them only the ``[default]`` settings apply and
+    :attr:`Settings.environment` is empty (so nothing meant for development, such as a
+    generated JWT secret, happens).
     """
     from dynaconf import Dynaconf
 
@@ -332,21 +344,54 @@ def load_settings(
             files.append(Path("settings.toml"))
         extra = os.environ.get("TASKFLOW_SETTINGS_FILES", "")
         files.extend(f for f in extra.split(",") if f)
-    raw = Dynaconf(
-        envvar_prefix="TASKFLOW",
+    from_files = Dynaconf(
         settings_files=[str(f) for f in files],
         environments=True,
         env_switcher="TASKFLOW_ENV",
         env=chosen or "default",
         merge_enabled=True,
+        loaders=[],  # files only: the environment is its own layer, read below
     )
-    data = _lower_keys(raw.as_dict())
-    for key in _DYNACONF_KEYS | {"settings_files_for_dynaconf", "environment"}:
-        data.pop(key, None)
+    from_env = Dynaconf(envvar_prefix="TASKFLOW", environments=False)
+    layers = [_clean(from_files.as_dict()), _clean(from_env.as_dict())]
+    boot = _merged(*layers)  # where SSM is comes from the files or the environment
+    if boot.get("ssm_path"):
+        layers.insert(1, _ssm_layer(boot))
+    data = _merged(*layers)
     # What dynaconf loaded (TASKFLOW_ENV wins over env there), if anything was chosen.
-    data["environment"] = str(raw.current_env).lower() if chosen else ""
+    data["environment"] = str(from_files.current_env).lower() if chosen else ""
     data.update(overrides)
     return settings_from_dict(data)
+
+
+def _clean(data: dict[str, Any]) -> dict[str, Any]:
+    data = _lower_keys(data)
+    for key in _DYNACONF_KEYS | {"settings_files_for_dynaconf", "environment"}:
+        data.pop(key, None)
+    return data
+
+
+def _merged(*layers: dict[str, Any]) -> dict[str, Any]:
+    """Layers merged in order: mappings key by key, anything else replaced."""
+    out: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            if isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = _merged(out[key], value)
+            else:
+                out[key] = value
+    return out
+
+
+def _ssm_layer(boot: dict[str, Any]) -> dict[str, Any]:
+    from taskflow.ssm import SsmError, load_parameters
+
+    try:
+        return _lower_keys(load_parameters(
+            str(boot["ssm_path"]), region=str(boot.get("ssm_region") or ""),
+            endpoint_url=str(boot.get("ssm_endpoint_url") or "")))
+    except SsmError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def settings_from_dict(data: dict[str, Any]) -> Settings:

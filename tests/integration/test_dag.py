@@ -5,7 +5,6 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from taskflow.dag import check_workflow
 from taskflow.jobs import submit, submit_workflow
 from taskflow.models import NewJob, UnknownUpstreams, WorkflowNode
 from taskflow.states import JobState

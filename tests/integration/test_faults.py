@@ -4,7 +4,7 @@ the running-job sweep past its first page, and states nothing used to repair."""
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
+import os
 
 import msgspec
 import pytest
@@ -40,9 +40,11 @@ async def test_redis_flushed_while_jobs_run_fails_none_of_them(stores, settings,
 
 
 async def test_redis_restarted_empty_while_jobs_run_fails_none_of_them(
-    stores, settings, tmp_path: Path
+    stores, settings, servers
 ):
     # Item 1, a restart rather than a flush: connections break, then Redis is back empty.
+    # (In the session's folder, not tmp_path, which a concurrent pytest may prune.)
+    tmp_path = servers.data_dir / f"redis-restart-{os.getpid()}"
     redis = EmbeddedRedis(tmp_path / "redis")
     dispatch = RedisDispatch.from_url(redis.url, settings.redis_prefix)
     own = Stores(stores.store, dispatch)

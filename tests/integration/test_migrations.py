@@ -1,7 +1,6 @@
 import asyncio
 
 import asyncpg
-import msgspec
 
 from taskflow.adapters.migrate import migrate, migration_files
 from taskflow.models import Job

@@ -61,3 +61,14 @@ def test_yaml_files_layer_on_top_and_task_names_keep_their_case(monkeypatch, tmp
     assert settings.worker.concurrency == 33
     assert settings.policy_for("sendEmail").max_attempts == 7
     assert settings.policy_for("resize").max_attempts == 10
+
+
+def test_an_environment_list_replaces_the_files_list(monkeypatch):
+    monkeypatch.setenv("TASKFLOW_QUEUES", '["default", "emails", "reports"]')
+    monkeypatch.setenv("TASKFLOW_WORKER__QUEUES", '["emails", "reports"]')
+    assert load_settings().worker.queues == ("emails", "reports")  # not default + these
+
+
+def test_the_ssm_path_must_be_absolute():
+    with pytest.raises(ConfigError, match="'ssm_path'"):
+        settings_from_dict({"ssm_path": "taskflow/prod"})

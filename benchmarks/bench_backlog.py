@@ -1,0 +1,93 @@
+"""Cost must not grow with the backlog (issue 11): the drain rate of one worker with a
+10,000-job backlog against the same worker's first 10,000 jobs of a large backlog, Redis
+memory per waiting job, and the time to rebuild a truly lost index while the drain goes
+on. ``BENCH_BACKLOG`` sets the large backlog (default 1,000,000; batch-submitted through
+the library, as the API does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+from benchmarks.common import (
+    COUNT_SUCCEEDED, FAST_WORKER, RESET, WorkerProcess, report, servers, stores,
+)
+from taskflow.jobs import submit
+from taskflow.models import NewJob
+
+BACKLOG = int(os.environ.get("BENCH_BACKLOG", "1000000"))
+FIRST = 10_000
+
+
+async def fill(s, n: int) -> None:
+    for i in range(0, n, 5000):
+        await submit(s.store, s.dispatch,
+                     [NewJob(task="noop", max_attempts=3) for _ in range(min(5000, n - i))])
+
+
+async def first_jobs_rate(srv, s) -> float:
+    """Jobs/s over the first FIRST jobs a new worker process drains from what waits."""
+    worker = WorkerProcess(srv, **FAST_WORKER)
+    try:
+        while await s.store.pool.fetchval(COUNT_SUCCEEDED) < 1:
+            await asyncio.sleep(0.01)
+        began = time.perf_counter()
+        while await s.store.pool.fetchval(COUNT_SUCCEEDED) < FIRST:
+            await asyncio.sleep(0.02)
+        return (FIRST - 1) / (time.perf_counter() - began)
+    finally:
+        worker.stop()
+
+
+async def reset(s) -> None:
+    await s.store.pool.execute(RESET)
+    await s.dispatch.client.flushdb()
+
+
+async def main() -> None:
+    with servers() as srv:
+        async with stores(srv, migrate=True) as s:
+            await reset(s)
+            await fill(s, FIRST)
+            small = await first_jobs_rate(srv, s)
+            report(f"drain, backlog of {FIRST:,}", small, "jobs/s")
+
+            await reset(s)
+            before = (await s.dispatch.client.info("memory"))["used_memory"]
+            began = time.perf_counter()
+            await fill(s, BACKLOG)
+            report(f"submit a backlog of {BACKLOG:,} (batches of 5,000)",
+                   BACKLOG / (time.perf_counter() - began), "jobs/s")
+            after = (await s.dispatch.client.info("memory"))["used_memory"]
+            report("Redis memory per waiting job", (after - before) / BACKLOG, "bytes")
+            await asyncio.sleep(1.0)  # confirmations written
+            large = await first_jobs_rate(srv, s)
+            report(f"drain, first {FIRST:,} of a backlog of {BACKLOG:,}", large, "jobs/s",
+                   f"ratio {large / small:.2f} (goal >= 0.80)")
+
+            # A truly lost index: Redis emptied under the backlog, a worker started.
+            waiting = await s.store.pool.fetchval(
+                "SELECT count(*) FROM jobs WHERE state IN ('queued', 'scheduled')")
+            done_before = await s.store.pool.fetchval(COUNT_SUCCEEDED)
+            await s.dispatch.client.flushdb()
+            worker = WorkerProcess(srv, **FAST_WORKER)
+            began = time.perf_counter()
+            try:
+                keys = s.dispatch.keys("default")
+                while True:
+                    done = await s.store.pool.fetchval(COUNT_SUCCEEDED) - done_before
+                    indexed = await s.dispatch.client.zcard(keys.ready)
+                    if indexed + done >= waiting - 1000:
+                        break
+                    await asyncio.sleep(0.1)
+                seconds = time.perf_counter() - began
+            finally:
+                worker.stop()
+            report(f"rebuild a lost index of {waiting:,} jobs", seconds, "s",
+                   f"({done:,} jobs drained meanwhile, {done / seconds:,.0f} jobs/s)")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
