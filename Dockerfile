@@ -40,8 +40,7 @@ COPY settings.toml ./
 COPY migrations/ migrations/
 # Production defaults for containers: listen on every interface of the pod, the bundled
 # migrations, logs straight to stdout. Everything else comes from settings files
-# (TASKFLOW_SETTINGS_FILES), SSM (TASKFLOW_SSM_PATH) or TASKFLOW_* variables. (The
-# notifier's metrics_host joins these once its settings exist; the chart sets it today.)
+# (TASKFLOW_SETTINGS_FILES), SSM (TASKFLOW_SSM_PATH) or TASKFLOW_* variables.
 ENV PATH=/opt/taskflow/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -49,7 +48,8 @@ ENV PATH=/opt/taskflow/bin:$PATH \
     TASKFLOW_MIGRATIONS_DIR=/app/migrations \
     TASKFLOW_DATA_DIR=/tmp/taskflow \
     TASKFLOW_API__HOST=0.0.0.0 \
-    TASKFLOW_WORKER__METRICS_HOST=0.0.0.0
+    TASKFLOW_WORKER__METRICS_HOST=0.0.0.0 \
+    TASKFLOW_NOTIFY__METRICS_HOST=0.0.0.0
 USER 10001:10001
 # API, worker metrics, notifier metrics.
 EXPOSE 8000 9101 9102

@@ -2,7 +2,8 @@
 10,000-job backlog against the same worker's first 10,000 jobs of a large backlog, Redis
 memory per waiting job, and the time to rebuild a truly lost index while the drain goes
 on. ``BENCH_BACKLOG`` sets the large backlog (default 1,000,000; batch-submitted through
-the library, as the API does).
+the library, as the API does); ``BENCH_SETTLE`` the seconds between the fill and the drain
+(default 15: right after a bulk insert, autovacuum of the new rows competes with it).
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import time
 from benchmarks.common import (
     COUNT_SUCCEEDED, FAST_WORKER, RESET, WorkerProcess, report, servers, stores,
 )
+from taskflow.index import IndexGuard
 from taskflow.jobs import submit
 from taskflow.models import NewJob
 
 BACKLOG = int(os.environ.get("BENCH_BACKLOG", "1000000"))
 FIRST = 10_000
+SETTLE = float(os.environ.get("BENCH_SETTLE", "15"))
 
 
 async def fill(s, n: int) -> None:
@@ -42,52 +45,56 @@ async def first_jobs_rate(srv, s) -> float:
 
 
 async def reset(s) -> None:
+    """A new deployment, as an API process starting on it first claims it."""
     await s.store.pool.execute(RESET)
     await s.dispatch.client.flushdb()
+    await IndexGuard(s.store, s.dispatch).check(may_rebuild=False)
 
 
-async def main() -> None:
-    with servers() as srv:
-        async with stores(srv, migrate=True) as s:
-            await reset(s)
-            await fill(s, FIRST)
-            small = await first_jobs_rate(srv, s)
-            report(f"drain, backlog of {FIRST:,}", small, "jobs/s")
+async def main(srv) -> None:
+    async with stores(srv, migrate=True) as s:
+        await reset(s)
+        await fill(s, FIRST)
+        small = await first_jobs_rate(srv, s)
+        report(f"drain, backlog of {FIRST:,}", small, "jobs/s")
 
-            await reset(s)
-            before = (await s.dispatch.client.info("memory"))["used_memory"]
-            began = time.perf_counter()
-            await fill(s, BACKLOG)
-            report(f"submit a backlog of {BACKLOG:,} (batches of 5,000)",
-                   BACKLOG / (time.perf_counter() - began), "jobs/s")
-            after = (await s.dispatch.client.info("memory"))["used_memory"]
-            report("Redis memory per waiting job", (after - before) / BACKLOG, "bytes")
-            await asyncio.sleep(1.0)  # confirmations written
-            large = await first_jobs_rate(srv, s)
-            report(f"drain, first {FIRST:,} of a backlog of {BACKLOG:,}", large, "jobs/s",
-                   f"ratio {large / small:.2f} (goal >= 0.80)")
+        await reset(s)
+        before = (await s.dispatch.client.info("memory"))["used_memory"]
+        began = time.perf_counter()
+        await fill(s, BACKLOG)
+        report(f"submit a backlog of {BACKLOG:,} (batches of 5,000)",
+               BACKLOG / (time.perf_counter() - began), "jobs/s")
+        after = (await s.dispatch.client.info("memory"))["used_memory"]
+        report("Redis memory per waiting job", (after - before) / BACKLOG, "bytes")
+        # Let the system settle (confirmations, autovacuum of the new rows) before the
+        # drain; BENCH_SETTLE=0 starts the worker at once, as an impatient user would.
+        await asyncio.sleep(SETTLE)
+        large = await first_jobs_rate(srv, s)
+        report(f"drain, first {FIRST:,} of a backlog of {BACKLOG:,}", large, "jobs/s",
+               f"ratio {large / small:.2f} (goal >= 0.80)")
 
-            # A truly lost index: Redis emptied under the backlog, a worker started.
-            waiting = await s.store.pool.fetchval(
-                "SELECT count(*) FROM jobs WHERE state IN ('queued', 'scheduled')")
-            done_before = await s.store.pool.fetchval(COUNT_SUCCEEDED)
-            await s.dispatch.client.flushdb()
-            worker = WorkerProcess(srv, **FAST_WORKER)
-            began = time.perf_counter()
-            try:
-                keys = s.dispatch.keys("default")
-                while True:
-                    done = await s.store.pool.fetchval(COUNT_SUCCEEDED) - done_before
-                    indexed = await s.dispatch.client.zcard(keys.ready)
-                    if indexed + done >= waiting - 1000:
-                        break
-                    await asyncio.sleep(0.1)
-                seconds = time.perf_counter() - began
-            finally:
-                worker.stop()
-            report(f"rebuild a lost index of {waiting:,} jobs", seconds, "s",
-                   f"({done:,} jobs drained meanwhile, {done / seconds:,.0f} jobs/s)")
+        # A truly lost index: Redis emptied under the backlog, a worker started.
+        waiting = await s.store.pool.fetchval(
+            "SELECT count(*) FROM jobs WHERE state IN ('queued', 'scheduled')")
+        done_before = await s.store.pool.fetchval(COUNT_SUCCEEDED)
+        await s.dispatch.client.flushdb()
+        worker = WorkerProcess(srv, **FAST_WORKER)
+        began = time.perf_counter()
+        try:
+            keys = s.dispatch.keys("default")
+            while True:
+                done = await s.store.pool.fetchval(COUNT_SUCCEEDED) - done_before
+                indexed = await s.dispatch.client.zcard(keys.ready)
+                if indexed + done >= waiting - 1000:
+                    break
+                await asyncio.sleep(0.1)
+            seconds = time.perf_counter() - began
+        finally:
+            worker.stop()
+        report(f"rebuild a lost index of {waiting:,} jobs", seconds, "s",
+               f"({done:,} jobs drained meanwhile, {done / seconds:,.0f} jobs/s)")
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    with servers() as srv:
+        asyncio.run(main(srv))

@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to listen on (default: api.port)")
     serve.add_argument("--migrate", action="store_true", help="apply migrations first")
 
+    notify = sub.add_parser("notify", help="deliver dead letters, webhooks and email")
+    notify.add_argument("--migrate", action="store_true", help="apply migrations first")
+
     token = sub.add_parser("token", help="mint an HS256 API token with the configured secret")
     token.add_argument("--tenant", required=True, help="tenant that owns the caller's jobs")
     token.add_argument("--sub", default="cli", help="subject (who the token is for)")
@@ -47,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--ttl", type=_duration, default=3600.0,
                        help="lifetime: seconds, or a number with s/m/h/d (default 1h)")
 
-    dev = sub.add_parser("dev", help="all roles in one process, embedded servers if needed")
+    dev = sub.add_parser("dev", help="API, worker and notifier in one process, embedded "
+                         "servers if needed")
     dev.add_argument("--queue", "-q", action="append", dest="queues")
     dev.add_argument("--concurrency", "-c", type=int)
     dev.add_argument("--host", help="API address (default: api.host)")
@@ -97,6 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         "migrate": _migrate,
         "work": _work,
         "serve": _serve,
+        "notify": _notify,
         "dev": _dev,
     }
     with servers(settings) as embedded:
@@ -183,6 +188,15 @@ async def _work(settings: Settings, args: argparse.Namespace, db: str, rds: str)
             await _run_worker(settings, args, stores, stop)
 
 
+async def _notify(settings: Settings, args: argparse.Namespace, db: str, rds: str) -> None:
+    from taskflow.adapters.outbox import OutboxStore
+    from taskflow.notifier.role import run_notifier
+
+    stop = _stop_event()
+    async with open_stores(settings, db, rds, apply_migrations=args.migrate) as stores:
+        await run_notifier(settings, OutboxStore(stores.store.pool), db, stop)
+
+
 def _token(settings: Settings, args: argparse.Namespace) -> None:
     from taskflow.api.auth import mint_token, resolve_jwt_secret
 
@@ -221,9 +235,11 @@ async def _serve(settings: Settings, args: argparse.Namespace, db: str, rds: str
 
 
 async def _dev(settings: Settings, args: argparse.Namespace, db: str, rds: str) -> None:
+    from taskflow.adapters.outbox import OutboxStore
     from taskflow.api.app import create_app
     from taskflow.api.auth import mint_token, resolve_jwt_secret
     from taskflow.api.server import run_api, url_of
+    from taskflow.notifier.role import run_notifier
 
     stop = _stop_event()
     sock = _listen(settings, args)
@@ -235,11 +251,16 @@ async def _dev(settings: Settings, args: argparse.Namespace, db: str, rds: str) 
         token = secret and mint_token(secret, settings.auth, tenant="dev", subject="dev",
                                       scopes=[READ, WRITE, ADMIN], ttl=30 * 86400)
         print(_dev_banner(url, db, rds, token), flush=True)
+        # The notifier's metrics are in this process's registry, served by the API's
+        # /metrics; it opens no port of its own here.
+        notifier = asyncio.create_task(run_notifier(
+            settings, OutboxStore(stores.store.pool), db, stop, health_port=0))
         try:
             await _run_worker(settings, args, stores, stop)
         finally:
             stop.set()
             await api
+            await notifier
 
 
 def _dev_banner(url: str, db: str, rds: str, token: str) -> str:

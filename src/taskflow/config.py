@@ -204,6 +204,88 @@ class AuthSettings(Struct, frozen=True, forbid_unknown_fields=True):
     generate_dev_secret: bool = False
 
 
+class NotifyRetry(Struct, frozen=True, forbid_unknown_fields=True):
+    """Backoff between delivery attempts of one notification: min(max_delay, base_delay *
+    factor ** (attempt - 1)), with a random jitter of +/- jitter * delay."""
+
+    base_delay: NonNegFloat = 5.0
+    factor: Annotated[float, Meta(ge=1)] = 2.0
+    max_delay: NonNegFloat = 600.0
+    jitter: Annotated[float, Meta(ge=0, le=1)] = 0.2
+
+
+class SmtpSettings(Struct, frozen=True, forbid_unknown_fields=True):
+    """The SMTP server email notifications go through (``host`` empty: no email)."""
+
+    host: str = ""
+    port: Annotated[int, Meta(ge=1, le=65535)] = 25
+    username: str = ""
+    password: str = ""
+    starttls: bool = False  # upgrade a plain connection (usually port 587)
+    tls: bool = False       # TLS from the first byte (usually port 465)
+    sender: Annotated[str, Meta(min_length=3)] = msgspec.field(
+        default="taskflow@localhost", name="from")
+    timeout: PositiveFloat = 10.0
+
+    def __post_init__(self) -> None:
+        if self.starttls and self.tls:
+            raise ConfigError("notify.smtp.starttls and notify.smtp.tls are exclusive")
+
+
+class NotifySettings(Struct, frozen=True, forbid_unknown_fields=True):
+    """The notifier (``taskflow notify``): delivers the outbox."""
+
+    batch_size: PositiveInt = 100
+    concurrency: PositiveInt = 50         # deliveries in flight at once
+    max_attempts: PositiveInt = 10        # per webhook/email; dead letters never give up
+    retry: NotifyRetry = NotifyRetry()
+    # A claimed row is this notifier's for claim_ttl seconds, extended while it delivers;
+    # if the notifier vanishes, another delivers the row once that has passed.
+    claim_ttl: PositiveFloat = 60.0
+    idle_wait: PositiveFloat = 5.0        # safety net for a missed NOTIFY
+    shutdown_grace: NonNegFloat = 10.0
+    webhook_timeout: PositiveFloat = 10.0
+    # Signs webhooks named in jobs' `notify` (whsec_...); empty: each tenant's own secret.
+    webhook_secret: str = ""
+    api_url: str = ""                      # link to the job in emails
+    smtp: SmtpSettings = SmtpSettings()
+    metrics_host: str = "127.0.0.1"
+    metrics_port: Annotated[int, Meta(ge=0, le=65535)] = 9102
+
+    def __post_init__(self) -> None:
+        if self.webhook_secret and not self.webhook_secret.startswith("whsec_"):
+            raise ConfigError("notify.webhook_secret must start with whsec_ (whsec_ + base64)")
+
+
+class KafkaSettings(Struct, frozen=True, forbid_unknown_fields=True):
+    bootstrap_servers: Annotated[str, Meta(min_length=1)] = "127.0.0.1:9092"
+    topic: Annotated[str, Meta(min_length=1, max_length=249,
+                               pattern=r"^[A-Za-z0-9._-]+$")] = "taskflow.dead-letters"
+    client_id: str = "taskflow-notifier"
+    request_timeout: PositiveFloat = 10.0
+    # Idempotent producer (no duplicates from the producer's own retries); turn off for
+    # brokers that do not support it.
+    idempotent: bool = True
+    create_topic: bool = True
+    partitions: PositiveInt = 3
+    replication_factor: PositiveInt = 1
+
+
+class RabbitMQSettings(Struct, frozen=True, forbid_unknown_fields=True):
+    url: Annotated[str, Meta(min_length=1)] = "amqp://guest:guest@127.0.0.1:5672/"
+    queue: Annotated[str, Meta(min_length=1, max_length=255)] = "taskflow.dead-letters"
+    timeout: PositiveFloat = 10.0
+
+
+class DlqSettings(Struct, frozen=True, forbid_unknown_fields=True):
+    """Where dead letters (jobs that ended failed) are published. With ``none`` they stay
+    queryable in PostgreSQL (``GET /dead-letters``) and nothing is written to the outbox."""
+
+    backend: Literal["none", "kafka", "rabbitmq"] = "none"
+    kafka: KafkaSettings = KafkaSettings()
+    rabbitmq: RabbitMQSettings = RabbitMQSettings()
+
+
 class Settings(Struct, frozen=True, forbid_unknown_fields=True):
     """Everything taskflow reads from its configuration."""
 
@@ -222,6 +304,8 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True):
     task_policies: dict[str, TaskPolicy] = {}
     api: ApiSettings = ApiSettings()
     auth: AuthSettings = AuthSettings()
+    notify: NotifySettings = NotifySettings()
+    dlq: DlqSettings = DlqSettings()
     jwt_secret: str = ""
     # The settings environment chosen explicitly (TASKFLOW_ENV, --env, or the command's
     # own: `taskflow dev` means development); "" when none was, and then only the

@@ -102,3 +102,10 @@ QUEUE_DEPTH = Gauge("taskflow_queue_depth", "Jobs in the dispatch index, by set"
 WORKER_RUNNING = Gauge("taskflow_worker_running_jobs", "Handlers running in this worker")
 FLUSH_BATCH = Histogram("taskflow_outcome_batch_size", "Outcomes stored per statement",
                         buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000))
+NOTIFICATIONS = Counter(
+    "taskflow_notifications", "Delivery attempts of outbox rows, by channel (dead_letter, "
+    "webhook, email) and outcome (delivered, retried, failed)", ["channel", "outcome"])
+NOTIFY_DURATION = Histogram(
+    "taskflow_notification_batch_seconds", "Time to deliver one channel's share of a batch",
+    ["channel"], buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30))
+OUTBOX_PENDING = Gauge("taskflow_outbox_pending", "Outbox rows not yet delivered or failed")

@@ -28,6 +28,15 @@ class UnknownUpstreams(ValueError):
         self.ids = ids
 
 
+class JobNotify(Struct, frozen=True, forbid_unknown_fields=True):
+    """Who hears of a job's end: the ``on`` events (succeeded, failed, cancelled) go to a
+    webhook and/or email addresses (see :mod:`taskflow.notifier`)."""
+
+    on: tuple[str, ...] = ("failed",)
+    webhook: str | None = None
+    email: tuple[str, ...] = ()
+
+
 class NewJob(Struct, frozen=True, kw_only=True):
     """A job to create. ``max_attempts`` must be resolved (task policy) by the caller."""
 
@@ -44,6 +53,7 @@ class NewJob(Struct, frozen=True, kw_only=True):
     idempotency_key: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
     depends_on: tuple[uuid.UUID, ...] = ()  # existing jobs of the same tenant
+    notify: JobNotify | None = None
     id: uuid.UUID = field(default_factory=uuid7)
 
 
@@ -133,6 +143,8 @@ class Job(Struct, frozen=True):
     pending_upstreams: int
     has_dependents: bool
     cancelled_by: uuid.UUID | None
+    notify: Any = None  # the job's JobNotify as stored (JSON)
+    attempt_base: int = 0  # attempts spent before its last redrive
 
 
 class WorkflowNode(Struct, frozen=True, kw_only=True):

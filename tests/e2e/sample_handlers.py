@@ -25,3 +25,12 @@ async def collect(ctx: taskflow.JobContext) -> dict:
     """Sums the `i` of its upstream results (fan-in tests)."""
     results = ctx.upstream_results.values()
     return {"n": len(ctx.upstream_results), "sum": sum(r["i"] for r in results)}
+
+
+@taskflow.task("sample.crash")
+async def crash(ctx: taskflow.JobContext) -> None:
+    """A poison job: kills the worker process running it, every time."""
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)

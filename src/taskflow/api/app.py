@@ -15,6 +15,9 @@ from taskflow import __version__
 from taskflow.api.auth import JwtAuthMiddleware, TokenVerifier, resolve_jwt_secret
 from taskflow.api.context import ApiContext
 from taskflow.api.controllers.health import HealthController
+from taskflow.api.controllers.notifications import (
+    DeadLetterController, JobNotificationController, SubscriptionController,
+)
 from taskflow.api.controllers.tasks import TaskController
 from taskflow.api.controllers.workflows import WorkflowController
 from taskflow.api.errors import EXCEPTION_HANDLERS, invalid_body
@@ -70,7 +73,9 @@ def create_app(settings: Settings, stores: Stores, *, debug: bool = False) -> Li
         await verifier.close()
 
     app = Litestar(
-        route_handlers=[TaskController, WorkflowController, HealthController],
+        route_handlers=[TaskController, WorkflowController, HealthController,
+                        DeadLetterController, SubscriptionController,
+                        JobNotificationController],
         state=State({"api": api}),
         request_class=StrictRequest,
         middleware=[
@@ -83,9 +88,10 @@ def create_app(settings: Settings, stores: Stores, *, debug: bool = False) -> Li
         openapi_config=OpenAPIConfig(
             title="taskflow",
             version=__version__,
-            description="Submit, inspect, cancel and retry jobs. Errors are RFC 9457 problem "
+            description="Submit, inspect, cancel and retry jobs; list and redrive dead "
+                        "letters; subscribe to job events. Errors are RFC 9457 problem "
                         "details. Authenticate with a bearer JWT (scopes tasks:read, "
-                        "tasks:write, admin).",
+                        "tasks:write, subscriptions:write, admin).",
             components=Components(security_schemes={
                 "bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")}),
             security=[{"bearer": []}],

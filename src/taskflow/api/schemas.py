@@ -8,7 +8,7 @@ import enum
 import uuid
 from collections.abc import Collection
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType, field
@@ -55,6 +55,32 @@ class Backoff(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=Tru
     jitter: Annotated[float, Meta(ge=0, le=1)] | None = None
 
 
+# local@domain.tld, without the characters that would let one address pass for several
+# (commas, semicolons, brackets, quotes, spaces).
+EMAIL_PATTERN = r"^[^@\s,;<>()\[\]\\\"]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$"
+EmailAddress = Annotated[str, Meta(min_length=3, max_length=254, pattern=EMAIL_PATTERN,
+                                   description="an email address (local@domain.tld)")]
+WebhookUrl = Annotated[str, Meta(
+    min_length=8, max_length=2048, pattern=r"^https?://[^\s]+$",
+    description="http(s) URL; must resolve to an address outbound requests may reach")]
+JobEvent = Literal["succeeded", "failed", "cancelled"]
+MAX_RECIPIENTS = 50
+
+
+class NotifySpec(Struct, frozen=True, forbid_unknown_fields=True):
+    """Who hears of this job's end: a Standard Webhooks POST and/or an email per event."""
+
+    on: Annotated[list[JobEvent], Meta(min_length=1, max_length=3)] = field(
+        default_factory=lambda: ["failed"])
+    webhook: WebhookUrl | None = None
+    email: Annotated[list[EmailAddress], Meta(max_length=MAX_RECIPIENTS)] = field(
+        default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.webhook is None and not self.email:
+            raise ValueError("give a `webhook`, an `email` list, or both")
+
+
 class JobSpec(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """A job to submit. ``delay`` and ``run_at`` are exclusive; neither means now."""
 
@@ -76,6 +102,7 @@ class JobSpec(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
         description="ids of jobs (of the same tenant) that must succeed first")] = field(
         default_factory=list
     )
+    notify: NotifySpec | None = None
 
     def __post_init__(self) -> None:
         if self.delay is not None and self.run_at is not None:
@@ -126,6 +153,7 @@ class JobOut(Struct, frozen=True, kw_only=True):
     node: str | None = None
     pending_upstreams: int = 0  # upstream jobs that have not succeeded yet
     cancelled_by: uuid.UUID | None = None  # the upstream whose failure cancelled it
+    notify: dict[str, Any] | None = None  # as submitted: on, webhook, email
 
     @classmethod
     def of(cls, job: Job, include: Collection[str] = OPTIONAL_FIELDS) -> JobOut:
@@ -141,6 +169,7 @@ class JobOut(Struct, frozen=True, kw_only=True):
             timeout=job.timeout, cancel_requested=job.cancel_requested,
             workflow_id=job.workflow_id, node=job.node,
             pending_upstreams=job.pending_upstreams, cancelled_by=job.cancelled_by,
+            notify=job.notify,
         )
 
 

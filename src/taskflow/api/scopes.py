@@ -7,4 +7,7 @@ WRITE = "tasks:write"
 """Submit, cancel and retry jobs of the token's tenant."""
 ADMIN = "admin"
 """Operators: read every tenant's jobs."""
-SCOPES = (READ, WRITE, ADMIN)
+SUBSCRIPTIONS = "subscriptions:write"
+"""Manage the tenant's notification subscriptions and read its webhook signing secret
+(``admin`` may too)."""
+SCOPES = (READ, WRITE, ADMIN, SUBSCRIPTIONS)

@@ -21,10 +21,11 @@ import msgspec
 from taskflow.adapters.postgres import InsertResult
 from taskflow.api.errors import BACKEND_ERRORS, ApiError, Unavailable, located
 from taskflow.api.quotas import Quotas
-from taskflow.api.schemas import MAX_BATCH, JobOut, JobSpec
+from taskflow.api.schemas import MAX_BATCH, JobOut, JobSpec, NotifySpec
+from taskflow.api.targets import TargetCheck
 from taskflow.config import Settings
 from taskflow.jobs import submit
-from taskflow.models import DispatchEntry, Job, NewJob, UnknownUpstreams
+from taskflow.models import DispatchEntry, Job, JobNotify, NewJob, UnknownUpstreams
 from taskflow.runtime import Stores
 from taskflow.worker.registry import Registry
 
@@ -81,6 +82,7 @@ class Submitter:
         self.stores = stores
         self.known = known
         self.quotas = Quotas(settings, stores.store)
+        self.targets = TargetCheck(settings.outbound)
         self.max_payload = settings.api.max_payload_bytes
         self.max_inflight = max(1, settings.database.pool_max // 2)
         self.max_pending = settings.api.max_pending_submits
@@ -116,8 +118,17 @@ class Submitter:
             tenant=tenant, run_at=spec.run_at, delay=spec.delay,
             max_attempts=spec.max_attempts or policy.max_attempts, retry_policy=retry_policy,
             timeout=timeout, idempotency_key=spec.idempotency_key, labels=spec.labels,
-            depends_on=tuple(spec.depends_on),
+            depends_on=tuple(spec.depends_on), notify=_notify(spec.notify),
         )
+
+    async def check_targets(self, jobs: Sequence[NewJob], wheres: Sequence[str]) -> None:
+        """422 for a job whose ``notify.webhook`` the notifier could not call (does not
+        resolve, or resolves to a private address); each URL is checked once."""
+        first: dict[str, str] = {}  # URL -> the field that names it first
+        for job, where in zip(jobs, wheres):
+            if job.notify is not None and job.notify.webhook is not None:
+                first.setdefault(job.notify.webhook, f"{where}notify.webhook")
+        await self.targets.webhooks(first)
 
     async def submit_batch(self, jobs: Sequence[NewJob]) -> list[uuid.UUID]:
         """All or none, in one statement; ids in the order given."""
@@ -217,6 +228,13 @@ class Submitter:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
+def _notify(spec: NotifySpec | None) -> JobNotify | None:
+    if spec is None:
+        return None
+    return JobNotify(on=tuple(dict.fromkeys(spec.on)), webhook=spec.webhook,
+                     email=tuple(dict.fromkeys(spec.email)))
+
+
 def _unknown_upstreams(jobs: Sequence[NewJob], exc: UnknownUpstreams) -> ApiError:
     """422 naming the ids (and, in a batch, the first job that names one)."""
     missing = set(exc.ids)
@@ -262,4 +280,5 @@ def _created(job: NewJob, entry: DispatchEntry, created_at: datetime) -> JobOut:
         created_at=created_at, started_at=None, finished_at=None, result=None, error=None,
         labels=job.labels, tenant=job.tenant, idempotency_key=job.idempotency_key,
         timeout=job.timeout, cancel_requested=False,
+        notify=None if job.notify is None else msgspec.structs.asdict(job.notify),
     )

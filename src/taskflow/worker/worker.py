@@ -92,6 +92,7 @@ class Worker:
         self._flush_lock = asyncio.Lock()
         self._max_buffered = max(self.concurrency, self.cfg.claim_batch) * 2
         self._next_queue = 0
+        self._round: asyncio.Future[tuple[int, int, int | None]] | None = None
         metrics.WORKER_RUNNING.set_function(lambda: self.running)
 
     # -- the main loop -------------------------------------------------------------------
@@ -112,6 +113,10 @@ class Worker:
             finally:
                 claimer.cancel()
                 await asyncio.gather(claimer, return_exceptions=True)
+                if self._round is not None:
+                    # A claim round is never cut short (see _claim): let it finish, so
+                    # what it started is run or handed back below.
+                    await asyncio.gather(self._round, return_exceptions=True)
                 await self._shutdown()
         finally:
             # Even when the shutdown itself is cancelled: no duty outlives the worker.
@@ -150,14 +155,24 @@ class Worker:
             if limit <= 0:
                 break
             queue = self.queues[(self._next_queue + i) % n]
-            result = await self.dispatch.claim(queue, limit, self.lease_ms)
-            if result.next_due_ms is not None:
-                next_due = min(next_due or result.next_due_ms, result.next_due_ms)
-            if result.claims:
-                total += await self._start(queue, result.claims)
-                limit -= len(result.claims)
+            # Shielded: cancelling the claimer (shutdown) must not cut a round between
+            # the claim in Redis and start_jobs in PostgreSQL, or after start_jobs
+            # committed: jobs moved to running would be neither run nor handed back, and
+            # their rescue a lease later would charge each a lost attempt.
+            self._round = asyncio.ensure_future(self._claim_queue(queue, limit))
+            started, claimed, due = await asyncio.shield(self._round)
+            if due is not None:
+                next_due = min(next_due or due, due)
+            total += started
+            limit -= claimed
         self._next_queue = (self._next_queue + 1) % n
         return total, next_due
+
+    async def _claim_queue(self, queue: str, limit: int) -> tuple[int, int, int | None]:
+        """(jobs started, jobs claimed, next delayed due ms) of one queue."""
+        result = await self.dispatch.claim(queue, limit, self.lease_ms)
+        started = await self._start(queue, result.claims) if result.claims else 0
+        return started, len(result.claims), result.next_due_ms
 
     async def _start(self, queue: str, claims: list[Claim]) -> int:
         for c in claims:

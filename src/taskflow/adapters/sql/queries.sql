@@ -32,7 +32,7 @@ WITH created AS (
 INSERT INTO jobs (id, tenant, task, queue, payload, priority, run_at, state, max_attempts,
                   retry_policy, timeout, idempotency_key, labels, upstream_count,
                   pending_upstreams, has_dependents, workflow_id, node, cancelled_by, error,
-                  finished_at)
+                  finished_at, notify)
 SELECT t.id, t.tenant, t.task, t.queue, t.payload::jsonb, t.priority, due.run_at,
        CASE WHEN t.cancelled_by IS NOT NULL THEN 'cancelled'
             WHEN t.pending > 0 THEN 'blocked'
@@ -40,14 +40,14 @@ SELECT t.id, t.tenant, t.task, t.queue, t.payload::jsonb, t.priority, due.run_at
             ELSE 'queued' END::job_state,
        t.max_attempts, t.retry_policy::jsonb, t.timeout, t.idempotency_key, t.labels::jsonb,
        t.upstream_count, t.pending, t.has_dependents, t.workflow_id, t.node, t.cancelled_by,
-       t.error, CASE WHEN t.cancelled_by IS NOT NULL THEN now() END
+       t.error, CASE WHEN t.cancelled_by IS NOT NULL THEN now() END, t.notify::jsonb
 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[],
             $7::timestamptz[], $8::float8[], $9::int[], $10::text[], $11::float8[],
             $12::text[], $13::text[], $14::int[], $15::int[], $16::bool[], $17::uuid[],
-            $18::text[], $19::uuid[], $20::text[])
+            $18::text[], $19::uuid[], $20::text[], $21::text[])
      AS t(id, tenant, task, queue, payload, priority, run_at, delay, max_attempts,
           retry_policy, timeout, idempotency_key, labels, upstream_count, pending,
-          has_dependents, workflow_id, node, cancelled_by, error)
+          has_dependents, workflow_id, node, cancelled_by, error, notify)
 CROSS JOIN LATERAL (
     SELECT coalesce(t.run_at, now() + make_interval(secs => coalesce(t.delay, 0))) AS run_at
 ) AS due
@@ -367,3 +367,148 @@ SELECT k.tenant, k.queue,
                                 AND j.finished_at IS NULL
                               LIMIT $3) AS s) AS active
 FROM unnest($1::text[], $2::text[]) AS k(tenant, queue);
+
+-- Notifications and dead letters (migration 0003). The outbox rows themselves are written
+-- by triggers on jobs, in the statement that ends a job; these queries consume them.
+
+-- name: outbox_register_sink
+INSERT INTO outbox_sinks (name, backend) VALUES ($1, $2)
+ON CONFLICT (name) DO UPDATE SET backend = EXCLUDED.backend, updated_at = now();
+
+-- name: outbox_unregister_sink
+DELETE FROM outbox_sinks WHERE name = $1;
+
+-- name: outbox_claim
+-- A batch of due rows for one notifier, of the channels it delivers ($4). SKIP LOCKED lets notifiers share the outbox; the
+-- claim moves next_attempt_at to the claim's end, so the row is nobody else's until then,
+-- and is claimed again if its notifier vanished. Attempts count at the claim: a row that
+-- crashes its notifier every time still runs out of attempts.
+WITH picked AS (
+    SELECT id FROM outbox
+    WHERE status = 'pending' AND next_attempt_at <= now() AND channel = ANY($4::text[])
+    ORDER BY next_attempt_at, id
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE outbox AS o
+    SET claim_token = $1, next_attempt_at = now() + make_interval(secs => $2),
+        attempts = o.attempts + 1
+    FROM picked WHERE o.id = picked.id
+    RETURNING o.*
+)
+SELECT c.id, c.message_id, c.event, c.tenant, c.job_id, c.workflow_id, c.channel, c.target,
+       c.subscription_id, c.body::text AS body, c.attempts, c.created_at,
+       coalesce(s.secret, w.secret) AS secret,
+       (c.subscription_id IS NULL OR s.id IS NOT NULL) AS subscribed
+FROM claimed AS c
+LEFT JOIN subscriptions AS s ON s.id = c.subscription_id
+LEFT JOIN webhook_secrets AS w ON c.subscription_id IS NULL AND w.tenant = c.tenant
+ORDER BY c.id;
+
+-- name: outbox_extend_claim
+-- Keeps rows a notifier is still delivering its own (a slow SMTP server, a slow receiver):
+-- their claim is pushed to now + $3 while the token is still theirs.
+UPDATE outbox SET next_attempt_at = now() + make_interval(secs => $3)
+WHERE id = ANY($1::bigint[]) AND claim_token = $2 AND status = 'pending';
+
+-- name: outbox_settle
+-- Records how each claimed row's attempt ended (delivered, retried after a delay,
+-- failed for good, or handed back unattempted at shutdown), fenced by the claim token:
+-- a notifier whose claim expired and was taken over writes nothing.
+WITH s AS (
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::float8[], $5::text[])
+        AS s(id, token, outcome, delay, error)
+), moved AS (
+    UPDATE outbox AS o
+    SET status = CASE s.outcome WHEN 'delivered' THEN 'delivered'
+                                WHEN 'failed' THEN 'failed' ELSE 'pending' END,
+        next_attempt_at = CASE s.outcome
+                              WHEN 'retried' THEN now() + make_interval(secs => s.delay)
+                              WHEN 'handed_back' THEN now()
+                              ELSE o.next_attempt_at END,
+        attempts = CASE WHEN s.outcome = 'handed_back' THEN o.attempts - 1
+                        ELSE o.attempts END,
+        delivered_at = CASE WHEN s.outcome = 'delivered' THEN now() END,
+        last_error = CASE WHEN s.outcome IN ('retried', 'failed') THEN s.error
+                          ELSE o.last_error END,
+        claim_token = NULL
+    FROM s
+    WHERE o.id = s.id AND o.claim_token = s.token AND o.status = 'pending'
+    RETURNING o.id, o.attempts, s.outcome, s.error
+), recorded AS (
+    INSERT INTO outbox_attempts (outbox_id, attempt, outcome, error)
+    SELECT id, CASE WHEN outcome = 'handed_back' THEN attempts + 1 ELSE attempts END,
+           outcome, error
+    FROM moved
+)
+SELECT id FROM moved;
+
+-- name: outbox_next_due
+-- Seconds until the earliest pending row of these channels is due (NULL: none pending).
+SELECT extract(epoch FROM min(next_attempt_at) - now())::float8
+FROM outbox WHERE status = 'pending' AND channel = ANY($1::text[]);
+
+-- name: outbox_pending_count
+SELECT count(*) FROM outbox WHERE status = 'pending';
+
+-- name: job_notifications
+SELECT id, event, channel, target, status, attempts, last_error, created_at, delivered_at,
+       subscription_id
+FROM outbox WHERE job_id = $1 ORDER BY id;
+
+-- name: ensure_webhook_secret
+-- The tenant's signing secret, created with $2 if it has none.
+WITH made AS (
+    INSERT INTO webhook_secrets (tenant, secret) VALUES ($1, $2)
+    ON CONFLICT (tenant) DO NOTHING
+    RETURNING secret
+)
+SELECT secret FROM made
+UNION ALL
+SELECT secret FROM webhook_secrets WHERE tenant = $1
+LIMIT 1;
+
+-- name: rotate_webhook_secret
+INSERT INTO webhook_secrets (tenant, secret) VALUES ($1, $2)
+ON CONFLICT (tenant) DO UPDATE SET secret = EXCLUDED.secret, created_at = now()
+RETURNING secret;
+
+-- name: insert_subscription
+INSERT INTO subscriptions (id, tenant, events, queue, task, webhook, email, secret)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+RETURNING *;
+
+-- name: list_subscriptions
+SELECT * FROM subscriptions
+WHERE tenant = $1 AND ($2::uuid IS NULL OR id < $2)
+ORDER BY id DESC
+LIMIT $3;
+
+-- name: delete_subscription
+DELETE FROM subscriptions WHERE id = $1 AND tenant = $2 RETURNING id;
+
+-- name: list_dead_letters
+-- A tenant's terminal failures ($1 NULL: every tenant's, for operators), newest first,
+-- keyset-paged on the time-ordered id like list_jobs.
+SELECT * FROM jobs
+WHERE ($1::text IS NULL OR tenant = $1) AND state = 'failed'
+  AND ($2::uuid IS NULL OR id < $2)
+  AND ($3::text IS NULL OR queue = $3)
+  AND ($4::text IS NULL OR task = $4)
+  AND ($5::text IS NULL OR strpos(error, $5) > 0)
+  AND ($6::timestamptz IS NULL OR finished_at >= $6)
+  AND ($7::timestamptz IS NULL OR finished_at < $7)
+ORDER BY id DESC
+LIMIT $8;
+
+-- name: redrive_jobs
+-- failed -> queued (blocked while upstreams are unfinished) with a fresh budget of the
+-- job's own attempts (max_attempts - attempt_base); attempt numbers keep counting up, so
+-- the history in job_attempts stays. Jobs no longer failed are skipped.
+UPDATE jobs
+SET state = CASE WHEN pending_upstreams > 0 THEN 'blocked' ELSE 'queued' END::job_state,
+    run_at = now(), max_attempts = attempts + max_attempts - attempt_base,
+    attempt_base = attempts, finished_at = NULL, result = NULL, error = NULL,
+    cancel_requested = false, cancelled_by = NULL
+WHERE id = ANY($1::uuid[]) AND tenant = $2 AND state = 'failed'
+RETURNING id, queue, priority, run_at, state, has_dependents;

@@ -124,6 +124,7 @@ class TaskController(Controller):
                      data: JobSpec) -> Response[JobOut]:
         api: ApiContext = state.api
         job = api.submitter.new_job(data, request.auth.tenant)
+        await api.submitter.check_targets([job], [""])
         # No deadline around a write: it could fire after the commit and answer 503 for a
         # job that exists. The submitter bounds its own wait (see submit_one).
         created, out = await api.submitter.submit_one(job)
@@ -137,6 +138,7 @@ class TaskController(Controller):
         tenant = request.auth.tenant
         new = [api.submitter.new_job(spec, tenant, f"tasks[{i}].")
                for i, spec in enumerate(data.tasks)]
+        await api.submitter.check_targets(new, [f"tasks[{i}]." for i in range(len(new))])
         ids = await api.submitter.submit_batch(new)  # bounded by the stores' own timeouts
         return BatchCreated(ids)
 

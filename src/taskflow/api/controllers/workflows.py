@@ -86,6 +86,8 @@ class WorkflowController(Controller):
             check_workflow({n.name: n.after for n in nodes})
         except WorkflowError as exc:
             raise ApiError(422, f"jobs: {exc}", field="jobs") from None
+        await api.submitter.check_targets([n.job for n in nodes],
+                                          [f"jobs[{i}]." for i in range(len(nodes))])
         async with api.deadline():
             await api.submitter.quotas.check_active([n.job for n in nodes])
         # Bounded by the stores' own timeouts, not a deadline that could fire after the

@@ -1,0 +1,104 @@
+"""Email notifications over SMTP (aiosmtplib): one message per event, to all its
+recipients, in plain text."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from email.message import EmailMessage
+from typing import Any
+
+import aiosmtplib
+import msgspec
+
+from taskflow.adapters.outbox import Delivery
+from taskflow.config import SmtpSettings
+from taskflow.notifier.backoff import Attempted
+
+
+def compose(item: Delivery, sender: str, api_url: str) -> EmailMessage:
+    data: dict[str, Any] = msgspec.json.decode(item.body)
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = ", ".join((item.target or "").split(","))
+    msg["Message-ID"] = f"<{item.message_id}@taskflow>"  # the same on every retry
+    if item.event.startswith("workflow."):
+        msg["Subject"] = f"[taskflow] {item.event}: workflow {data.get('name')} {data['id']}"
+        lines = [f"Workflow {data.get('name')} ({data['id']}) ended {data.get('state')}.",
+                 "", f"Jobs: {data.get('jobs')}", f"Tenant: {data.get('tenant')}",
+                 f"Finished: {data.get('finished_at')}"]
+        link = f"{api_url.rstrip('/')}/workflows/{data['id']}" if api_url else ""
+    else:
+        msg["Subject"] = f"[taskflow] {item.event}: {data.get('task')} {data['id']}"
+        lines = [
+            f"Job {data['id']} ended {data.get('state')}.", "",
+            f"Task:     {data.get('task')}", f"Queue:    {data.get('queue')}",
+            f"State:    {data.get('state')}",
+            f"Attempts: {data.get('attempts')} of {data.get('max_attempts')}",
+            f"Error:    {data.get('error') or '-'}", f"Tenant:   {data.get('tenant')}",
+            f"Created:  {data.get('created_at')}", f"Finished: {data.get('finished_at')}",
+        ]
+        if data.get("workflow_id"):
+            lines.append(f"Workflow: {data['workflow_id']} (node {data.get('node')})")
+        link = f"{api_url.rstrip('/')}/tasks/{data['id']}" if api_url else ""
+    if link:
+        lines += ["", f"Details: {link}"]
+    msg.set_content("\n".join(lines) + "\n")
+    return msg
+
+
+class EmailSink:
+    """Sends a batch over one SMTP connection. A 5xx answer fails the message for good;
+    4xx answers and connection trouble retry it."""
+
+    channel = "email"
+    backend = "smtp"
+
+    def __init__(self, settings: SmtpSettings, api_url: str) -> None:
+        self.settings = settings
+        self.api_url = api_url
+
+    def _client(self) -> aiosmtplib.SMTP:
+        s = self.settings
+        return aiosmtplib.SMTP(
+            hostname=s.host, port=s.port, use_tls=s.tls, start_tls=s.starttls,
+            username=s.username or None, password=s.password or None, timeout=s.timeout)
+
+    async def deliver(self, items: Sequence[Delivery]) -> list[Attempted]:
+        results: list[Attempted] = []
+        smtp = self._client()
+        try:
+            await smtp.connect()
+        except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
+            return [Attempted.retry(f"SMTP {self.settings.host}:{self.settings.port}: {exc}")
+                    for _ in items]
+        try:
+            for n, item in enumerate(items):
+                try:
+                    if not item.subscribed:
+                        results.append(Attempted.give_up("the subscription was deleted"))
+                        continue
+                    await smtp.send_message(compose(item, self.settings.sender, self.api_url))
+                    results.append(Attempted.delivered())
+                except aiosmtplib.SMTPRecipientsRefused as exc:
+                    permanent = all(r.code >= 500 for r in exc.recipients)
+                    error = "; ".join(f"{r.recipient}: {r.code} {r.message}"
+                                      for r in exc.recipients)
+                    results.append(Attempted.give_up(error) if permanent
+                                   else Attempted.retry(error))
+                except aiosmtplib.SMTPResponseException as exc:
+                    error = f"SMTP {exc.code} {exc.message}"
+                    results.append(Attempted.give_up(error) if exc.code >= 500
+                                   else Attempted.retry(error))
+                except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
+                    # The connection is gone: this one and the rest wait for the next try.
+                    results += [Attempted.retry(f"SMTP: {exc}")] * (len(items) - n)
+                    break
+        finally:
+            try:
+                await smtp.quit()
+            except (TimeoutError, aiosmtplib.SMTPException, OSError):
+                smtp.close()
+        return results
+
+    async def close(self) -> None:
+        pass

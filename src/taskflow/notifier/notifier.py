@@ -1,0 +1,224 @@
+"""The notifier loop: claim due outbox rows (SKIP LOCKED, so notifiers share the work),
+deliver them through their channel's sink, record each attempt. Woken by LISTEN/NOTIFY
+when the triggers write rows; otherwise it sleeps until the next retry is due.
+
+At-least-once: a claim lasts ``notify.claim_ttl``; a notifier that dies holding rows
+leaves them to be claimed again when it expires. SIGTERM stops claiming, lets the batch
+in hand finish for ``notify.shutdown_grace`` seconds and hands back the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Mapping, Sequence
+
+import asyncpg
+
+from taskflow import metrics
+from taskflow.adapters.outbox import DEAD_LETTERS, Delivery, OutboxStore, Settlement
+from taskflow.config import NotifySettings
+from taskflow.notifier.backoff import Attempted, decide
+from taskflow.notifier.sinks import Sink
+from taskflow.supervise import supervised
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "taskflow_outbox"
+"""The NOTIFY channel the outbox triggers signal on."""
+
+
+class Notifier:
+    def __init__(self, settings: NotifySettings, outbox: OutboxStore, database_url: str,
+                 sinks: Sequence[Sink], *, rng: random.Random | None = None) -> None:
+        self.settings = settings
+        self.outbox = outbox
+        self.database_url = database_url
+        self.sinks: Mapping[str, Sink] = {s.channel: s for s in sinks}
+        self.channels = sorted(self.sinks)
+        self.rng = rng or random.Random()
+        self.wake = asyncio.Event()
+        self.listening = False
+        self.registered = False
+        self._held: dict[int, Delivery] = {}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        log.info("notifier delivering %s", ", ".join(
+            f"{c} ({self.sinks[c].backend})" for c in self.channels))
+        listener = asyncio.create_task(supervised("outbox listener", self._listen))
+        gauge = asyncio.create_task(supervised("outbox gauge", self._measure))
+        try:
+            await self._loop(stop)
+        finally:
+            listener.cancel()
+            gauge.cancel()
+            await asyncio.gather(listener, gauge, return_exceptions=True)
+            for sink in self.sinks.values():
+                await sink.close()
+
+    async def _register(self) -> None:
+        """Tell the triggers whether dead letters have a consumer. Left registered when
+        this notifier stops: dead letters must keep being written while notifiers
+        restart. A notifier started with dlq.backend = none removes it (every notifier of
+        a deployment shares one configuration)."""
+        dlq = self.sinks.get("dead_letter")
+        await self.outbox.register_sink(DEAD_LETTERS, dlq.backend if dlq else None)
+        self.registered = True
+
+    async def _loop(self, stop: asyncio.Event) -> None:
+        backoff = 0.1
+        while not stop.is_set():
+            try:
+                if not self.registered:
+                    await self._register()
+                # Cleared before the claim, so a NOTIFY for rows committed after it
+                # (while this batch is delivered) cuts the next sleep short.
+                self.wake.clear()
+                batch = await self.outbox.claim(self.settings.batch_size,
+                                                self.settings.claim_ttl, self.channels)
+                if batch:
+                    await self._deliver_until_stopped(batch, stop)
+                    backoff = 0.1
+                    if len(batch) == self.settings.batch_size:
+                        continue  # more are probably waiting
+                wait = await self.outbox.next_due(self.channels)
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("outbox unavailable (%r); retrying in %.1fs", exc, backoff)
+                await self._sleep(backoff, stop, wakeable=False)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            idle = self.settings.idle_wait if wait is None else min(max(wait, 0.0),
+                                                                    self.settings.idle_wait)
+            await self._sleep(idle, stop)
+
+    async def _sleep(self, seconds: float, stop: asyncio.Event, *,
+                     wakeable: bool = True) -> None:
+        """Until ``seconds`` pass, ``stop`` is set or (``wakeable``) a NOTIFY arrives."""
+        if seconds <= 0:
+            return
+        waits = [asyncio.ensure_future(stop.wait())]
+        if wakeable:
+            waits.append(asyncio.ensure_future(self.wake.wait()))
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
+    async def _deliver_until_stopped(self, batch: list[Delivery], stop: asyncio.Event) -> None:
+        self._held = {d.id: d for d in batch}
+        work = asyncio.create_task(self._deliver(batch))
+        stopping = asyncio.ensure_future(stop.wait())
+        keeping = asyncio.create_task(self._keep_claim(batch[0].token))
+        try:
+            await asyncio.wait([work, stopping], return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():
+                # Shutting down: the batch in hand gets the grace period, then what is
+                # left goes back to the outbox for another notifier.
+                done, _ = await asyncio.wait([work], timeout=self.settings.shutdown_grace)
+                if not done:
+                    work.cancel()
+                    await asyncio.gather(work, return_exceptions=True)
+            if work.done() and not work.cancelled() and work.exception() is not None:
+                raise work.exception()  # type: ignore[misc]
+        finally:
+            stopping.cancel()
+            keeping.cancel()
+            await asyncio.gather(keeping, return_exceptions=True)
+            if self._held:
+                await self._hand_back(list(self._held.values()))
+
+    async def _keep_claim(self, token: str) -> None:
+        """While a batch is being delivered, extend the claim of its unsettled rows every
+        third of ``claim_ttl``: only a notifier that died (or lost PostgreSQL for longer
+        than that) lets another claim them."""
+        ttl = self.settings.claim_ttl
+        while True:
+            await asyncio.sleep(ttl / 3)
+            if self._held:
+                try:
+                    await self.outbox.extend_claim(list(self._held), token, ttl)
+                except (TimeoutError, OSError, asyncpg.PostgresError,
+                        asyncpg.InterfaceError) as exc:
+                    log.warning("could not extend the claim of %d outbox rows (%r)",
+                                len(self._held), exc)
+
+    async def _deliver(self, batch: list[Delivery]) -> None:
+        by_channel: dict[str, list[Delivery]] = {}
+        for item in batch:
+            by_channel.setdefault(item.channel, []).append(item)
+        await asyncio.gather(*(self._deliver_channel(c, items)
+                               for c, items in by_channel.items()))
+
+    async def _deliver_channel(self, channel: str, items: list[Delivery]) -> None:
+        try:
+            with metrics.NOTIFY_DURATION.labels(channel).time():
+                results = await self.sinks[channel].deliver(items)
+        except Exception as exc:  # a bug in a sink: retry (with backoff), do not lose rows
+            log.exception("the %s sink failed on %d rows", channel, len(items))
+            results = [Attempted.retry(f"internal error: {exc!r}")] * len(items)
+        settlements = [self._settlement(item, result) for item, result in zip(items, results)]
+        await self._settle(settlements)
+        for item, s in zip(items, settlements):
+            self._held.pop(s.id, None)
+            metrics.NOTIFICATIONS.labels(channel, s.outcome).inc()
+            if s.outcome == "failed":
+                log.warning("%s of %s to %s failed for good after %d attempts: %s", channel,
+                            item.event, item.target, item.attempts, s.error)
+
+    def _settlement(self, item: Delivery, result: Attempted) -> Settlement:
+        # A dead letter never gives up: losing it would defeat the DLQ.
+        limit = None if item.channel == "dead_letter" else self.settings.max_attempts
+        decision = decide(result, item.attempts, limit, self.settings.retry, self.rng)
+        return Settlement(item.id, item.token, decision.outcome, decision.delay, result.error)
+
+    async def _settle(self, settlements: list[Settlement]) -> None:
+        """Record outcomes; PostgreSQL trouble is retried briefly (the deliveries are
+        done, and a lost record means a duplicate once the claim expires)."""
+        for attempt in range(5):
+            try:
+                await self.outbox.settle(settlements)
+                return
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                if attempt == 4:
+                    raise
+                log.warning("could not record %d deliveries (%r); retrying",
+                            len(settlements), exc)
+                await asyncio.sleep(0.2 * 2 ** attempt)
+
+    async def _hand_back(self, items: list[Delivery]) -> None:
+        self._held = {}
+        try:
+            await self.outbox.settle([Settlement(i.id, i.token, "handed_back") for i in items])
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("could not hand back %d outbox rows (%r); they are delivered when "
+                        "their claim expires", len(items), exc)
+        else:
+            log.info("handed back %d undelivered outbox rows", len(items))
+
+    async def _listen(self) -> None:
+        """LISTEN on a connection of its own (the pool's are not kept per session);
+        restarted by its supervisor when the connection drops."""
+        conn = await asyncpg.connect(self.database_url)
+        closed = asyncio.Event()
+        try:
+            conn.add_termination_listener(lambda _: closed.set())
+            await conn.add_listener(CHANNEL, lambda *_: self.wake.set())
+            self.listening = True
+            self.wake.set()  # rows may have arrived while nobody listened
+            while not closed.is_set():
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(closed.wait(), 5.0)
+                if not closed.is_set():
+                    await conn.execute("SELECT 1")  # notices a silently dropped link
+            raise ConnectionError("the LISTEN connection closed")
+        finally:
+            self.listening = False
+            conn.terminate()
+
+    async def _measure(self) -> None:
+        while True:
+            metrics.OUTBOX_PENDING.set(await self.outbox.pending_count())
+            await asyncio.sleep(5.0)
