@@ -49,6 +49,11 @@ async def describe(conn: asyncpg.Connection, ids: Sequence, limit: int = SHOWN) 
                      f"{j['attempts']}/{j['max_attempts']}, error {short(j['error'])}; "
                      f"queue {j['queue']}, created {j['created_at']:%H:%M:%S.%f}, due "
                      f"{j['run_at']:%H:%M:%S.%f}")
+        if j["state"] == "blocked":
+            for u in await conn.fetch(
+                    "SELECT u.id, u.node, u.state FROM job_dependencies AS d JOIN jobs AS u"
+                    " ON u.id = d.upstream_id WHERE d.job_id = $1 ORDER BY u.id", j["id"]):
+                lines.append(f"    waits on {u['id']} ({u['node']}): {u['state']}")
         for a in by_job.get(j["id"], []):
             lines.append(f"    attempt {a['attempt']} on {a['worker']}: {a['outcome']} "
                          f"({a['started_at']:%H:%M:%S.%f} -> {a['finished_at']:%H:%M:%S.%f})"

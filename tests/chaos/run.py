@@ -103,6 +103,17 @@ class Chaos:
                                   self.log_dir / f"worker{slot}-{self.started}.log",
                                   **WORKER_SETTINGS)
 
+    async def serving(self, slot: int, timeout: float = 30.0) -> None:
+        """Wait (bounded) until the worker in ``slot`` says it serves its queues: the next
+        fault must find it running, not starting (a worker that cannot reach PostgreSQL
+        at start exits by design, for its supervisor to start it again)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            role = self.workers[slot]
+            if role is None or role.process.poll() is not None or " serving " in role.output():
+                return  # an exit is the watcher's to report
+            await asyncio.sleep(0.1)
+
     async def watch_workers(self) -> None:
         """A worker that exits without being killed is reported, and started again."""
         while True:
@@ -157,6 +168,7 @@ class Chaos:
             fault.detail = f"worker pid {pid} (restarted after {pause:.1f}s)"
             await asyncio.sleep(pause)
             self.start_worker(slot)
+            await self.serving(slot)
             return fault, back
         if kind == "flush_redis":
             await self.servers.flush_redis()
@@ -322,6 +334,8 @@ async def run_chaos(cfg: ChaosConfig) -> Report:
             chaos.t0 = time.monotonic()
             for slot in range(cfg.workers):
                 chaos.start_worker(slot)
+            for slot in range(cfg.workers):
+                await chaos.serving(slot)
             watcher = asyncio.create_task(chaos.watch_workers())
             if cfg.api:
                 api = ApiClient(servers, log_dir, TENANT, attempts=plan.kills + 1,
