@@ -1,10 +1,11 @@
-# taskflow: `make dev` runs it locally, `make test` runs the tests, `make bench` measures.
+# taskflow: `make dev` runs it locally, `make test` runs the tests, `make bench` measures,
+# `make soak` runs the chaos suite for longer.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install dev test test-unit bench migrate lint clean image wheelhouse test-image test-deploy
+.PHONY: install dev test test-unit bench soak migrate lint clean image wheelhouse test-image test-deploy
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +30,11 @@ test-unit: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks
+
+# The chaos run of tests/e2e/test_chaos.py, longer and bigger: SOAK_SECONDS of faults
+# (default 300) over SOAK_JOBS jobs (default 100000); SOAK_SEED repeats a run.
+soak: $(STAMP)
+	$(PY) -m tests.chaos
 
 migrate: $(STAMP)
 	$(VENV)/bin/taskflow migrate
