@@ -54,15 +54,6 @@ def test_nothing_is_left_running_or_waiting(chaos):
     _held(chaos, "nothing_unfinished")
 
 
-# A race: it shows in some runs only, so strict=True would fail the runs it misses.
-@pytest.mark.xfail(strict=False, reason=(
-    "regression of main 671388b (issue 11: no reconcile pass over the backlog but hourly): "
-    "a worker that claims due jobs from Redis while PostgreSQL is down fails start_jobs "
-    "(FileNotFoundError / ConnectionResetError), and Worker._start gives their leases back "
-    "(release.lua) but puts them back in no ready or delayed set, and nothing marks them "
-    "unconfirmed; they stay 'scheduled' with 0 attempts until the hourly full pass. "
-    "CHAOS_SEED=41: jobs due 15:13:21.088 and 15:13:21.093, pg_ctl stop -m immediate at "
-    "15:13:21.058; CHAOS_SEED=20261130 once in make test"))
 def test_jobs_due_while_postgres_restarts_still_run(chaos):
     _held(chaos, "nothing_lost_to_postgres_restarts")
 
@@ -95,15 +86,6 @@ def test_only_killed_workers_lose_attempts(chaos):
     _held(chaos, "lost_only_to_kills")
 
 
-# A race: it shows in some runs only, so strict=True would fail the runs it misses.
-@pytest.mark.xfail(strict=False, reason=(
-    "issue 10 item 5, seen with main at b56e8cc (Worker._start unchanged at 1e39fe2): a "
-    "PostgreSQL stop that lands while a worker's start_jobs commits leaves the jobs "
-    "running in PostgreSQL, but the worker got "
-    "'connection was closed in the middle of operation', so it released their leases and "
-    "never ran them; the sweep then charges each an attempt 'lost' ('lease expired: the "
-    "worker running attempt 1 stopped heartbeating ...'). make soak, seed 7: 6 jobs "
-    "started 14:58:47.490 on vm:24815, 12 ms after pg_ctl stop -m immediate"))
 def test_a_postgres_restart_charges_no_attempt(chaos):
     """Nor does a PostgreSQL restart: a worker that cannot tell whether its jobs were
     started must not have them charged an attempt they never ran."""
@@ -125,13 +107,6 @@ def test_the_api_takes_submits_through_the_faults_without_duplicates(chaos):
     _held(chaos, "api_takes_submits")
 
 
-# A race: it shows in some runs only, so strict=True would fail the runs it misses.
-@pytest.mark.xfail(strict=False, reason=(
-    "issue 10 items 2 and 5, seen on main at 1e39fe2: while pg_ctl stops PostgreSQL, POST "
-    "/tasks may answer 500: asyncpg.InternalClientError ('cannot switch to state 12; "
-    "another operation (2) is in progress') from a pooled connection is not among "
-    "taskflow.api.errors.BACKEND_ERRORS. 2 to 4 of 6 restarts with 8 concurrent "
-    "submitters; 1 of ~500 submits in make soak; rarely with this test's one submitter"))
 def test_the_api_answers_503_while_a_store_is_down(chaos):
     """A submit that meets PostgreSQL or Redis down is a 503 the client may repeat, never
     a 500."""
