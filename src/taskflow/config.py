@@ -151,6 +151,18 @@ class MetricsSettings(Struct, frozen=True, forbid_unknown_fields=True):
     ``other``."""
 
     max_label_values: PositiveInt = 100
+    # Seconds between reads of the queue gauges from Redis and PostgreSQL (taskflow.stats);
+    # a scrape serves the last read and never touches the stores.
+    stats_interval: PositiveFloat = 5.0
+    # When set, the API's /metrics and /actuator/prometheus require
+    # "Authorization: Bearer <token>" (TASKFLOW_METRICS__TOKEN); empty = open.
+    token: str = ""
+
+
+class LogSettings(Struct, frozen=True, forbid_unknown_fields=True):
+    """``format``: "json" (one object a line, for log collectors) or "text"."""
+
+    format: Literal["json", "text"] = "json"
 
 
 class ApiSettings(Struct, frozen=True, forbid_unknown_fields=True):
@@ -228,6 +240,7 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True):
     tenant_limits: TenantLimits = TenantLimits()
     queue_limits: dict[str, QueueLimits] = {}
     metrics: MetricsSettings = MetricsSettings()
+    log: LogSettings = LogSettings()
 
     def __post_init__(self) -> None:
         undeclared = [q for q in self.queue_limits if q not in self.queues]

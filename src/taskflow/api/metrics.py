@@ -1,7 +1,11 @@
-"""Prometheus metrics of the API process: request latency by route and status (this app's
-own registry, so several apps can live in one test process), plus the process-wide
-metrics of :mod:`taskflow.metrics` (jobs submitted by queue; in ``taskflow dev`` the
-worker's too)."""
+"""Prometheus metrics of the API process: request latency by method, route template and
+status class (this app's own registry, so several apps can live in one test process), plus
+the process-wide metrics of :mod:`taskflow.metrics` and :mod:`taskflow.stats` (jobs
+submitted, auth failures, queue sizes; in ``taskflow dev`` the worker's too: one page).
+
+Labels are bounded: the route is the template (``/tasks/{job_id:uuid}``, never an id, or
+``unmatched``), the status a class (``2xx`` ... ``5xx``), the method one of the standard
+ones or ``other``."""
 
 from __future__ import annotations
 
@@ -16,6 +20,9 @@ _BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
             10.0)
 
 
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 class ApiMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -23,6 +30,7 @@ class ApiMetrics:
             "taskflow_api_request_duration_seconds", "HTTP request latency.",
             ["method", "route", "status"], buckets=_BUCKETS, registry=self.registry,
         )
+        self._children: dict[tuple[str, str, int], Any] = {}
 
     def exposition(self) -> bytes:
         return generate_latest(REGISTRY) + generate_latest(self.registry)
@@ -30,6 +38,7 @@ class ApiMetrics:
     def middleware(self, app: ASGIApp) -> ASGIApp:
         """ASGI middleware timing each request (route = the path template, so ids do not
         make new series)."""
+        children = self._children
         latency = self.latency
 
         async def timed(scope: Scope, receive: Receive, send: Send) -> None:
@@ -48,8 +57,12 @@ class ApiMetrics:
             try:
                 await app(scope, receive, send_wrapper)
             finally:
-                route: Any = scope.get("path_template") or "unmatched"
-                latency.labels(scope["method"], route, str(status)).observe(
-                    time.perf_counter() - start)
+                method = scope["method"]
+                key = (method if method in _METHODS else "other",
+                       scope.get("path_template") or "unmatched", status // 100)
+                child = children.get(key)
+                if child is None:
+                    child = children[key] = latency.labels(key[0], key[1], f"{key[2]}xx")
+                child.observe(time.perf_counter() - start)
 
         return timed

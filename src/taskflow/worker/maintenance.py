@@ -31,7 +31,7 @@ from taskflow.adapters.redis import RedisDispatch
 from taskflow import metrics
 from taskflow.config import Settings
 from taskflow.models import Claim
-from taskflow.states import DISPATCHABLE
+from taskflow.states import DISPATCHABLE, JobState
 from taskflow.supervise import every, supervised
 
 log = logging.getLogger(__name__)
@@ -86,10 +86,6 @@ class Maintenance:
                     claims = await self.dispatch.reap(queue)
                     if claims:
                         rescued += await self._rescue(claims)
-                ready, delayed, inflight = await self.dispatch.depth(queue)
-                metrics.QUEUE_DEPTH.labels(queue, "ready").set(ready)
-                metrics.QUEUE_DEPTH.labels(queue, "delayed").set(delayed)
-                metrics.QUEUE_DEPTH.labels(queue, "in_flight").set(inflight)
             return rescued
 
     async def sweep_and_reconcile(self) -> None:
@@ -130,6 +126,8 @@ class Maintenance:
         entries = await self.store.rescue_jobs(claims)
         for e in entries:
             metrics.LEASES_RESCUED.labels(e.queue).inc()
+            if e.state is JobState.FAILED:  # its last attempt's lease was lost
+                metrics.DEAD_LETTERS.labels(e.queue).inc()
         moved = {str(e.id) for e in entries}
         requeued = [e for e in entries if e.state in DISPATCHABLE]
         if entries:

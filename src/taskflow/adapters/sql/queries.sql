@@ -120,7 +120,7 @@ FROM unnest($1::uuid[], $2::text[]) AS c(id, token)
 WHERE j.id = c.id AND j.state IN ('queued', 'scheduled') AND NOT j.cancel_requested
 RETURNING j.id, j.task, j.queue, j.payload::text AS payload, j.priority, j.attempts,
           j.max_attempts, j.retry_policy::text AS retry_policy, j.timeout, j.lease_token,
-          j.tenant, j.upstream_count;
+          j.tenant, j.upstream_count, j.run_at;
 
 -- name: finish_jobs
 -- Ends a batch of running attempts in one round trip (taskflow_finish_jobs, migration
@@ -324,3 +324,11 @@ SELECT k.tenant, k.queue,
                                 AND j.finished_at IS NULL
                               LIMIT $3) AS s) AS active
 FROM unnest($1::text[], $2::text[]) AS k(tenant, queue);
+
+-- name: blocked_counts
+-- Jobs waiting on their upstreams, by queue, for the metrics (taskflow.stats). At most $1
+-- unfinished jobs are looked at (the jobs_unfinished index, oldest first), so a refresh
+-- costs the same whatever the backlog; beyond that the counts are lower bounds.
+SELECT queue, count(*) FILTER (WHERE state = 'blocked')::int AS blocked
+FROM (SELECT queue, state FROM jobs WHERE finished_at IS NULL LIMIT $1) AS unfinished
+GROUP BY queue;
