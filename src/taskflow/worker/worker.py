@@ -96,6 +96,11 @@ class Worker:
         metrics.WORKER_RUNNING.set_function(lambda: self.running)
         metrics.WORKER_SLOTS.set(self.concurrency)
         metrics.WORKER_FREE.set_function(lambda: self.concurrency - self.running)
+        for queue in self.queues:
+            # Series at 0 from the start, so the first dead letter or rescue is an
+            # increase() an alert sees (a series born at 1 is not).
+            metrics.DEAD_LETTERS.labels(queue)
+            metrics.LEASES_RESCUED.labels(queue)
 
     # -- the main loop -------------------------------------------------------------------
 
