@@ -101,7 +101,6 @@ panel("Dead-letter publications", "Dead letters published to the broker per seco
 def var(name, label, metric, lab):
     return {"name": name, "label": label, "type": "query", "datasource": DS,
             "query": {"query": f"label_values({metric}, {lab})", "refId": "StandardVariableQuery"},
-            "definition": f"label_values({metric}, {lab})",
             "refresh": 2, "multi": True, "includeAll": True, "allValue": ".*",
             "current": {"text": "All", "value": "$__all"}, "sort": 1, "hide": 0}
 
@@ -124,7 +123,7 @@ dash = {
     "annotations": {"list": []},
     "templating": {"list": [
         {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
-         "current": {}, "hide": 0, "refresh": 1, "regex": "", "options": [], "multi": False, "includeAll": False},
+         "current": {"text": "default", "value": "default"}, "hide": 0, "refresh": 1, "regex": "", "options": [], "multi": False, "includeAll": False},
         var("queue", "Queue", "taskflow_queue_jobs", "queue"),
         var("task", "Task", "taskflow_jobs_started_total", "task"),
     ]},
