@@ -187,13 +187,11 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 
 
 def _serve_metrics(settings: Settings) -> None:
-    from prometheus_client import start_http_server
-
     port = settings.worker.metrics_port
     if not port:
         return
     try:
-        start_http_server(port, settings.worker.metrics_host)
+        metrics.serve(settings.worker.metrics_host, port)
     except OSError as exc:
         log.error("cannot serve metrics on %s:%d: %s (set worker.metrics_port)",
                   settings.worker.metrics_host, port, exc)

@@ -18,13 +18,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
-
-from prometheus_client.core import REGISTRY, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from collections.abc import Sequence
 
 from taskflow.adapters.observe import Observer
-from taskflow.metrics import LABEL_CAP
+from taskflow.metrics import LABEL_CAP, REGISTRY, _escape_label
 from taskflow.supervise import every
 
 log = logging.getLogger(__name__)
@@ -45,15 +42,12 @@ class Snapshot:
         self.refreshed = 0.0  # Unix seconds; 0 before the first refresh
 
 
-class ClusterStats(Collector):
-    """The collector; :meth:`refresh` reads the stores, :meth:`collect` serves a
-    snapshot. One per process, registered with prometheus-client's default registry."""
+class ClusterStats:
+    """:meth:`refresh` reads the stores, :meth:`render` serves the last snapshot. One per
+    process, part of :data:`taskflow.metrics.REGISTRY`."""
 
     def __init__(self) -> None:
         self.snapshot = Snapshot()
-
-    def describe(self) -> list[Metric]:
-        return []  # collected lazily: no store access at registration
 
     async def refresh(self, observer: Observer, queues: Sequence[str]) -> None:
         sizes = await observer.queue_sizes(queues)
@@ -83,40 +77,47 @@ class ClusterStats(Collector):
         snap.refreshed = time.time()
         self.snapshot = snap
 
-    def collect(self) -> Iterator[Metric]:
+    def render(self) -> str:
+        """The gauges as exposition text (see :func:`taskflow.metrics.page`)."""
         snap = self.snapshot
         if not snap.refreshed:
-            return
+            return ""
         now = time.time()
-        jobs = GaugeMetricFamily("taskflow_queue_jobs", "Jobs of a queue by state: ready "
-                                 "(due, waiting for a worker), scheduled (due later), running "
-                                 "(leased), blocked (waiting on upstream jobs)",
-                                 labels=["queue", "state"])
-        age = GaugeMetricFamily("taskflow_queue_oldest_ready_age_seconds",
-                                "How long the oldest ready job of a queue has been due "
-                                "(0 when none is ready)", labels=["queue"])
-        per_queue = GaugeMetricFamily("taskflow_queue_workers",
-                                      "Workers alive (heartbeating) that serve a queue",
-                                      labels=["queue"])
+        jobs = [_HEAD_JOBS]
+        ages = [_HEAD_AGE]
+        workers = [_HEAD_WORKERS]
         for queue, row in snap.sizes.items():
+            q = _escape_label(queue)
             for state, n in row.items():
-                jobs.add_metric([queue, state], n)
+                jobs.append(f'taskflow_queue_jobs{{queue="{q}",state="{state}"}} {n}.0\n')
             due = snap.oldest_due.get(queue)
-            age.add_metric([queue], 0.0 if due is None else max(0.0, now - due))
-            per_queue.add_metric([queue], snap.workers.get(queue, 0))
-        yield jobs
-        yield age
-        yield per_queue
-        yield GaugeMetricFamily("taskflow_workers_alive",
-                                "Workers whose presence heartbeat is current",
-                                value=snap.workers_alive)
-        yield GaugeMetricFamily("taskflow_queue_stats_age_seconds",
-                                "Seconds since the queue gauges were read from the stores",
-                                value=now - snap.refreshed)
+            age = 0.0 if due is None else max(0.0, now - due)
+            ages.append(f'taskflow_queue_oldest_ready_age_seconds{{queue="{q}"}} {age!r}\n')
+            workers.append(f'taskflow_queue_workers{{queue="{q}"}} '
+                           f'{snap.workers.get(queue, 0)}.0\n')
+        tail = (f"{_HEAD_ALIVE}taskflow_workers_alive {snap.workers_alive}.0\n"
+                f"{_HEAD_STATS_AGE}taskflow_queue_stats_age_seconds {now - snap.refreshed!r}\n")
+        return "".join(jobs + ages + workers) + tail
+
+
+def _head(name: str, text: str) -> str:
+    return f"# HELP {name} {text}\n# TYPE {name} gauge\n"
+
+
+_HEAD_JOBS = _head("taskflow_queue_jobs", "Jobs of a queue by state: ready (due, waiting for "
+                   "a worker), scheduled (due later), running (leased), blocked (waiting on "
+                   "upstream jobs)")
+_HEAD_AGE = _head("taskflow_queue_oldest_ready_age_seconds", "How long the oldest ready job "
+                  "of a queue has been due (0 when none is ready)")
+_HEAD_WORKERS = _head("taskflow_queue_workers", "Workers alive (heartbeating) that serve a "
+                      "queue")
+_HEAD_ALIVE = _head("taskflow_workers_alive", "Workers whose presence heartbeat is current")
+_HEAD_STATS_AGE = _head("taskflow_queue_stats_age_seconds", "Seconds since the queue gauges "
+                        "were read from the stores")
 
 
 CLUSTER_STATS = ClusterStats()
-REGISTRY.register(CLUSTER_STATS)
+REGISTRY.collectors.append(CLUSTER_STATS.render)
 
 
 async def refresh_forever(observer: Observer, queues: Sequence[str], interval: float) -> None:

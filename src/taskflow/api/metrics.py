@@ -13,7 +13,9 @@ import time
 from typing import Any
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from prometheus_client import REGISTRY, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+from taskflow.metrics import page
 
 # Submits take a millisecond or two when all is well; the buckets resolve that.
 _BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -33,7 +35,7 @@ class ApiMetrics:
         self._children: dict[tuple[str, str, int], Any] = {}
 
     def exposition(self) -> bytes:
-        return generate_latest(REGISTRY) + generate_latest(self.registry)
+        return page() + generate_latest(self.registry)
 
     def middleware(self, app: ASGIApp) -> ASGIApp:
         """ASGI middleware timing each request (route = the path template, so ids do not

@@ -1,0 +1,210 @@
+"""Issue 8: what the new metrics cost. The drain and submit benchmarks run with the roles
+as shipped and with the new metrics and log context stubbed out
+(:mod:`benchmarks.without_new_metrics`), alternating, in one run; then the time to render
+each role's metrics page holding 1,000 queues' worth of series (target: under 50 ms).
+
+``BENCH_JOBS`` (default 10,000) jobs per drain, ``BENCH_SECONDS`` (default 5) per submit
+run, ``BENCH_ROUNDS`` (default 2) rounds of each variant; the best round of each counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from benchmarks.common import (
+    COUNT_SUCCEEDED, FAST_WORKER, RESET, RUN_WINDOW, percentile, report, servers, stores,
+)
+from taskflow.jobs import submit
+from taskflow.models import NewJob
+
+N = int(os.environ.get("BENCH_JOBS", "10000"))
+SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
+QUEUES = 1000
+VARIANTS = {"with new metrics": "taskflow.cli", "without": "benchmarks.without_new_metrics"}
+
+
+def _env(srv, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKFLOW_")}
+    env.update({"TASKFLOW_DATABASE_URL": srv.database_url, "TASKFLOW_REDIS_URL": srv.redis_url,
+                "TASKFLOW_DATA_DIR": str(srv.data_dir), "TASKFLOW_LOG_LEVEL": "WARNING",
+                "TASKFLOW_WORKER__METRICS_PORT": "0", **extra})
+    return env
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+async def _drain_once(srv, s, module: str) -> float:
+    for i in range(0, N, 1000):
+        await submit(s.store, s.dispatch,
+                     [NewJob(task="noop", max_attempts=3) for _ in range(min(1000, N - i))])
+    worker = subprocess.Popen([sys.executable, "-m", module, "work"],
+                              env=_env(srv, **FAST_WORKER))
+    try:
+        while await s.store.pool.fetchval(COUNT_SUCCEEDED) < N:
+            await asyncio.sleep(0.05)
+    finally:
+        _stop(worker)
+    seconds = float(await s.store.pool.fetchval(RUN_WINDOW))
+    await s.store.pool.execute(RESET)
+    await s.dispatch.client.flushdb()
+    return N / seconds
+
+
+async def drains(srv) -> dict[str, float]:
+    best: dict[str, float] = {}
+    async with stores(srv, migrate=True) as s:
+        for _ in range(ROUNDS):
+            for label, module in VARIANTS.items():
+                rate = await _drain_once(srv, s, module)
+                best[label] = max(best.get(label, 0.0), rate)
+    for label, rate in best.items():
+        report(f"drain {N:,} noop jobs, {label}", rate, "jobs/s")
+    return best
+
+
+def _submit_once(srv, module: str, folder: Path) -> float:
+    from benchmarks.bench_api import SECRET, load
+    from taskflow.adapters.embedded import free_port
+    from taskflow.api.auth import mint_token
+    from taskflow.api.scopes import READ, WRITE
+    from taskflow.config import AuthSettings
+
+    port = free_port()
+    api = subprocess.Popen(
+        [sys.executable, "-m", module, "serve", "--port", str(port)],
+        env=_env(srv, TASKFLOW_ENV="production", TASKFLOW_JWT_SECRET=SECRET,
+                 TASKFLOW_DATABASE__POOL_MAX="20"))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/readyz", timeout=1):
+                    break
+            except OSError:
+                if api.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("taskflow serve did not start") from None
+                time.sleep(0.1)
+        token = mint_token(SECRET, AuthSettings(), tenant="bench", subject="bench",
+                           scopes=[READ, WRITE], ttl=3600)
+        body = json.dumps({"task": "noop", "payload": {"n": 1}}).encode()
+        rate, _ = load(url + "/tasks", token, 32, body, folder)
+        return rate
+    finally:
+        _stop(api)
+
+
+def submits(srv) -> dict[str, float]:
+    import benchmarks.bench_api as bench_api
+
+    bench_api.SECONDS = SECONDS
+    folder = Path(tempfile.mkdtemp(prefix="taskflow-bench-obs-"))
+    best: dict[str, float] = {}
+    for _ in range(ROUNDS):
+        for label, module in VARIANTS.items():
+            best[label] = max(best.get(label, 0.0), _submit_once(srv, module, folder))
+    for label, rate in best.items():
+        report(f"POST /tasks, 32 connections, {label}", rate, "req/s")
+    return best
+
+
+def scrape() -> None:
+    """Every metric filled for 1,000 queues (one task each, every outcome), the queue
+    gauges for 1,000 queues and workers, and the API's routes: render the pages."""
+    from taskflow import metrics
+    from taskflow.adapters.embedded import free_port
+    from taskflow.api.metrics import ApiMetrics
+    from taskflow.stats import CLUSTER_STATS, STATES, Snapshot
+
+    metrics.LABEL_CAP.configure(QUEUES)
+    snap = Snapshot()
+    for i in range(QUEUES):
+        q, t = f"queue-{i}", f"task-{i}"
+        metrics.JOBS_SUBMITTED.labels(q).inc()
+        metrics.JOBS_STARTED.labels(q, t).inc()
+        for outcome in ("succeeded", "retried", "failed", "cancelled"):
+            metrics.JOBS_FINISHED.labels(q, t, outcome).inc()
+        metrics.JOB_RETRIES.labels(q, t).inc()
+        metrics.DEAD_LETTERS.labels(q).inc()
+        metrics.LEASES_RESCUED.labels(q).inc()
+        metrics.JOB_WAIT.labels(q).observe(0.01)
+        metrics.JOB_DURATION.labels(q, t).observe(0.5)
+        metrics.JOB_END_TO_END.labels(q).observe(3.0)
+        snap.sizes[q] = dict.fromkeys(STATES, 5)
+        snap.oldest_due[q] = time.time() - 10
+        snap.workers[q] = 2
+    snap.workers_alive, snap.refreshed = 50, time.time()
+    CLUSTER_STATS.snapshot = snap
+    api = ApiMetrics()
+    for route in ("/tasks", "/tasks/batch", "/tasks/{job_id:uuid}", "/workflows", "/metrics"):
+        for status in ("2xx", "4xx", "5xx"):
+            api.latency.labels("GET", route, status).observe(0.002)
+
+    def timed(render) -> tuple[float, int]:  # noqa: ANN001
+        runs, size = [], 0
+        for _ in range(15):
+            began = time.perf_counter()
+            size = len(render())
+            runs.append((time.perf_counter() - began) * 1000)
+        return percentile(runs, 50), size
+
+    families = [metrics.JOB_WAIT, metrics.JOB_DURATION, metrics.JOB_END_TO_END]
+
+    def all_changed() -> bytes:
+        for family in families:  # the worst case: every series observed since last time
+            for child in list(family._children.values()):
+                child.changes += 1
+        return metrics.page()
+
+    ms, size = timed(all_changed)
+    report(f"render a page, {QUEUES:,} queues, every series changed", ms, "ms",
+           f"({size / 1e6:.1f} MB, p50)")
+    ms, size = timed(api.exposition)
+    report(f"render the API page, {QUEUES:,} queues", ms, "ms", f"({size / 1e6:.1f} MB, p50)")
+    port = free_port()
+    metrics.serve("127.0.0.1", port)
+
+    def fetch() -> bytes:
+        # From another process, as Prometheus scrapes (an in-process client would share
+        # the interpreter lock with the server thread it measures).
+        return subprocess.run(["curl", "-sf", f"http://127.0.0.1:{port}/metrics"],
+                              capture_output=True, check=True).stdout
+
+    ms, size = timed(fetch)
+    report(f"scrape the worker page over HTTP, {QUEUES:,} queues", ms, "ms",
+           f"({size / 1e6:.1f} MB, p50; curl's own start included)")
+    ms, size = timed(metrics.page)
+    report(f"render the worker page, {QUEUES:,} queues", ms, "ms", f"({size / 1e6:.1f} MB, p50)")
+
+
+def main() -> None:
+    scrape()
+    with servers() as srv:
+        drain = asyncio.run(drains(srv))
+        submit_rates = submits(srv)
+    for name, figures in (("drain", drain), ("submit", submit_rates)):
+        with_, without = figures["with new metrics"], figures["without"]
+        report(f"{name}: with / without new metrics", 100 * with_ / without, "%",
+               "(target: at least 95 %)")
+
+
+if __name__ == "__main__":
+    main()
