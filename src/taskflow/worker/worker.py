@@ -350,7 +350,6 @@ class Worker:
         await every(self.cfg.heartbeat_interval, self._heartbeat)
 
     async def _heartbeat(self) -> None:
-        await self.presence.heartbeat(self.name, self.queues, 3 * self.cfg.heartbeat_interval)
         by_queue: dict[str, list[Claim]] = {}
         for held in list(self.held.values()):
             by_queue.setdefault(held.queue, []).append(held.claim)
@@ -361,6 +360,8 @@ class Worker:
                     self._abandon(job_id)
                 if beat.retaken or beat.cancel:
                     await self._check_with_postgres(queue, beat)
+        # After the leases: "workers alive" for the metrics (taskflow.adapters.observe).
+        await self.presence.heartbeat(self.name, self.queues, 3 * self.cfg.heartbeat_interval)
 
     async def _check_with_postgres(self, queue: str, beat: Heartbeat) -> None:
         """Redis lost leases we held (flushed, restarted empty) and the heartbeat took them
