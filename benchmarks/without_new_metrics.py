@@ -25,6 +25,7 @@ def strip() -> None:
     for name in ("JOB_WAIT", "JOB_END_TO_END", "JOB_RETRIES", "DEAD_LETTERS", "AUTH_FAILURES"):
         setattr(metrics, name, _Noop())
     logs.bind = lambda **fields: None
+    logs.bind_job = lambda *fields: None
 
     async def nothing() -> None:
         pass

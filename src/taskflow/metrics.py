@@ -117,6 +117,7 @@ class _Family:
         self.labelnames = tuple(labelnames)
         self._capped = tuple(n in CAPPED_LABELS for n in self.labelnames)
         self._children: dict[tuple[str, ...], Any] = {}
+        self._admitted: dict[tuple[Any, ...], Any] = {}
         sample = name + self.suffix
         doc = documentation.replace("\\", "\\\\").replace("\n", "\\n")
         self._header = f"# HELP {sample} {doc}\n# TYPE {sample} {self.kind}\n"
@@ -127,6 +128,9 @@ class _Family:
     def labels(self, *values: Any, **named: Any) -> Any:
         if named:
             values = tuple(named[n] for n in self.labelnames)
+        child = self._admitted.get(values)
+        if child is not None:  # the hot path: values seen before and under the cap
+            return child
         if len(values) != len(self.labelnames):
             raise ValueError(f"{self.name}: expected labels {self.labelnames}")
         key = tuple(LABEL_CAP(n, str(v)) if c else str(v)
@@ -134,6 +138,8 @@ class _Family:
         child = self._children.get(key)
         if child is None:
             child = self._children[key] = self._new(key)
+        if key == values:  # admitted as given: cache it (bounded by the cap, like series)
+            self._admitted[values] = child
         return child
 
     def _new(self, key: tuple[str, ...]) -> Any:

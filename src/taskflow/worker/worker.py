@@ -238,8 +238,7 @@ class Worker:
 
     async def _run(self, job: StartedJob, held: _Held, upstream: dict | None) -> None:
         # This task's own context: every record logged while the job runs carries these.
-        logs.bind(job_id=str(job.id), task=job.task, queue=job.queue, attempt=job.attempts,
-                  tenant=job.tenant)
+        logs.bind_job(job.id, job.task, job.queue, job.attempts, job.tenant)
         began = time.perf_counter()
         try:
             outcome = await self.runner.execute(
