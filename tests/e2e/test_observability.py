@@ -35,7 +35,10 @@ needs_prometheus = pytest.mark.skipif(
 
 
 class Observed:
-    def __init__(self, api_url: str, worker_metrics: str, worker: Role, prom: str) -> None:
+    def __init__(self, api_url: str, worker_metrics: str, worker: Role, prom: str,
+                 iso: Isolated, env: dict[str, str]) -> None:
+        self.iso = iso
+        self.env = env
         self.api_url = api_url
         self.worker_metrics = worker_metrics
         self.worker = worker
@@ -99,7 +102,7 @@ async def observed(servers, tmp_path_factory) -> AsyncIterator[Observed]:
                 await _workload(Client(http, url, token("tenant-a")))
                 # Every target scraped after the workload, and the rules evaluated on it.
                 await _wait_scraped(http, prom, after=time.time() + 2)
-            yield Observed(url, worker_metrics, worker, prom)
+            yield Observed(url, worker_metrics, worker, prom, iso, env)
     finally:
         stop(api, worker)
         await iso.drop()
@@ -198,6 +201,31 @@ async def test_every_alert_rule_evaluates_and_the_backlog_ones_see_the_workload(
         age = await _query(http, observed.prom,
                            'max(taskflow_queue_oldest_ready_age_seconds{queue="backlog"})')
         assert float(age[0]["value"][1]) > 0.5
+        reasons = await _query(http, observed.prom,
+                               "sum by (reason) (taskflow_api_auth_failures_total)")
+        assert {r["metric"]["reason"] for r in reasons} == {"missing", "malformed",
+                                                            "signature"}
+        alive = await _query(http, observed.prom, "max(taskflow_workers_alive)")
+        assert float(alive[0]["value"][1]) == 1
+
+
+async def test_with_metrics_token_set_the_api_page_needs_it(observed: Observed, tmp_path):
+    api, url = await start_api(observed.iso, tmp_path / "api.log", **observed.env,
+                               TASKFLOW_METRICS__TOKEN="scrape-" + "z" * 24)
+    try:
+        async with aiohttp.ClientSession() as http:
+            for path in ("/metrics", "/actuator/prometheus"):
+                for header in (None, "Bearer wrong", f"Bearer {token('tenant-a')}"):
+                    async with http.get(url + path, headers={"Authorization": header}
+                                        if header else {}) as resp:
+                        assert resp.status == 401, (path, header)
+                        assert "taskflow_" not in await resp.text()
+                async with http.get(url + path, headers={
+                        "Authorization": "Bearer scrape-" + "z" * 24}) as resp:
+                    assert resp.status == 200 and "taskflow_jobs_submitted_total" in \
+                        await resp.text()
+    finally:
+        stop(api)
 
 
 @needs_prometheus

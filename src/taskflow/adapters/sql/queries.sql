@@ -330,5 +330,6 @@ FROM unnest($1::text[], $2::text[]) AS k(tenant, queue);
 -- unfinished jobs are looked at (the jobs_unfinished index, oldest first), so a refresh
 -- costs the same whatever the backlog; beyond that the counts are lower bounds.
 SELECT queue, count(*) FILTER (WHERE state = 'blocked')::int AS blocked
-FROM (SELECT queue, state FROM jobs WHERE finished_at IS NULL LIMIT $1) AS unfinished
+FROM (SELECT queue, state FROM jobs WHERE finished_at IS NULL ORDER BY id LIMIT $1)
+     AS unfinished
 GROUP BY queue;
