@@ -22,7 +22,8 @@ from taskflow.adapters.embedded import free_port
 from tests.e2e.api_stack import AUDIENCE, ISSUER, SECRET, Client, Isolated, start_api, stop, token
 from tests.e2e.processes import Role
 from tests.observability import (
-    NOTIFIER_METRICS, Prometheus, needs_notifier, panels, promtool, rules, substitute,
+    NOTIFIER_METRICS, Prometheus, metric_names, needs_notifier, panels, promtool, rules,
+    substitute,
 )
 
 pytestmark = pytest.mark.slow
@@ -137,11 +138,12 @@ async def _wait_scraped(http: aiohttp.ClientSession, prom: str, after: float) ->
 
 
 def _epoch(rfc3339: str) -> float:
+    """Prometheus's times ("2026-11-30T15:00:42.838123456Z") as Unix seconds."""
     from datetime import datetime
 
-    return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")[:26] + "+00:00"
-                                  if "." in rfc3339 else rfc3339.replace("Z", "+00:00")
-                                  ).timestamp()
+    whole, _, rest = rfc3339.rstrip("Z").partition(".")
+    fraction = float("0." + rest) if rest else 0.0
+    return datetime.fromisoformat(whole + "+00:00").timestamp() + fraction
 
 
 async def _query(http: aiohttp.ClientSession, prom: str, expr: str) -> list[dict]:
@@ -255,6 +257,6 @@ async def test_worker_logs_are_json_lines_with_the_job_context(observed: Observe
 
 
 def test_notifier_names_are_the_ones_the_dashboard_and_rules_use():
-    used = {n for p in panels() for t in p["targets"]
-            for n in __import__("tests.observability", fromlist=["x"]).metric_names(t["expr"])}
+    used = {n for p in panels() for t in p["targets"] for n in metric_names(t["expr"])}
+    used |= {n for r in rules() for n in metric_names(r["expr"])}
     assert NOTIFIER_METRICS <= used
