@@ -153,12 +153,14 @@ class _Family:
 
 
 class _Value:
-    __slots__ = ("prefix", "value", "function")
+    __slots__ = ("prefix", "value", "function", "_text", "_shown")
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.value = 0.0
         self.function: Callable[[], float] | None = None
+        self._text = ""
+        self._shown: float | None = None
 
     def inc(self, amount: float = 1.0) -> None:
         self.value += amount
@@ -174,7 +176,10 @@ class _Value:
 
     def render(self, lines: list[str]) -> None:
         value = self.value if self.function is None else self.function()
-        lines.append(f"{self.prefix} {_number(value)}\n")
+        if value != self._shown:  # unchanged since the last scrape: the same line
+            self._text = f"{self.prefix} {_number(value)}\n"
+            self._shown = value
+        lines.append(self._text)
 
 
 class Counter(_Family):

@@ -40,6 +40,23 @@ class Snapshot:
         self.workers: dict[str, int] = {}
         self.workers_alive = 0
         self.refreshed = 0.0  # Unix seconds; 0 before the first refresh
+        self._fixed = ""  # the lines that change only with a refresh, made once
+
+    def fixed_text(self) -> str:
+        """Queue sizes and workers: the same text for every scrape until the next
+        refresh, so it is made once."""
+        if not self._fixed:
+            jobs = [_HEAD_JOBS]
+            workers = [_HEAD_WORKERS]
+            for queue, row in self.sizes.items():
+                q = _escape_label(queue)
+                for state, n in row.items():
+                    jobs.append(f'taskflow_queue_jobs{{queue="{q}",state="{state}"}} {n}.0\n')
+                workers.append(f'taskflow_queue_workers{{queue="{q}"}} '
+                               f'{self.workers.get(queue, 0)}.0\n')
+            self._fixed = "".join(jobs + workers) + (
+                f"{_HEAD_ALIVE}taskflow_workers_alive {self.workers_alive}.0\n")
+        return self._fixed
 
 
 class ClusterStats:
@@ -83,21 +100,13 @@ class ClusterStats:
         if not snap.refreshed:
             return ""
         now = time.time()
-        jobs = [_HEAD_JOBS]
         ages = [_HEAD_AGE]
-        workers = [_HEAD_WORKERS]
-        for queue, row in snap.sizes.items():
-            q = _escape_label(queue)
-            for state, n in row.items():
-                jobs.append(f'taskflow_queue_jobs{{queue="{q}",state="{state}"}} {n}.0\n')
-            due = snap.oldest_due.get(queue)
+        for queue, due in snap.oldest_due.items():
             age = 0.0 if due is None else max(0.0, now - due)
-            ages.append(f'taskflow_queue_oldest_ready_age_seconds{{queue="{q}"}} {age!r}\n')
-            workers.append(f'taskflow_queue_workers{{queue="{q}"}} '
-                           f'{snap.workers.get(queue, 0)}.0\n')
-        tail = (f"{_HEAD_ALIVE}taskflow_workers_alive {snap.workers_alive}.0\n"
-                f"{_HEAD_STATS_AGE}taskflow_queue_stats_age_seconds {now - snap.refreshed!r}\n")
-        return "".join(jobs + ages + workers) + tail
+            ages.append(f'taskflow_queue_oldest_ready_age_seconds{{queue="{_escape_label(queue)}"}}'
+                        f" {age!r}\n")
+        return (snap.fixed_text() + "".join(ages) + _HEAD_STATS_AGE
+                + f"taskflow_queue_stats_age_seconds {now - snap.refreshed!r}\n")
 
 
 def _head(name: str, text: str) -> str:
