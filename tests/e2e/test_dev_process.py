@@ -101,6 +101,18 @@ async def test_dev_runs_everything_prints_working_commands_and_stops_on_ctrl_c(
             client = Client(http, url, token)
             done = await client.wait_state(job["id"], TERMINAL)
             assert done["state"] == "succeeded" and done["result"] == {"hello": "world"}
+            # One page for all roles: the API's, the worker's and the queue gauges.
+            async with http.get(url + "/metrics") as resp:
+                page = await resp.read()
+            for name in (b"taskflow_api_request_duration_seconds_count{",
+                         b'taskflow_jobs_finished_total{outcome="succeeded",queue="default"',
+                         b"taskflow_worker_concurrency_slots ",
+                         b'taskflow_queue_jobs{queue="default",state="ready"}'):
+                assert name in page, name
+            if shutil.which("promtool"):
+                lint = subprocess.run(["promtool", "check", "metrics"], input=page,
+                                      capture_output=True, timeout=30)
+                assert lint.stdout + lint.stderr == b""
         assert _postmaster_running(data_dir)
         redis_port = int(re.search(r"Redis redis://127.0.0.1:(\d+)", banner).group(1))
         assert dev.ctrl_c() == 0, dev.output()

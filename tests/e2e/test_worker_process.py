@@ -95,7 +95,7 @@ async def test_worker_exposes_prometheus_metrics(stores, servers, tmp_path):
         worker.wait()
     assert 'taskflow_jobs_finished_total{outcome="succeeded",queue="default",task="noop"} 1.0' in text
     assert 'taskflow_jobs_finished_total{outcome="failed",queue="default",task="fail"} 1.0' in text
-    assert 'taskflow_queue_depth{queue="default",set="ready"}' in text
+    assert 'taskflow_queue_jobs{queue="default",state="ready"}' in text
 
 
 async def test_worker_runs_handlers_from_configured_modules_on_several_queues(

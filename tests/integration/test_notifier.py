@@ -320,7 +320,7 @@ async def test_health_and_metrics_port(stores, servers, outbox, receiver):
             assert resp.status == 200
         async with http.get(base + "/metrics") as resp:
             text = await resp.text()
-        assert "taskflow_outbox_pending" in text and "taskflow_notifications" in text
+        assert "taskflow_outbox_backlog" in text and "taskflow_notifications" in text
 
 
 def _rabbitmq_reachable() -> bool:

@@ -6,7 +6,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
 
 from taskflow import metrics
 from taskflow.api.controllers.tasks import include_param
@@ -110,7 +109,7 @@ def test_include_names_payload_and_result_only():
 def test_label_cap_admits_the_first_values_and_counts_the_rest_as_other(monkeypatch):
     cap = metrics.LabelCap(2)
     monkeypatch.setattr(metrics, "LABEL_CAP", cap)
-    registry = CollectorRegistry()
+    registry = metrics.Registry()
     counter = metrics.Counter("t_started", "x", ["queue", "task", "outcome"],
                               registry=registry)
     gauge = metrics.Gauge("t_depth", "x", ["queue", "set"], registry=registry)
@@ -118,7 +117,7 @@ def test_label_cap_admits_the_first_values_and_counts_the_rest_as_other(monkeypa
         counter.labels(f"q{i}", f"t{i}", "succeeded").inc()
         counter.labels(queue=f"q{i}", task="t0", outcome="failed").inc()
         gauge.labels(f"q{i}", "ready").set(i)
-    text = generate_latest(registry).decode()
+    text = registry.render()
     queues = {line.split('queue="')[1].split('"')[0] for line in text.splitlines()
               if line.startswith("t_started_total")}
     assert queues == {"q0", "q1", "other"}
@@ -129,9 +128,14 @@ def test_label_cap_admits_the_first_values_and_counts_the_rest_as_other(monkeypa
 
 
 def test_every_metric_with_a_queue_or_task_label_is_capped():
-    from prometheus_client.metrics import MetricWrapperBase
+    # Every family is a taskflow.metrics one (whose labels() caps queue and task), and
+    # no prometheus-client metric carries a client-chosen label.
+    from prometheus_client import REGISTRY as client_registry
 
-    found = [m for m in vars(metrics).values() if isinstance(m, MetricWrapperBase)]
-    labelled = [m for m in found if metrics.CAPPED_LABELS & set(m._labelnames)]
-    assert len(labelled) >= 6
-    assert all(isinstance(m, metrics._Capped) for m in labelled)
+    labelled = [f for f in metrics.REGISTRY.families
+                if metrics.CAPPED_LABELS & set(f.labelnames)]
+    assert len(labelled) >= 8
+    assert all(any(f._capped) for f in labelled)
+    for family in client_registry.collect():
+        for sample in family.samples:
+            assert not metrics.CAPPED_LABELS & set(sample.labels), sample

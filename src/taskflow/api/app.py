@@ -12,6 +12,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
 from taskflow import __version__
+from taskflow import metrics as job_metrics
 from taskflow.api.auth import JwtAuthMiddleware, TokenVerifier, resolve_jwt_secret
 from taskflow.api.context import ApiContext
 from taskflow.api.controllers.health import HealthController
@@ -64,6 +65,8 @@ def create_app(settings: Settings, stores: Stores, *, debug: bool = False) -> Li
     verifier = TokenVerifier(settings.auth, resolve_jwt_secret(settings),
                              settings.api.token_cache_size)
     metrics = ApiMetrics()
+    for queue in settings.queues:
+        job_metrics.JOBS_SUBMITTED.labels(queue)  # 0 from the start (see worker.Worker)
     known = known_tasks(settings)
     submitter = Submitter(settings, stores, known)
     api = ApiContext(settings, stores, submitter, verifier, metrics)

@@ -24,6 +24,7 @@ from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
+from taskflow import logs, metrics
 from taskflow.api.errors import ApiError, Unavailable
 from taskflow.api.scopes import ADMIN, READ, WRITE
 from taskflow.config import AuthSettings, ConfigError, Settings
@@ -53,7 +54,9 @@ class Principal(msgspec.Struct, frozen=True):
 class InvalidToken(ApiError):
     """401 with the ``WWW-Authenticate`` challenge of RFC 6750."""
 
-    def __init__(self, detail: str, *, error: str | None = "invalid_token") -> None:
+    def __init__(self, detail: str, *, error: str | None = "invalid_token",
+                 reason: str = "invalid") -> None:
+        self.reason = reason  # the metrics' auth failure reason (a fixed set, see below)
         challenge = 'Bearer realm="taskflow"'
         if error:
             challenge += f', error="{error}", error_description="{_challenge_text(detail)}"'
@@ -246,17 +249,18 @@ class TokenVerifier:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError as exc:
-            raise InvalidToken(f"malformed token: {exc}") from None
+            raise InvalidToken(f"malformed token: {exc}", reason="malformed") from None
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self.auth.algorithms:
-            raise InvalidToken(f"tokens signed with {_shown(alg)} are not accepted")
+            raise InvalidToken(f"tokens signed with {_shown(alg)} are not accepted",
+                               reason="algorithm")
         kid = header.get("kid")
         if kid is not None and not isinstance(kid, str):
-            raise InvalidToken("the token header's 'kid' must be a string")
+            raise InvalidToken("the token header's 'kid' must be a string", reason="malformed")
         keys = await self._keys(alg, kid)
         if not keys:
             raise InvalidToken(f"no key to verify a {alg} token"
-                               + (f" with kid {_shown(kid)}" if kid else ""))
+                               + (f" with kid {_shown(kid)}" if kid else ""), reason="unknown_key")
         for i, key in enumerate(keys):
             try:
                 return jwt.decode(
@@ -266,13 +270,15 @@ class TokenVerifier:
                 )
             except jwt.InvalidSignatureError:
                 if i == len(keys) - 1:
-                    raise InvalidToken("token signature is invalid") from None
+                    raise InvalidToken("token signature is invalid", reason="signature") from None
             except jwt.ExpiredSignatureError:
-                raise InvalidToken("token has expired") from None
+                raise InvalidToken("token has expired", reason="expired") from None
             except jwt.InvalidAudienceError:
-                raise InvalidToken(f"token audience is not {self.auth.audience!r}") from None
+                raise InvalidToken(f"token audience is not {self.auth.audience!r}",
+                                   reason="audience") from None
             except jwt.InvalidIssuerError:
-                raise InvalidToken(f"token issuer is not {self.auth.issuer!r}") from None
+                raise InvalidToken(f"token issuer is not {self.auth.issuer!r}",
+                                   reason="issuer") from None
             except jwt.InvalidTokenError as exc:
                 raise InvalidToken(f"invalid token: {exc}") from None
         raise AssertionError("unreachable")
@@ -289,11 +295,13 @@ class TokenVerifier:
     def _principal(self, claims: dict[str, Any]) -> Principal:
         tenant = claims.get(self.auth.tenant_claim)
         if not isinstance(tenant, str) or not tenant:
-            raise InvalidToken(f"token has no {self.auth.tenant_claim!r} claim (the tenant)")
+            raise InvalidToken(f"token has no {self.auth.tenant_claim!r} claim (the tenant)",
+                               reason="claims")
         raw = claims.get("scope") or claims.get("scp") or ()
         scopes = raw.split() if isinstance(raw, str) else raw
         if not isinstance(scopes, list | tuple) or not all(isinstance(s, str) for s in scopes):
-            raise InvalidToken("token 'scope' must be a space-separated string or a list")
+            raise InvalidToken("token 'scope' must be a space-separated string or a list",
+                               reason="claims")
         sub = claims.get("sub")
         return Principal(tenant, sub if isinstance(sub, str) else None, frozenset(scopes))
 
@@ -310,13 +318,21 @@ class JwtAuthMiddleware(AbstractAuthenticationMiddleware):
         header = connection.headers.get("authorization")
         if not header:
             raise InvalidToken("a bearer token is required (Authorization: Bearer <jwt>)",
-                               error=None)
+                               error=None, reason="missing")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise InvalidToken("the Authorization header must be 'Bearer <jwt>'",
-                               error="invalid_request")
+                               error="invalid_request", reason="malformed")
         principal = await self.verifier.verify(token.strip())
+        logs.bind(tenant=principal.tenant)  # this request's task: its log records say whose
         return AuthenticationResult(user=principal, auth=principal)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except InvalidToken as exc:
+            metrics.AUTH_FAILURES.labels(exc.reason).inc()
+            raise
 
 
 async def scope_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
@@ -324,4 +340,5 @@ async def scope_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> 
     Litestar runs a sync guard in a worker thread, which costs more than the check."""
     scope = handler.opt.get("scope")
     if scope is not None and not connection.auth.may(scope):
+        metrics.AUTH_FAILURES.labels("scope").inc()
         raise MissingScope(scope)

@@ -1,7 +1,11 @@
-"""Prometheus metrics of the API process: request latency by route and status (this app's
-own registry, so several apps can live in one test process), plus the process-wide
-metrics of :mod:`taskflow.metrics` (jobs submitted by queue; in ``taskflow dev`` the
-worker's too)."""
+"""Prometheus metrics of the API process: request latency by method, route template and
+status class (this app's own registry, so several apps can live in one test process), plus
+the process-wide metrics of :mod:`taskflow.metrics` and :mod:`taskflow.stats` (jobs
+submitted, auth failures, queue sizes; in ``taskflow dev`` the worker's too: one page).
+
+Labels are bounded: the route is the template (``/tasks/{job_id:uuid}``, never an id, or
+``unmatched``), the status a class (``2xx`` ... ``5xx``), the method one of the standard
+ones or ``other``."""
 
 from __future__ import annotations
 
@@ -9,11 +13,16 @@ import time
 from typing import Any
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from prometheus_client import REGISTRY, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+from taskflow.metrics import page
 
 # Submits take a millisecond or two when all is well; the buckets resolve that.
 _BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
             10.0)
+
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class ApiMetrics:
@@ -23,13 +32,15 @@ class ApiMetrics:
             "taskflow_api_request_duration_seconds", "HTTP request latency.",
             ["method", "route", "status"], buckets=_BUCKETS, registry=self.registry,
         )
+        self._children: dict[tuple[str, str, int], Any] = {}
 
     def exposition(self) -> bytes:
-        return generate_latest(REGISTRY) + generate_latest(self.registry)
+        return page() + generate_latest(self.registry)
 
     def middleware(self, app: ASGIApp) -> ASGIApp:
         """ASGI middleware timing each request (route = the path template, so ids do not
         make new series)."""
+        children = self._children
         latency = self.latency
 
         async def timed(scope: Scope, receive: Receive, send: Send) -> None:
@@ -48,8 +59,12 @@ class ApiMetrics:
             try:
                 await app(scope, receive, send_wrapper)
             finally:
-                route: Any = scope.get("path_template") or "unmatched"
-                latency.labels(scope["method"], route, str(status)).observe(
-                    time.perf_counter() - start)
+                method = scope["method"]
+                key = (method if method in _METHODS else "other",
+                       scope.get("path_template") or "unmatched", status // 100)
+                child = children.get(key)
+                if child is None:
+                    child = children[key] = latency.labels(key[0], key[1], f"{key[2]}xx")
+                child.observe(time.perf_counter() - start)
 
         return timed

@@ -33,7 +33,7 @@ from taskflow.config import Settings
 from taskflow.index import IndexGuard
 from taskflow.jobs import note_unindexed
 from taskflow.models import Claim
-from taskflow.states import DISPATCHABLE
+from taskflow.states import DISPATCHABLE, JobState
 from taskflow.supervise import every, supervised
 
 log = logging.getLogger(__name__)
@@ -95,10 +95,6 @@ class Maintenance:
                     claims = await self.dispatch.reap(queue)
                     if claims:
                         rescued += await self._rescue(claims)
-                ready, delayed, inflight = await self.dispatch.depth(queue)
-                metrics.QUEUE_DEPTH.labels(queue, "ready").set(ready)
-                metrics.QUEUE_DEPTH.labels(queue, "delayed").set(delayed)
-                metrics.QUEUE_DEPTH.labels(queue, "in_flight").set(inflight)
             return rescued
 
     async def sweep_and_reconcile(self) -> None:
@@ -142,6 +138,8 @@ class Maintenance:
         entries = await self.store.rescue_jobs(claims)
         for e in entries:
             metrics.LEASES_RESCUED.labels(e.queue).inc()
+            if e.state is JobState.FAILED:  # its last attempt's lease was lost
+                metrics.DEAD_LETTERS.labels(e.queue).inc()
         moved = {str(e.id) for e in entries}
         requeued = [e for e in entries if e.state in DISPATCHABLE]
         if entries:

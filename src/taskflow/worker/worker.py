@@ -20,7 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import asyncpg
 
-from taskflow import metrics
+from taskflow import logs, metrics
+from taskflow.adapters.observe import Observer
 from taskflow.adapters.postgres import PostgresStore
 from taskflow.adapters.redis import Heartbeat, RedisDispatch, WakeListener
 from taskflow.config import Settings
@@ -94,12 +95,21 @@ class Worker:
         self._next_queue = 0
         self._round: asyncio.Future[tuple[int, int, int | None]] | None = None
         self._unstarted: dict[str, list[Claim]] = {}  # claims whose start_jobs failed
+        self.presence = Observer(dispatch)
         metrics.WORKER_RUNNING.set_function(lambda: self.running)
+        metrics.WORKER_SLOTS.set(self.concurrency)
+        metrics.WORKER_FREE.set_function(lambda: self.concurrency - self.running)
+        for queue in self.queues:
+            # Series at 0 from the start, so the first dead letter or rescue is an
+            # increase() an alert sees (a series born at 1 is not).
+            metrics.DEAD_LETTERS.labels(queue)
+            metrics.LEASES_RESCUED.labels(queue)
 
     # -- the main loop -------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then shut down gracefully (see :meth:`_shutdown`)."""
+        logs.bind(worker=self.name)  # the duties and job tasks below inherit it
         duties = [
             asyncio.create_task(supervised("wake listener", self.wake.run)),
             asyncio.create_task(supervised("outcome flusher", self._flush_forever)),
@@ -125,6 +135,10 @@ class Worker:
                 duty.cancel()
             await asyncio.gather(*duties, return_exceptions=True)
             self.threads.shutdown(wait=False, cancel_futures=True)
+            try:
+                await self.presence.leave(self.name)
+            except Exception:  # Redis away: the entry ages out by itself
+                log.warning("could not remove this worker from the presence registry")
 
     async def _claim_forever(self) -> None:
         while True:
@@ -205,7 +219,10 @@ class Worker:
                 self._unstarted.setdefault(queue, []).extend(
                     self.held[str(job.id)].claim for job in started)
                 raise
+        now = time.time()
         for job in started:
+            if job.run_at is not None:
+                metrics.JOB_WAIT.labels(queue).observe(max(0.0, now - job.run_at.timestamp()))
             held = self.held[str(job.id)]
             if job.id in too_large:
                 self._refuse(job, f"its upstream jobs' results add up to more than "
@@ -223,6 +240,8 @@ class Worker:
         """End an attempt without running its handler (for good: it would not change)."""
         log.error("job %s fails without running: %s", job.id, why)
         metrics.JOBS_FINISHED.labels(job.queue, job.task, "failed").inc()
+        metrics.DEAD_LETTERS.labels(job.queue).inc()
+        metrics.JOB_END_TO_END.labels(job.queue).observe(_age(job))
         self.outcomes.append(Outcome(job.id, job.lease_token, JobState.FAILED, "failed", 0.0,
                                      error=f"not run: {why}"))
         self._outcomes_ready.set()
@@ -260,6 +279,8 @@ class Worker:
                           len(claims))
 
     async def _run(self, job: StartedJob, held: _Held, upstream: dict | None) -> None:
+        # This task's own context: every record logged while the job runs carries these.
+        logs.bind_job(job.id, job.task, job.queue, job.attempts, job.tenant)
         began = time.perf_counter()
         try:
             outcome = await self.runner.execute(
@@ -272,8 +293,7 @@ class Worker:
         finally:
             self.running -= 1
             self._slot_freed.set()
-        metrics.JOBS_FINISHED.labels(job.queue, job.task, outcome.outcome).inc()
-        metrics.JOB_DURATION.labels(job.queue, job.task).observe(outcome.duration)
+        _observe(job, outcome)
         self.outcomes.append(outcome)
         self._outcomes_ready.set()
 
@@ -388,6 +408,8 @@ class Worker:
                 await self._return_unstarted()
             except Exception as exc:  # noqa: BLE001 - the next heartbeat tries again
                 log.warning("could not give back jobs whose start failed yet (%r)", exc)
+        # After the leases: "workers alive" for the metrics (taskflow.adapters.observe).
+        await self.presence.heartbeat(self.name, self.queues, 3 * self.cfg.heartbeat_interval)
 
     async def _check_with_postgres(self, queue: str, beat: Heartbeat) -> None:
         """Redis lost leases we held (flushed, restarted empty) and the heartbeat took them
@@ -489,3 +511,28 @@ class Worker:
             log.exception("handed back %d jobs but could not index them in Redis; the "
                           "reconciler will", len(requeued))
             await note_unindexed(self.store, requeued)
+
+
+def _age(job: StartedJob) -> float:
+    """Seconds since the job was created: its id is a UUIDv7, whose first 48 bits are
+    the creation time in Unix milliseconds (taskflow.ids)."""
+    return max(0.0, time.time() - (job.id.int >> 80) / 1000)
+
+
+def _observe(job: StartedJob, outcome: Outcome) -> None:
+    """Count and log how an attempt ended, at the level a person looks for it."""
+    metrics.JOBS_FINISHED.labels(job.queue, job.task, outcome.outcome).inc()
+    metrics.JOB_DURATION.labels(job.queue, job.task).observe(outcome.duration)
+    if outcome.outcome == "retried":
+        metrics.JOB_RETRIES.labels(job.queue, job.task).inc()
+        log.info("attempt %d of %d failed, retrying in %.1fs: %s", job.attempts,
+                 job.max_attempts, outcome.delay or 0.0, outcome.error)
+        return
+    metrics.JOB_END_TO_END.labels(job.queue).observe(_age(job))
+    if outcome.outcome == "failed":
+        metrics.DEAD_LETTERS.labels(job.queue).inc()
+        log.warning("job failed for good after %d attempts: %s", job.attempts, outcome.error)
+    elif outcome.outcome == "cancelled":
+        log.info("job cancelled while running")
+    elif log.isEnabledFor(logging.DEBUG):
+        log.debug("job succeeded in %.3fs", outcome.duration)

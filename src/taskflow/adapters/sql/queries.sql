@@ -128,7 +128,7 @@ FROM unnest($1::uuid[], $2::text[]) AS c(id, token)
 WHERE j.id = c.id AND j.state IN ('queued', 'scheduled') AND NOT j.cancel_requested
 RETURNING j.id, j.task, j.queue, j.payload::text AS payload, j.priority, j.attempts,
           j.max_attempts, j.retry_policy::text AS retry_policy, j.timeout, j.lease_token,
-          j.tenant, j.upstream_count;
+          j.tenant, j.upstream_count, j.run_at;
 
 -- name: finish_jobs
 -- Ends a batch of running attempts in one round trip (taskflow_finish_jobs, migration
@@ -512,3 +512,12 @@ SET state = CASE WHEN pending_upstreams > 0 THEN 'blocked' ELSE 'queued' END::jo
     cancel_requested = false, cancelled_by = NULL
 WHERE id = ANY($1::uuid[]) AND tenant = $2 AND state = 'failed'
 RETURNING id, queue, priority, run_at, state, has_dependents;
+
+-- name: blocked_counts
+-- Jobs waiting on their upstreams, by queue, for the metrics (taskflow.stats). At most $1
+-- unfinished jobs are looked at (the jobs_unfinished index, oldest first), so a refresh
+-- costs the same whatever the backlog; beyond that the counts are lower bounds.
+SELECT queue, count(*) FILTER (WHERE state = 'blocked')::int AS blocked
+FROM (SELECT queue, state FROM jobs WHERE finished_at IS NULL ORDER BY id LIMIT $1)
+     AS unfinished
+GROUP BY queue;

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 
-from litestar import Controller, Response, get
+from litestar import Controller, Request, Response, get
 from litestar.datastructures import State
 from litestar.openapi import ResponseSpec
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from taskflow.api.errors import Unavailable
+from taskflow.api.errors import ApiError, Unavailable
 from taskflow.api.schemas import Health, Problem
 
 _PUBLIC = {"exclude_from_auth": True}
@@ -44,13 +45,26 @@ class HealthController(Controller):
             raise Unavailable(f"not ready: PostgreSQL {pg}, Redis {rd}")
         return Health("ok", postgres=pg, redis=rd)
 
-    @get("/metrics", summary="Prometheus metrics of this API process",
-         media_type=CONTENT_TYPE_LATEST)
-    async def metrics(self, state: State) -> Response[bytes]:
-        return Response(state.api.metrics.exposition(),
-                        media_type=CONTENT_TYPE_LATEST)
+    @get("/metrics", summary="Prometheus metrics of this API process (a bearer token "
+         "only when metrics.token is set)", media_type=CONTENT_TYPE_LATEST)
+    async def metrics(self, state: State, request: Request) -> Response[bytes]:
+        return _exposition(state, request)
 
     @get("/actuator/prometheus", include_in_schema=False, media_type=CONTENT_TYPE_LATEST)
-    async def actuator_prometheus(self, state: State) -> Response[bytes]:
-        return Response(state.api.metrics.exposition(),
-                        media_type=CONTENT_TYPE_LATEST)
+    async def actuator_prometheus(self, state: State, request: Request) -> Response[bytes]:
+        return _exposition(state, request)
+
+
+def _exposition(state: State, request: Request) -> Response[bytes]:
+    """The page, if the caller may read it. It holds no tenant, job or token data (labels
+    are queues, task names, routes, outcomes), so by default anyone who reaches the port
+    may; with ``metrics.token`` set, only a scraper presenting that token."""
+    expected = state.api.settings.metrics.token
+    if expected:
+        scheme, _, given = (request.headers.get("authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+                given.strip().encode(), expected.encode()):
+            raise ApiError(401, "the metrics page needs the metrics token "
+                           "(Authorization: Bearer <metrics.token>)",
+                           headers={"WWW-Authenticate": 'Bearer realm="taskflow-metrics"'})
+    return Response(state.api.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

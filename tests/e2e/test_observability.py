@@ -1,0 +1,262 @@
+"""The proof of issue 8: a real Prometheus scrapes ``taskflow serve`` and ``taskflow
+work`` under a mixed workload (successes, retries, failures, delayed and blocked jobs, a
+backlog on a queue no worker serves, refused tokens), then every dashboard panel and
+every alert rule is asked of it: each expression parses, each panel returns data, each
+rule evaluates without error. Also: ``promtool check metrics`` finds nothing to say about
+either page, and the worker's JSON log lines carry the job's context."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import shutil
+import subprocess
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from taskflow.adapters.embedded import free_port
+from tests.e2e.api_stack import AUDIENCE, ISSUER, SECRET, Client, Isolated, start_api, stop, token
+from tests.e2e.processes import Role
+from tests.observability import (
+    NOTIFIER_METRICS, Prometheus, metric_names, needs_notifier, panels, promtool, rules,
+    substitute,
+)
+
+pytestmark = pytest.mark.slow
+
+PROMETHEUS = shutil.which("prometheus")
+needs_prometheus = pytest.mark.skipif(
+    PROMETHEUS is None or promtool() is None,
+    reason="Debian's prometheus package is not installed (apt-get install -y prometheus; "
+           ".ci/run installs it)")
+
+
+class Observed:
+    def __init__(self, api_url: str, worker_metrics: str, worker: Role, prom: str,
+                 iso: Isolated, env: dict[str, str]) -> None:
+        self.iso = iso
+        self.env = env
+        self.api_url = api_url
+        self.worker_metrics = worker_metrics
+        self.worker = worker
+        self.prom = prom
+
+
+async def _workload(client: Client) -> list[str]:
+    """Successes, retries that succeed, failures for good, delayed jobs, jobs blocked on
+    a far-future upstream, a backlog no worker serves, and refused requests."""
+    jobs = [{"task": "noop"} for _ in range(20)]
+    jobs += [{"task": "sleep", "payload": {"seconds": 0.05}} for _ in range(5)]
+    jobs += [{"task": "fail", "payload": {"times": 1}, "max_attempts": 3,
+              "backoff": {"base_delay": 0.2, "jitter": 0}} for _ in range(5)]
+    jobs += [{"task": "fail", "max_attempts": 2, "backoff": {"base_delay": 0.2}}
+             for _ in range(3)]
+    jobs += [{"task": "noop", "delay": 1.0} for _ in range(5)]
+    reply = await client.post("/tasks/batch", json={"tasks": jobs})
+    assert reply.status == 201, reply
+    ids = reply.body["ids"]
+    far = await client.post("/tasks", json={"task": "noop", "delay": 3600})
+    assert far.status == 201, far
+    for _ in range(3):
+        blocked = await client.post("/tasks", json={"task": "noop",
+                                                    "depends_on": [far.body["id"]]})
+        assert blocked.status == 201, blocked
+    backlog = await client.post("/tasks/batch", json={"tasks": [
+        {"task": "noop", "queue": "backlog", "priority": p} for p in (0, 5, 5, 10) * 5]})
+    assert backlog.status == 201, backlog
+    for bearer in (None, "not-a-jwt", token("t", key="y" * 40)):
+        assert (await client.with_token(bearer).get("/tasks")).status == 401
+    for job_id in ids:
+        await client.wait_state(job_id, {"succeeded", "failed"}, timeout=30)
+    return ids
+
+
+@pytest.fixture(scope="module")
+async def observed(servers, tmp_path_factory) -> AsyncIterator[Observed]:
+    folder = tmp_path_factory.mktemp("observability")
+    iso = Isolated(servers, folder)
+    await iso.create()
+    env = {
+        "TASKFLOW_JWT_SECRET": SECRET, "TASKFLOW_AUTH__ISSUER": ISSUER,
+        "TASKFLOW_AUTH__AUDIENCE": AUDIENCE, "TASKFLOW_REDIS_PREFIX": iso.prefix,
+        "TASKFLOW_QUEUES": '["default", "backlog"]',
+        "TASKFLOW_METRICS__STATS_INTERVAL": "0.5",
+    }
+    port = free_port()
+    api, url = await start_api(iso, folder / "api.log", **env)
+    worker = Role(iso, ["work", "-q", "default", "--concurrency", "8"], folder / "worker.log",
+                  TASKFLOW_WORKER__METRICS_PORT=str(port), TASKFLOW_LOG__FORMAT="json",
+                  **env)
+    worker_metrics = f"http://127.0.0.1:{port}/metrics"
+    prometheus = Prometheus(PROMETHEUS, {"taskflow-api": url + "/metrics",
+                                         "taskflow-worker": worker_metrics})
+    try:
+        with prometheus.running() as prom:
+            async with aiohttp.ClientSession() as http:
+                await _wait_for_worker(http, worker_metrics)
+                # Scraped before the workload too, so its counters have a rate.
+                await _wait_scraped(http, prom, after=time.time())
+                await _workload(Client(http, url, token("tenant-a")))
+                # Every target scraped after the workload, and the rules evaluated on it.
+                await _wait_scraped(http, prom, after=time.time() + 2)
+            yield Observed(url, worker_metrics, worker, prom, iso, env)
+    finally:
+        stop(api, worker)
+        await iso.drop()
+
+
+async def _wait_for_worker(http: aiohttp.ClientSession, page: str) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            async with http.get(page) as resp:
+                if resp.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        assert time.monotonic() < deadline, "the worker's metrics page never answered"
+        await asyncio.sleep(0.1)
+
+
+async def _wait_scraped(http: aiohttp.ClientSession, prom: str, after: float) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        await asyncio.sleep(0.5)
+        try:
+            async with http.get(prom + "/api/v1/targets") as resp:
+                targets = (await resp.json())["data"]["activeTargets"]
+        except aiohttp.ClientError:
+            targets = []
+        if len(targets) == 2 and all(
+                t["health"] == "up" and _epoch(t["lastScrape"]) > after for t in targets):
+            return
+        assert time.monotonic() < deadline, f"Prometheus did not scrape both roles: {targets}"
+
+
+def _epoch(rfc3339: str) -> float:
+    """Prometheus's times ("2026-11-30T15:00:42.838123456Z") as Unix seconds."""
+    from datetime import datetime
+
+    whole, _, rest = rfc3339.rstrip("Z").partition(".")
+    fraction = float("0." + rest) if rest else 0.0
+    return datetime.fromisoformat(whole + "+00:00").timestamp() + fraction
+
+
+async def _query(http: aiohttp.ClientSession, prom: str, expr: str) -> list[dict]:
+    async with http.get(prom + "/api/v1/query", params={"query": expr}) as resp:
+        body = await resp.json()
+    assert body["status"] == "success", f"{expr!r}: {body.get('error')}"
+    return body["data"]["result"]
+
+
+def _finite(result: list[dict]) -> bool:
+    return any(math.isfinite(float(r["value"][1])) for r in result)
+
+
+@needs_prometheus
+async def test_every_dashboard_panel_returns_data(observed: Observed):
+    skipped = []
+    async with aiohttp.ClientSession() as http:
+        for panel in panels():
+            exprs = [t["expr"] for t in panel["targets"]]
+            if needs_notifier(exprs):
+                for expr in exprs:  # parses, even without a notifier
+                    await _query(http, observed.prom, substitute(expr))
+                skipped.append(panel["title"])
+                continue
+            results = [await _query(http, observed.prom, substitute(e)) for e in exprs]
+            assert any(_finite(r) for r in results), (
+                f"panel {panel['title']!r} has no data: {exprs}")
+    # Until `taskflow notify` exists on this branch its panels cannot be filled here
+    # (metrics assumed: see tests/observability.py NOTIFIER_METRICS).
+    assert skipped == ["Outbox backlog", "Deliveries by channel and outcome",
+                       "Dead-letter publications"]
+
+
+@needs_prometheus
+async def test_every_alert_rule_evaluates_and_the_backlog_ones_see_the_workload(
+        observed: Observed):
+    async with aiohttp.ClientSession() as http:
+        for rule in rules():
+            await _query(http, observed.prom, rule["expr"])  # parses
+        async with http.get(observed.prom + "/api/v1/rules") as resp:
+            loaded = [r for g in (await resp.json())["data"]["groups"] for r in g["rules"]]
+        assert {r["name"] for r in loaded} == {r["alert"] for r in rules()}
+        assert all(r["health"] == "ok" and not r.get("lastError") for r in loaded), loaded
+        # The queue nobody serves is the one the no-workers rule selects (it fires after
+        # its `for`), and the failures just made count as dead letters.
+        by_name = {r["alert"]: r["expr"] for r in rules()}
+        no_workers = await _query(http, observed.prom, by_name["TaskflowNoWorkers"])
+        assert [r["metric"]["queue"] for r in no_workers] == ["backlog"]
+        dead = await _query(http, observed.prom, by_name["TaskflowDeadLetters"])
+        assert [r["metric"]["queue"] for r in dead] == ["default"]
+        sizes = {(r["metric"]["queue"], r["metric"]["state"]): float(r["value"][1])
+                 for r in await _query(http, observed.prom,
+                                       "max by (queue, state) (taskflow_queue_jobs)")}
+        assert sizes[("backlog", "ready")] == 20
+        assert sizes[("default", "blocked")] == 3
+        assert sizes[("default", "scheduled")] == 1
+        age = await _query(http, observed.prom,
+                           'max(taskflow_queue_oldest_ready_age_seconds{queue="backlog"})')
+        assert float(age[0]["value"][1]) > 0.5
+        reasons = await _query(http, observed.prom,
+                               "sum by (reason) (taskflow_api_auth_failures_total)")
+        assert {r["metric"]["reason"] for r in reasons} == {"missing", "malformed",
+                                                            "signature"}
+        alive = await _query(http, observed.prom, "max(taskflow_workers_alive)")
+        assert float(alive[0]["value"][1]) == 1
+
+
+async def test_with_metrics_token_set_the_api_page_needs_it(observed: Observed, tmp_path):
+    api, url = await start_api(observed.iso, tmp_path / "api.log", **observed.env,
+                               TASKFLOW_METRICS__TOKEN="scrape-" + "z" * 24)
+    try:
+        async with aiohttp.ClientSession() as http:
+            for path in ("/metrics", "/actuator/prometheus"):
+                for header in (None, "Bearer wrong", f"Bearer {token('tenant-a')}"):
+                    async with http.get(url + path, headers={"Authorization": header}
+                                        if header else {}) as resp:
+                        assert resp.status == 401, (path, header)
+                        assert "taskflow_" not in await resp.text()
+                async with http.get(url + path, headers={
+                        "Authorization": "Bearer scrape-" + "z" * 24}) as resp:
+                    assert resp.status == 200 and "taskflow_jobs_submitted_total" in \
+                        await resp.text()
+    finally:
+        stop(api)
+
+
+@needs_prometheus
+async def test_promtool_finds_nothing_to_say_about_either_page(observed: Observed):
+    async with aiohttp.ClientSession() as http:
+        for page in (observed.api_url + "/metrics", observed.api_url + "/actuator/prometheus",
+                     observed.worker_metrics):
+            async with http.get(page) as resp:
+                text = await resp.read()
+            assert b"_created" not in text
+            lint = subprocess.run([promtool(), "check", "metrics"], input=text,
+                                  capture_output=True, timeout=30)
+            assert lint.stdout + lint.stderr == b"", (page, lint.stdout + lint.stderr)
+
+
+async def test_worker_logs_are_json_lines_with_the_job_context(observed: Observed):
+    lines = [json.loads(line) for line in observed.worker.output().splitlines()
+             if line.startswith("{")]
+    assert lines and all({"time", "level", "logger", "message"} <= set(r) for r in lines)
+    retried = [r for r in lines if "retrying" in r["message"]]
+    failed = [r for r in lines if "failed for good" in r["message"]]
+    assert retried and all(r["level"] == "info" for r in retried)
+    assert len(failed) == 3 and all(r["level"] == "warning" for r in failed)
+    for record in retried + failed:
+        assert {"job_id", "task", "queue", "attempt", "worker", "tenant"} <= set(record)
+        assert record["task"] == "fail" and record["tenant"] == "tenant-a"
+
+
+def test_notifier_names_are_the_ones_the_dashboard_and_rules_use():
+    used = {n for p in panels() for t in p["targets"] for n in metric_names(t["expr"])}
+    used |= {n for r in rules() for n in metric_names(r["expr"])}
+    assert NOTIFIER_METRICS <= used
