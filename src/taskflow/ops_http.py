@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from taskflow import metrics
+from taskflow.metrics import page as metrics_page
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ Check = Callable[[], Awaitable[object]]
 def _app(checks: Mapping[str, Check], timeout: float) -> web.Application:
     async def metrics(request: web.Request) -> web.Response:
         # Rendering a large registry takes a while: not on the loop the jobs share.
-        body = await asyncio.to_thread(metrics.page)
+        body = await asyncio.to_thread(metrics_page)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(request: web.Request) -> web.Response:
