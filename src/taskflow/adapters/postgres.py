@@ -359,6 +359,21 @@ class PostgresStore:
             for r in rows
         ]
 
+    async def job_history(self, job_id: uuid.UUID) -> tuple[Job, list[Attempt]] | None:
+        """The job and its finished attempts as of one snapshot (an event stream derives
+        its events from both; read apart, an attempt could end in between)."""
+        async with self.pool.acquire() as conn, conn.transaction(
+                isolation="repeatable_read", readonly=True):
+            row = await conn.fetchrow(QUERIES["get_job"], job_id)
+            if row is None:
+                return None
+            rows = await conn.fetch(QUERIES["job_attempts"], job_id)
+        return _job(row), [
+            Attempt(r["attempt"], r["worker"], r["started_at"], r["finished_at"],
+                    r["duration"], r["outcome"], r["error"])
+            for r in rows
+        ]
+
     async def start_jobs(self, claims: Sequence[Claim], worker: str) -> list[StartedJob]:
         rows = await self.pool.fetch(
             QUERIES["start_jobs"], [c.id for c in claims], [c.token for c in claims], worker

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from prometheus_client import REGISTRY, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, Gauge, Histogram, generate_latest
 
 # Submits take a millisecond or two when all is well; the buckets resolve that.
 _BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -23,6 +23,9 @@ class ApiMetrics:
             "taskflow_api_request_duration_seconds", "HTTP request latency.",
             ["method", "route", "status"], buckets=_BUCKETS, registry=self.registry,
         )
+        self.waiters = Gauge(
+            "taskflow_api_waiters", "Requests waiting for a job or workflow to change "
+            "(wait= and event streams).", registry=self.registry)
 
     def exposition(self) -> bytes:
         return generate_latest(REGISTRY) + generate_latest(self.registry)

@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 from litestar import Litestar
 from litestar.openapi.spec import Schema
+from litestar.openapi.spec.enums import OpenAPIType
 
 from taskflow.api import schemas
 
@@ -34,9 +35,10 @@ class _JsonSchema(Schema):
 
 
 def use_msgspec_schemas(app: Litestar, known_tasks: Collection[str] | None,
-                        queues: Collection[str] | None = None) -> None:
+                        queues: Collection[str] | None = None,
+                        max_wait: float | None = None) -> None:
     """``known_tasks``: when only those are accepted, the schema lists them; ``queues``
-    (the declared ones) likewise."""
+    (the declared ones) likewise; ``max_wait`` bounds every ``wait`` parameter."""
     _, components = msgspec.json.schema_components(
         _BODIES, ref_template="#/components/schemas/{name}")
     openapi = app.openapi_schema
@@ -51,3 +53,17 @@ def use_msgspec_schemas(app: Litestar, known_tasks: Collection[str] | None,
             components[spec]["properties"]["queue"]["enum"] = sorted(queues)
     for name, document in components.items():
         registry[name] = _JsonSchema(document)
+    if max_wait is not None:
+        for item in (openapi.paths or {}).values():
+            for operation in (item.get, item.post):
+                for param in (operation.parameters or []) if operation else []:
+                    if param.name == "wait" and isinstance(param.schema, Schema):
+                        _bound_wait(param.schema, max_wait)
+
+
+def _bound_wait(schema: Schema, max_wait: float) -> None:
+    """``wait`` is ``number | null``: bound its number branch by ``api.max_wait``."""
+    for branch in schema.one_of or [schema]:
+        if isinstance(branch, Schema) and branch.type == OpenAPIType.NUMBER:
+            branch.exclusive_minimum = 0
+            branch.maximum = max_wait

@@ -31,7 +31,7 @@ from taskflow.adapters.redis import RedisDispatch
 from taskflow import metrics
 from taskflow.config import Settings
 from taskflow.index import IndexGuard
-from taskflow.jobs import note_unindexed
+from taskflow.jobs import announce, note_unindexed
 from taskflow.models import Claim
 from taskflow.states import DISPATCHABLE
 from taskflow.supervise import every, supervised
@@ -142,6 +142,8 @@ class Maintenance:
         entries = await self.store.rescue_jobs(claims)
         for e in entries:
             metrics.LEASES_RESCUED.labels(e.queue).inc()
+        if entries:
+            await announce(self.dispatch, [e.id for e in entries])
         moved = {str(e.id) for e in entries}
         requeued = [e for e in entries if e.state in DISPATCHABLE]
         if entries:
