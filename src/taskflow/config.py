@@ -188,6 +188,10 @@ class ApiSettings(Struct, frozen=True, forbid_unknown_fields=True):
     # Comment lines on an idle event stream, so proxies keep it open; the stream reads
     # PostgreSQL again at each (a lost notification costs at most this long).
     events_heartbeat: PositiveFloat = 15.0
+    # An event stream ends after this many seconds (with a retry: hint); the client
+    # reconnects with Last-Event-ID and misses nothing. Bounds a stream's life so that
+    # deploys drain and streams spread over API processes.
+    events_max_seconds: PositiveFloat = 900.0
 
 
 class AuthSettings(Struct, frozen=True, forbid_unknown_fields=True):

@@ -222,3 +222,21 @@ async def test_workflow_wait_and_events(stores, settings):
                                    headers={"Last-Event-ID": events[-1]["id"]})
         assert _events(resumed.text) == []
     assert len(feed) == 0
+
+
+async def test_an_idle_stream_gets_comment_heartbeats_and_ends_after_its_lifetime(
+        stores, settings):
+    async with _api(stores, settings, events_heartbeat=0.2, events_max_seconds=1.0) as (
+            client, feed):
+        job_id = await _submit(client, task="noop")  # no worker: it stays queued
+        answer = await client.get(f"/tasks/{job_id}/events")
+        blocks = [b for b in answer.text.split("\r\n\r\n") if b]
+        assert [e["event"] for e in _events(answer.text)] == ["queued"]
+        assert "retry: 1000" in blocks[0]  # the reconnection delay, on the first event
+        beats = blocks[1:]
+        assert beats and all(b == ": keep-alive" for b in beats), beats
+        # Ended by its lifetime: resuming sends nothing new (the job has not changed).
+        last = _events(answer.text)[-1]["id"]
+        resumed = await client.get(f"/tasks/{job_id}/events", headers={"Last-Event-ID": last})
+        assert _events(resumed.text) == []
+    assert len(feed) == 0

@@ -15,19 +15,26 @@ Races and losses:
   every waiter is woken when it is (re)established, and reads again;
 - a wait bounded by ``wait=S`` reads again when S runs out, so a lost message costs at
   most S; an event stream reads again at every heartbeat.
+
+Waiters woken together (a flush that ended 500 jobs, a resubscription waking 10,000) read
+through :class:`JobReads`, which turns their reads into a few ``id = ANY(...)`` queries.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import TypeVar
 
 from litestar.types import Receive
 
+from taskflow.adapters.postgres import PostgresStore
 from taskflow.adapters.redis import RedisDispatch
+from taskflow.models import Job
 
 log = logging.getLogger(__name__)
 
@@ -156,3 +163,52 @@ async def wait_until(
         finally:
             if gone is not None:
                 gone.cancel()
+
+
+class JobReads:
+    """Reads of single jobs, coalesced: the reads asked for while a query is in flight go
+    out together in the next one (``get_jobs``, up to ``max_batch`` ids), so waiters
+    woken at once cost a few queries, not one each. A lone read costs one query, as a
+    plain read would."""
+
+    def __init__(self, store: PostgresStore, max_batch: int = 1000) -> None:
+        self.store = store
+        self.max_batch = max_batch
+        self._pending: dict[uuid.UUID, list[asyncio.Future[Job | None]]] = {}
+        self._reader: asyncio.Task[None] | None = None
+
+    async def get(self, job_id: uuid.UUID) -> Job | None:
+        future: asyncio.Future[Job | None] = asyncio.get_running_loop().create_future()
+        self._pending.setdefault(job_id, []).append(future)
+        if self._reader is None:
+            self._reader = asyncio.create_task(self._read_pending())
+        return await future  # a caller that gives up cancels only its own future
+
+    async def _read_pending(self) -> None:
+        try:
+            while self._pending:
+                ids = list(itertools.islice(self._pending, self.max_batch))
+                batch = {i: self._pending.pop(i) for i in ids}
+                try:
+                    found = {j.id: j for j in await self.store.get_jobs(ids)}
+                except Exception as exc:  # noqa: BLE001 - handed to every reader
+                    for futures in batch.values():
+                        for f in futures:
+                            if not f.done():
+                                f.set_exception(exc)
+                    continue
+                except BaseException:
+                    for futures in batch.values():
+                        for f in futures:
+                            f.cancel()
+                    raise
+                for job_id, futures in batch.items():
+                    for f in futures:
+                        if not f.done():
+                            f.set_result(found.get(job_id))
+        finally:
+            self._reader = None
+            for futures in self._pending.values():  # only when cancelled mid-way
+                for f in futures:
+                    f.cancel()
+            self._pending.clear()

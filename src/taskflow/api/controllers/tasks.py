@@ -72,6 +72,9 @@ EVENT_STREAM = {200: ResponseSpec(
                 "stream ends after the terminal state")}
 
 
+RETRY_MS = 1000  # the reconnection delay a stream's first event asks of EventSource
+
+
 def wait_seconds(api: ApiContext, wait: float | None) -> float | None:
     """``wait=`` checked against ``api.max_wait`` (None: do not wait)."""
     if wait is not None and not 0 < wait <= api.settings.api.max_wait:
@@ -80,17 +83,19 @@ def wait_seconds(api: ApiContext, wait: float | None) -> float | None:
     return wait
 
 
-async def wait_for_job(api: ApiContext, request: Request[Any, Any, Any], job: Job,
-                       seconds: float) -> Job:
-    """``job`` once it has ended, or as it is after ``seconds`` (see ``api/watch.py``)."""
-    if job.state in TERMINAL:
-        return job
+async def wait_for_job(api: ApiContext, request: Request[Any, Any, Any],
+                       job_id: uuid.UUID, reader: str | None, seconds: float) -> Job:
+    """The job once it has ended, or as it is after ``seconds`` (see ``api/watch.py``);
+    a 404 unless ``reader`` (None: any tenant) may read it, before any waiting."""
 
     async def read() -> Job:
         async with api.deadline():
-            return await api.store.get_job(job.id) or job
+            job = await api.reads.get(job_id)
+        if job is None or (reader is not None and job.tenant != reader):
+            raise _not_found(job_id)
+        return job
 
-    return await wait_until(api.feed, [job.id], read, lambda j: j.state in TERMINAL,
+    return await wait_until(api.feed, [job_id], read, lambda j: j.state in TERMINAL,
                             seconds, request.receive)
 
 
@@ -171,10 +176,7 @@ class TaskController(Controller):
         # job that exists. The submitter bounds its own wait (see submit_one).
         created, out = await api.submitter.submit_one(job)
         if seconds is not None and out.state not in TERMINAL:
-            async with api.deadline():
-                current = await api.store.get_job(out.id)
-            if current is not None:
-                out = JobOut.of(await wait_for_job(api, request, current, seconds))
+            out = JobOut.of(await wait_for_job(api, request, out.id, out.tenant, seconds))
         return Response(out, status_code=201 if created else 200)
 
     @post("/batch", opt={"scope": WRITE}, status_code=201, summary="Submit jobs, all or none",
@@ -238,10 +240,11 @@ class TaskController(Controller):
                       job_id: JobId, wait: Wait = None) -> JobOut:
         api: ApiContext = state.api
         seconds = wait_seconds(api, wait)
+        if seconds is not None:  # registers, then reads: the one read checks the tenant
+            return JobOut.of(await wait_for_job(api, request, job_id,
+                                                _reader(request.auth), seconds))
         async with api.deadline():
             job = await _readable_job(api, request.auth, job_id)
-        if seconds is not None:
-            job = await wait_for_job(api, request, job, seconds)
         return JobOut.of(job)
 
     @get("/{job_id:uuid}/events", opt={"scope": READ}, media_type="text/event-stream",
@@ -316,6 +319,9 @@ async def _job_stream(api: ApiContext, job_id: uuid.UUID, after: tuple[int, int]
     time the feed says the job changed, and at each heartbeat (so a lost notification
     costs at most a heartbeat); ends after the terminal state."""
     heartbeat = api.settings.api.events_heartbeat
+    loop = asyncio.get_running_loop()
+    ends = loop.time() + api.settings.api.events_max_seconds
+    first = True
     with api.feed.watch([job_id]) as watcher:
         while True:
             watcher.changed.clear()
@@ -328,15 +334,19 @@ async def _job_stream(api: ApiContext, job_id: uuid.UUID, after: tuple[int, int]
                 if after is None or key > after:
                     yield ServerSentEventMessage(
                         data=msgspec.json.encode(event).decode(), event=event.state.value,
-                        id=format_id(key))
-                    after = key
+                        id=format_id(key), retry=RETRY_MS if first else None)
+                    after, first = key, False
             if job.state in TERMINAL:
                 return
+            left = ends - loop.time()
+            if left <= 0:  # the client reconnects with Last-Event-ID (see events_max_seconds)
+                return
             try:
-                async with asyncio.timeout(heartbeat):
+                async with asyncio.timeout(min(heartbeat, left)):
                     await watcher.changed.wait()
             except TimeoutError:
-                yield ServerSentEventMessage(comment="keep-alive")
+                if loop.time() < ends:  # a comment only: no data line, so no event
+                    yield ServerSentEventMessage(comment="keep-alive", data=None)
 
 
 def _reader(principal: Principal) -> str | None:

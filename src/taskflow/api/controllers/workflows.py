@@ -15,6 +15,7 @@ import msgspec
 import redis.exceptions
 from litestar import Controller, Request, get, post
 from litestar.datastructures import State
+from litestar.openapi import ResponseSpec
 from litestar.params import Parameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from msgspec import UNSET
@@ -23,7 +24,7 @@ from taskflow import jobs
 from taskflow.api.auth import READ, WRITE, Principal, scope_guard
 from taskflow.api.context import ApiContext
 from taskflow.api.controllers.tasks import (
-    EVENT_STREAM, Include, LastEventId, Wait, _problems, include_param, wait_seconds,
+    RETRY_MS, Include, LastEventId, Wait, _problems, include_param, wait_seconds,
 )
 from taskflow.api.errors import ApiError, Unavailable
 from taskflow.api.events import workflow_event_id
@@ -36,6 +37,13 @@ from taskflow.models import Workflow, WorkflowMember, WorkflowNode
 from taskflow.states import ACTIVE, JobState
 
 WorkflowId = Annotated[uuid.UUID, Parameter(description="workflow id")]
+
+WORKFLOW_EVENT_STREAM = {200: ResponseSpec(
+    str, media_type="text/event-stream", generate_examples=False,
+    description="Server-Sent Events: the workflow's whole view (data: JSON, as GET "
+                "/workflows/{id}; event: its state) each time it changed, first at once; "
+                "id: usable as Last-Event-ID; comment lines as heartbeats; the stream ends "
+                "after the workflow has ended")}
 
 
 def workflow_state(states: list[JobState]) -> WorkflowState:
@@ -132,8 +140,8 @@ class WorkflowController(Controller):
 
     @get("/{workflow_id:uuid}/events", opt={"scope": READ}, media_type="text/event-stream",
          summary="A workflow's view as Server-Sent Events, each time a job of it changes, "
-                 "until it ends", responses={**EVENT_STREAM, **_problems(400, 401, 403, 404,
-                                                                          422, 503)})
+                 "until it ends", responses={**WORKFLOW_EVENT_STREAM,
+                                             **_problems(400, 401, 403, 404, 422, 503)})
     async def events(self, request: Request[Any, Principal, Any], state: State,
                      workflow_id: WorkflowId, last_event_id: LastEventId = None,
                      include: Include = None) -> ServerSentEvent:
@@ -178,8 +186,11 @@ async def _workflow_stream(api: ApiContext, workflow: Workflow, last: str | None
     differs from the last one sent: resuming cannot miss a change, whatever happened
     meanwhile (see ``workflow_event_id``). Ends after the workflow has ended."""
     heartbeat = api.settings.api.events_heartbeat
+    loop = asyncio.get_running_loop()
+    ends = loop.time() + api.settings.api.events_max_seconds
     with api.feed.watch([workflow.id]) as watcher:
         watched: set[uuid.UUID] = set()
+        first = True
         while True:
             watcher.changed.clear()
             async with api.deadline():
@@ -194,15 +205,20 @@ async def _workflow_stream(api: ApiContext, workflow: Workflow, last: str | None
             view = _view(workflow, members, extra)
             if event_id != last:
                 yield ServerSentEventMessage(data=msgspec.json.encode(view).decode(),
-                                             event=view.state.value, id=event_id)
-                last = event_id
+                                             event=view.state.value, id=event_id,
+                                             retry=RETRY_MS if first else None)
+                last, first = event_id, False
             if view.state is not WorkflowState.RUNNING:
                 return
+            left = ends - loop.time()
+            if left <= 0:  # the client reconnects with Last-Event-ID (see events_max_seconds)
+                return
             try:
-                async with asyncio.timeout(heartbeat):
+                async with asyncio.timeout(min(heartbeat, left)):
                     await watcher.changed.wait()
             except TimeoutError:
-                yield ServerSentEventMessage(comment="keep-alive")
+                if loop.time() < ends:  # a comment only: no data line, so no event
+                    yield ServerSentEventMessage(comment="keep-alive", data=None)
 
 
 def _not_found(workflow_id: uuid.UUID) -> ApiError:
