@@ -47,24 +47,46 @@ def _ms(values: list[float], p: float) -> float:
     return percentile(values, p) * 1000
 
 
+def _ts(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
+
+
 async def _submit_and_wait(url: str, headers: dict, gap: float, samples: int,
-                           http: aiohttp.ClientSession) -> tuple[list[float], list[float]]:
-    """(client round trip, job end -> answer) of POST /tasks?wait= one job at a time."""
-    rtt, lag = [], []
-    for i in range(samples + 20):
+                           http: aiohttp.ClientSession, *, poll: bool = False,
+                           ) -> dict[str, list[float]]:
+    """One job at a time, ``samples`` times: ``rtt`` (submit -> the client has the
+    outcome), ``lag`` (finished_at -> the client has it), ``engine`` (created_at ->
+    finished_at, PostgreSQL's clock). With ``poll``, every other sample submits and then
+    GETs until succeeded (0.5 ms apart, as bench_api): the baseline, in the same run."""
+    out: dict[str, list[float]] = {k: [] for k in ("rtt", "lag", "engine", "poll_rtt")}
+    for i in range(2 * samples + 20 if poll else samples + 20):
+        polling = poll and i % 2 == 1
         began = time.perf_counter()
-        async with http.post(url + "/tasks?wait=10", json={"task": "noop"},
-                             headers=headers) as r:
-            body = await r.json()
+        if polling:
+            async with http.post(url + "/tasks", json={"task": "noop"},
+                                 headers=headers) as r:
+                body = await r.json()
+            while body["state"] != "succeeded":
+                await asyncio.sleep(0.0005)
+                async with http.get(f"{url}/tasks/{body['id']}", headers=headers) as r:
+                    body = await r.json()
+        else:
+            async with http.post(url + "/tasks?wait=10", json={"task": "noop"},
+                                 headers=headers) as r:
+                body = await r.json()
         answered = time.time()
         took = time.perf_counter() - began
         assert body["state"] == "succeeded", body
         if i >= 20:  # warm-up
-            rtt.append(took)
-            lag.append(answered - datetime.fromisoformat(body["finished_at"]).timestamp())
+            if polling:
+                out["poll_rtt"].append(took)
+            else:
+                out["rtt"].append(took)
+                out["lag"].append(answered - _ts(body["finished_at"]))
+                out["engine"].append(_ts(body["finished_at"]) - _ts(body["created_at"]))
         if gap:
             await asyncio.sleep(gap)
-    return rtt, lag
+    return out
 
 
 async def _waiters_held(api: ApiProcess, headers: dict) -> int:
@@ -78,11 +100,19 @@ async def _waiters_held(api: ApiProcess, headers: dict) -> int:
 async def _latency(api: ApiProcess, headers: dict) -> None:
     async with aiohttp.ClientSession() as http:
         for gap, label in ((0.0, "back to back"), (0.01, "10 ms apart")):
-            rtt, _ = await _submit_and_wait(api.url, headers, gap, SAMPLES, http)
+            got = await _submit_and_wait(api.url, headers, gap, SAMPLES, http, poll=True)
+            rtt, poll = got["rtt"], got["poll_rtt"]
             report(f"POST /tasks?wait= -> succeeded p50, {label}", _ms(rtt, 50), "ms",
-                   "(goal 3 ms)" if not gap else "(goal 5 ms)")
+                   f"({'goal 3 ms' if not gap else 'goal 5 ms'}; POST + GET polling in "
+                   f"the same run: {_ms(poll, 50):.1f} ms, "
+                   f"{percentile(rtt, 50) / percentile(poll, 50):.2f}x)")
             report(f"POST /tasks?wait= -> succeeded p99, {label}", _ms(rtt, 99), "ms",
-                   "(goal 6 ms)" if not gap else "")
+                   f"({'goal 6 ms; ' if not gap else ''}polling: {_ms(poll, 99):.1f} ms)")
+            report(f"  of which PostgreSQL created -> finished p50, {label}",
+                   _ms(got["engine"], 50), "ms", "(the engine)")
+            report(f"  of which finished -> client has it p50, {label}",
+                   _ms(got["lag"], 50), "ms",
+                   f"(notification, read, answer; p99 {_ms(got['lag'], 99):.1f} ms)")
 
 
 async def _idle_waiters(api: ApiProcess, srv, headers: dict) -> None:
@@ -118,7 +148,11 @@ async def _idle_waiters(api: ApiProcess, srv, headers: dict) -> None:
         worker = WorkerProcess(srv)
         try:
             await asyncio.sleep(1.0)
-            rtt, lag = await _submit_and_wait(api.url, headers, 0.01, 200, http)
+            # A session of its own: the held ones' pool has connections uvicorn has closed
+            # (keep-alive timeout) while the waiters were being opened.
+            async with aiohttp.ClientSession() as fresh:
+                got = await _submit_and_wait(api.url, headers, 0.01, 200, fresh)
+            rtt, lag = got["rtt"], got["lag"]
         finally:
             worker.stop()
         report(f"job end -> its waiter's answer p50 ({WAITERS:,} held)", _ms(lag, 50), "ms",
@@ -136,16 +170,26 @@ async def _idle_waiters(api: ApiProcess, srv, headers: dict) -> None:
                "s", f"({await _waiters_held(api, headers)} left)")
 
 
+async def _alternate(measure, rounds: int = 10) -> tuple[float, float]:
+    """Median per-operation time of ``measure(False)`` and ``measure(True)``, taken in
+    alternating rounds (the machine's load drifts)."""
+    without, with_ = [], []
+    for _ in range(rounds):
+        without.append(await measure(False))
+        with_.append(await measure(True))
+    return percentile(without, 50), percentile(with_, 50)
+
+
 async def _channels(srv) -> None:
     """Redis PUBLISH in the settle pipeline against pg_notify in the flush's transaction."""
-    n = 1000
+    n = 200  # per round; rounds alternate without and with, so drift hits both alike
     async with stores(srv) as s:
         client = s.dispatch.client
         pubsub = client.pubsub(ignore_subscribe_messages=True)
         await pubsub.subscribe("bench:changed")
         await pubsub.get_message(timeout=1.0)
         redis_lat = []
-        for _ in range(n):
+        for _ in range(1000):
             began = time.perf_counter()
             await client.publish("bench:changed", MESSAGE)
             while (await pubsub.get_message(timeout=None)) is None:
@@ -163,7 +207,7 @@ async def _channels(srv) -> None:
                     await pipe.execute()
             return (time.perf_counter() - began) / n
 
-        redis_base, redis_with = await pipeline(False), await pipeline(True)
+        redis_base, redis_with = await _alternate(pipeline)
 
         pool = s.store.pool
         await pool.execute("CREATE TABLE IF NOT EXISTS bench_notify (id int PRIMARY KEY, "
@@ -174,7 +218,7 @@ async def _channels(srv) -> None:
         await listener.add_listener("bench_changed",
                                     lambda *args: arrived.put_nowait(args[3]))
         pg_lat = []
-        for _ in range(n):
+        for _ in range(1000):
             began = time.perf_counter()
             await pool.execute("SELECT pg_notify('bench_changed', $1)", MESSAGE)
             await arrived.get()
@@ -194,7 +238,7 @@ async def _channels(srv) -> None:
                         await conn.execute("UPDATE bench_notify SET n = n + 1 WHERE id = 1")
             return (time.perf_counter() - began) / n
 
-        pg_base, pg_with = await write(False), await write(True)
+        pg_base, pg_with = await _alternate(write)
         await listener.close()
         await pool.execute("DROP TABLE bench_notify")
     report("Redis PUBLISH -> subscriber p50", _ms(redis_lat, 50), "ms")
