@@ -124,12 +124,17 @@ async def test_a_resubscription_wakes_every_waiter(stores, settings):
 async def test_another_tenants_job_is_404_before_any_wait(stores, settings):
     async with _api(stores, settings) as (client, feed):
         job_id = await _submit(client, task="noop")
+        created = await client.post("/workflows", json={"name": "w", "jobs": [
+            {"name": "a", "task": "noop"}]})
+        workflow_id = created.json()["id"]
         other = _headers("other")
         began = time.monotonic()
-        for path in (f"/tasks/{job_id}?wait=30", f"/tasks/{job_id}/events"):
+        for path in (f"/tasks/{job_id}?wait=30", f"/tasks/{job_id}/events",
+                     f"/workflows/{workflow_id}?wait=30", f"/workflows/{workflow_id}/events"):
             answer = await client.get(path, headers=other)
             assert answer.status_code == 404, answer.text
         assert time.monotonic() - began < 5
+        assert len(feed) == 0
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "61", "nan", "inf", "soon"])
