@@ -8,9 +8,10 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import msgspec
+import pytest
 
 from taskflow.api.events import format_id, job_events, parse_id
-from taskflow.api.watch import ChangeFeed, JobReads
+from taskflow.api.watch import ChangeFeed, Coalesced
 from taskflow.models import Attempt, Job
 from taskflow.states import JobState
 
@@ -98,29 +99,44 @@ def test_the_registry_wakes_by_key_and_forgets_a_waiter_that_leaves():
     assert len(feed) == 0 and not feed._by_key
 
 
-class _SlowStore:
+class _SlowFetch:
     def __init__(self) -> None:
         self.queries: list[list] = []
         self.release = asyncio.Event()
 
-    async def get_jobs(self, ids):
-        self.queries.append(list(ids))
+    async def __call__(self, keys: list[int]) -> dict[int, str]:
+        self.queries.append(list(keys))
         await self.release.wait()
-        return [_job(JobState.QUEUED, 0, id=i) for i in ids if i.int % 2 == 0]
+        return {k: f"row {k}" for k in keys if k % 2 == 0}
 
 
 async def test_reads_that_arrive_together_share_a_query():
-    store = _SlowStore()
-    reads = JobReads(store, max_batch=100)  # type: ignore[arg-type]
-    ids = [uuid.UUID(int=i) for i in range(250)]
-    first = asyncio.create_task(reads.get(ids[0]))
+    fetch = _SlowFetch()
+    reads: Coalesced[int, str] = Coalesced(fetch, max_batch=100)
+    first = asyncio.create_task(reads.get(0))
     await asyncio.sleep(0)  # its query is in flight
-    rest = [asyncio.create_task(reads.get(i)) for i in ids[1:]]
-    gone = asyncio.create_task(reads.get(ids[2]))
+    rest = [asyncio.create_task(reads.get(i)) for i in range(1, 250)]
+    gone = asyncio.create_task(reads.get(2))
     await asyncio.sleep(0)
     gone.cancel()  # a client that gives up does not disturb the others
-    store.release.set()
+    fetch.release.set()
     found = await asyncio.gather(first, *rest)
-    assert [len(q) for q in store.queries] == [1, 100, 100, 49]
-    assert [j is not None for j in found] == [i.int % 2 == 0 for i in ids]
+    assert [len(q) for q in fetch.queries] == [1, 100, 100, 49]
+    assert found == [f"row {i}" if i % 2 == 0 else None for i in range(250)]
     assert reads._reader is None and not reads._pending
+
+
+async def test_a_failed_query_reaches_its_readers_and_the_next_read_works():
+    calls = 0
+
+    async def fetch(keys: list[int]) -> dict[int, int]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ConnectionError("PostgreSQL went away")
+        return {k: k for k in keys}
+
+    reads: Coalesced[int, int] = Coalesced(fetch)
+    with pytest.raises(ConnectionError):
+        await reads.get(1)
+    assert await reads.get(2) == 2

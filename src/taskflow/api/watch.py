@@ -28,7 +28,7 @@ import itertools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from litestar.types import Receive
 
@@ -165,21 +165,25 @@ async def wait_until(
                 gone.cancel()
 
 
-class JobReads:
-    """Reads of single jobs, coalesced: the reads asked for while a query is in flight go
-    out together in the next one (``get_jobs``, up to ``max_batch`` ids), so waiters
-    woken at once cost a few queries, not one each. A lone read costs one query, as a
-    plain read would."""
+K = TypeVar("K")
 
-    def __init__(self, store: PostgresStore, max_batch: int = 1000) -> None:
-        self.store = store
+
+class Coalesced(Generic[K, T]):
+    """Reads by key, coalesced: the keys asked for while a query is in flight go out
+    together in the next one (``fetch``, up to ``max_batch`` keys), so waiters woken at
+    once cost a few queries, not one each. A lone read costs one query, as a plain read
+    would."""
+
+    def __init__(self, fetch: Callable[[list[K]], Awaitable[dict[K, T]]],
+                 max_batch: int = 1000) -> None:
+        self.fetch = fetch
         self.max_batch = max_batch
-        self._pending: dict[uuid.UUID, list[asyncio.Future[Job | None]]] = {}
+        self._pending: dict[K, list[asyncio.Future[T | None]]] = {}
         self._reader: asyncio.Task[None] | None = None
 
-    async def get(self, job_id: uuid.UUID) -> Job | None:
-        future: asyncio.Future[Job | None] = asyncio.get_running_loop().create_future()
-        self._pending.setdefault(job_id, []).append(future)
+    async def get(self, key: K) -> T | None:
+        future: asyncio.Future[T | None] = asyncio.get_running_loop().create_future()
+        self._pending.setdefault(key, []).append(future)
         if self._reader is None:
             self._reader = asyncio.create_task(self._read_pending())
         return await future  # a caller that gives up cancels only its own future
@@ -187,10 +191,10 @@ class JobReads:
     async def _read_pending(self) -> None:
         try:
             while self._pending:
-                ids = list(itertools.islice(self._pending, self.max_batch))
-                batch = {i: self._pending.pop(i) for i in ids}
+                keys = list(itertools.islice(self._pending, self.max_batch))
+                batch = {k: self._pending.pop(k) for k in keys}
                 try:
-                    found = {j.id: j for j in await self.store.get_jobs(ids)}
+                    found = await self.fetch(keys)
                 except Exception as exc:  # noqa: BLE001 - handed to every reader
                     for futures in batch.values():
                         for f in futures:
@@ -202,13 +206,25 @@ class JobReads:
                         for f in futures:
                             f.cancel()
                     raise
-                for job_id, futures in batch.items():
+                for key, futures in batch.items():
                     for f in futures:
                         if not f.done():
-                            f.set_result(found.get(job_id))
+                            f.set_result(found.get(key))
         finally:
             self._reader = None
             for futures in self._pending.values():  # only when cancelled mid-way
                 for f in futures:
                     f.cancel()
             self._pending.clear()
+
+
+class JobReads:
+    """What waiters read, coalesced (see :class:`Coalesced`): a job (``wait=``) and a
+    job with its finished attempts (event streams)."""
+
+    def __init__(self, store: PostgresStore, max_batch: int = 1000) -> None:
+        async def jobs(ids: list[uuid.UUID]) -> dict[uuid.UUID, Job]:
+            return {j.id: j for j in await store.get_jobs(ids)}
+
+        self.job = Coalesced(jobs, max_batch)
+        self.history = Coalesced(store.job_histories, max_batch)

@@ -90,7 +90,7 @@ async def wait_for_job(api: ApiContext, request: Request[Any, Any, Any],
 
     async def read() -> Job:
         async with api.deadline():
-            job = await api.reads.get(job_id)
+            job = await api.reads.job.get(job_id)
         if job is None or (reader is not None and job.tenant != reader):
             raise _not_found(job_id)
         return job
@@ -326,7 +326,7 @@ async def _job_stream(api: ApiContext, job_id: uuid.UUID, after: tuple[int, int]
         while True:
             watcher.changed.clear()
             async with api.deadline():
-                found = await api.store.job_history(job_id)
+                found = await api.reads.history.get(job_id)
             if found is None:
                 return
             job, attempts = found
