@@ -142,8 +142,6 @@ class Maintenance:
         entries = await self.store.rescue_jobs(claims)
         for e in entries:
             metrics.LEASES_RESCUED.labels(e.queue).inc()
-        if entries:
-            await announce(self.dispatch, [e.id for e in entries])
         moved = {str(e.id) for e in entries}
         requeued = [e for e in entries if e.state in DISPATCHABLE]
         if entries:
@@ -160,6 +158,8 @@ class Maintenance:
             except Exception:
                 await note_unindexed(self.store, requeued)
                 raise
+        if entries:  # after the index: waiting API clients are told last
+            await announce(self.dispatch, [e.id for e in entries])
         return len(entries)
 
     async def reconcile_unconfirmed(self) -> int:
