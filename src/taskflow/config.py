@@ -195,6 +195,15 @@ class ApiSettings(Struct, frozen=True, forbid_unknown_fields=True):
     max_pending_submits: PositiveInt = 10_000
     # Tokens already verified are remembered (until they expire) to skip re-verifying.
     token_cache_size: Annotated[int, Meta(ge=0)] = 10_000
+    # Longest wait= a request may ask for (seconds; GET /tasks/{id}?wait=, POST /tasks?wait=).
+    max_wait: Annotated[float, Meta(gt=0, le=3600)] = 60.0
+    # Comment lines on an idle event stream, so proxies keep it open; the stream reads
+    # PostgreSQL again at each (a lost notification costs at most this long).
+    events_heartbeat: PositiveFloat = 15.0
+    # An event stream ends after this many seconds (with a retry: hint); the client
+    # reconnects with Last-Event-ID and misses nothing. Bounds a stream's life so that
+    # deploys drain and streams spread over API processes.
+    events_max_seconds: PositiveFloat = 900.0
 
 
 class AuthSettings(Struct, frozen=True, forbid_unknown_fields=True):

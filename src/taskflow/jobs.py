@@ -70,6 +70,16 @@ async def note_unindexed(store: PostgresStore, entries: Sequence[DispatchEntry])
                     "find them", len(entries), exc)
 
 
+async def announce(dispatch: RedisDispatch, ids: Sequence[object]) -> None:
+    """Tell waiting API clients that these jobs (or workflows) changed state. Best effort:
+    the change is durable already, and a waiter that misses the message reads PostgreSQL
+    again by its deadline (see ``api/watch.py``)."""
+    try:
+        await dispatch.publish_changed(ids)
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        log.warning("could not announce %d changed jobs (%r)", len(ids), exc)
+
+
 class Cancel(str, enum.Enum):
     """What a cancel request did."""
 
@@ -101,6 +111,7 @@ async def cancel(
     for _ in range(3):
         job = await store.cancel_waiting_job(job_id, tenant)
         if job is not None:
+            await announce(dispatch, [job.id, *([job.workflow_id] if job.workflow_id else [])])
             return CancelResult(Cancel.CANCELLED, job)
         job = await store.request_running_job_cancel(job_id, tenant)
         if job is not None:
@@ -143,6 +154,7 @@ async def retry(
             if ended:
                 raise UpstreamNotRetried(job_id, ended)
     if job is not None:
+        await announce(dispatch, [job.id, *([job.workflow_id] if job.workflow_id else [])])
         entry = DispatchEntry(job.id, job.queue, job.priority, job.run_at, job.state)
         try:
             await dispatch.reindex([entry])
@@ -175,6 +187,7 @@ async def cancel_workflow(
     workers are told to stop them, and they end cancelled). A Redis failure is raised:
     the flags are durable, so repeating the request is safe."""
     running = await store.cancel_workflow(workflow_id)
+    await announce(dispatch, [workflow_id])
     for job_id, queue in running:
         await dispatch.request_cancel(queue, str(job_id))
     return len(running)

@@ -27,7 +27,11 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(
     folder = tmp_path_factory.mktemp("schemathesis")
     iso = Isolated(servers, folder)  # a database of its own: fuzzed jobs run nowhere
     await iso.create()
-    env = {**stack.env, "TASKFLOW_REDIS_PREFIX": iso.prefix}
+    # No worker serves this database: a wait= lasts its full S and an event stream until
+    # events_max_seconds, so both are bounded well below the request timeout (the schema
+    # says so for wait=: maximum 0.5).
+    env = {**stack.env, "TASKFLOW_REDIS_PREFIX": iso.prefix, "TASKFLOW_API__MAX_WAIT": "0.5",
+           "TASKFLOW_API__EVENTS_MAX_SECONDS": "1"}
     api, url = await start_api(iso, folder / "api.log", **env)
     try:
         bearer = token("fuzz", [READ, WRITE, ADMIN])

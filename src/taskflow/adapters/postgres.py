@@ -361,6 +361,24 @@ class PostgresStore:
             for r in rows
         ]
 
+    async def job_histories(
+        self, ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, tuple[Job, list[Attempt]]]:
+        """Jobs and their finished attempts as of one snapshot (an event stream derives
+        its events from both; read apart, an attempt could end in between); absent ids
+        are left out."""
+        async with self.pool.acquire() as conn, conn.transaction(
+                isolation="repeatable_read", readonly=True):
+            jobs = await conn.fetch(QUERIES["get_jobs"], list(ids))
+            rows = await conn.fetch(QUERIES["jobs_attempts"], [r["id"] for r in jobs])
+        found: dict[uuid.UUID, tuple[Job, list[Attempt]]] = {
+            r["id"]: (_job(r), []) for r in jobs}
+        for r in rows:
+            found[r["job_id"]][1].append(
+                Attempt(r["attempt"], r["worker"], r["started_at"], r["finished_at"],
+                        r["duration"], r["outcome"], r["error"]))
+        return found
+
     async def start_jobs(self, claims: Sequence[Claim], worker: str) -> list[StartedJob]:
         rows = await self.pool.fetch(
             QUERIES["start_jobs"], [c.id for c in claims], [c.token for c in claims], worker

@@ -68,6 +68,7 @@ class RedisDispatch:
         self._cancel = client.register_script(_load("cancel"))
         self._forget = client.register_script(_load("forget"))
         self.epoch_key = f"{prefix}:epoch"
+        self.changed_channel = f"{prefix}:changed"
 
     @classmethod
     def from_url(
@@ -148,17 +149,31 @@ class RedisDispatch:
         await self._release(keys=[k.inflight], args=args, client=pipe)
 
     async def settle(
-        self, released: dict[str, list[Claim]], requeued: Sequence[DispatchEntry]
+        self, released: dict[str, list[Claim]], requeued: Sequence[DispatchEntry],
+        changed: Iterable[object] = (),
     ) -> None:
         """After PostgreSQL recorded outcomes: give the leases back, then index the jobs
-        that run again. One round trip; releases come first so a retry is not mistaken
-        for a running job by enqueue."""
+        that run again, and tell API processes which jobs ``changed`` (see
+        :meth:`publish_changed`). One round trip; releases come first so a retry is not
+        mistaken for a running job by enqueue."""
         async with self.client.pipeline(transaction=False) as pipe:
             for queue, claims in released.items():
                 await self.release(queue, claims, pipe)
             if requeued:
                 await self.enqueue(requeued, pipe)
+            if changed:
+                await self.publish_changed(changed, pipe)
             await pipe.execute()
+
+    async def publish_changed(
+        self, ids: Iterable[object], pipe: Pipeline | None = None
+    ) -> None:
+        """One message on the changed channel naming jobs (or workflows) whose state
+        changed, space-separated. A hint only: listeners read PostgreSQL for the state,
+        and a lost message costs latency, not correctness (see ``api/watch.py``)."""
+        message = " ".join(str(i) for i in ids)
+        if message:
+            await (self.client if pipe is None else pipe).publish(self.changed_channel, message)
 
     async def reap(self, queue: str, limit: int = 1000) -> list[Claim]:
         k = self.keys(queue)

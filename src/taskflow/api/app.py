@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import msgspec
@@ -27,6 +28,7 @@ from taskflow.api.openapi import use_msgspec_schemas
 from taskflow.api.submit import KnownTasks, Submitter
 from taskflow.config import Settings
 from taskflow.runtime import Stores
+from taskflow.supervise import supervised
 from taskflow.worker.builtins import builtin_registry
 from taskflow.worker.registry import Registry, default_registry, import_handler_modules
 
@@ -71,7 +73,15 @@ def create_app(settings: Settings, stores: Stores, *, debug: bool = False) -> Li
     submitter = Submitter(settings, stores, known)
     api = ApiContext(settings, stores, submitter, verifier, metrics)
 
+    listening: list[asyncio.Task[None]] = []
+
+    async def start() -> None:
+        listening.append(asyncio.create_task(supervised("change feed", api.feed.run)))
+
     async def close() -> None:
+        for task in listening:
+            task.cancel()
+        await asyncio.gather(*listening, return_exceptions=True)
         await submitter.close()
         await verifier.close()
 
@@ -87,6 +97,7 @@ def create_app(settings: Settings, stores: Stores, *, debug: bool = False) -> Li
         ],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         request_max_body_size=settings.api.max_body_bytes,
+        on_startup=[start],
         on_shutdown=[close],
         openapi_config=OpenAPIConfig(
             title="taskflow",
@@ -103,6 +114,7 @@ def create_app(settings: Settings, stores: Stores, *, debug: bool = False) -> Li
         logging_config=None,  # the CLI configured logging already
         debug=debug,
     )
-    use_msgspec_schemas(app, known.names if known.reject_unknown else None, settings.queues)
+    use_msgspec_schemas(app, known.names if known.reject_unknown else None, settings.queues,
+                        settings.api.max_wait)
     return app
 

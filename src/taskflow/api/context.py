@@ -7,6 +7,7 @@ import asyncio
 from taskflow.api.auth import TokenVerifier
 from taskflow.api.metrics import ApiMetrics
 from taskflow.api.submit import Submitter
+from taskflow.api.watch import ChangeFeed, JobReads
 from taskflow.config import Settings
 from taskflow.runtime import Stores
 
@@ -24,6 +25,9 @@ class ApiContext:
         self.verifier = verifier
         self.metrics = metrics
         self.timeout = settings.api.backend_timeout
+        self.feed = ChangeFeed(stores.dispatch)
+        self.reads = JobReads(stores.store)
+        metrics.waiters.set_function(lambda: len(self.feed))
 
     def deadline(self) -> asyncio.Timeout:
         """Bounds a request's wait on the stores; a TimeoutError becomes a 503."""

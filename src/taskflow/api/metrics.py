@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 
 from taskflow.metrics import page
 
@@ -33,6 +33,9 @@ class ApiMetrics:
             ["method", "route", "status"], buckets=_BUCKETS, registry=self.registry,
         )
         self._children: dict[tuple[str, str, int], Any] = {}
+        self.waiters = Gauge(
+            "taskflow_api_waiters", "Requests waiting for a job or workflow to change "
+            "(wait= and event streams).", registry=self.registry)
 
     def exposition(self) -> bytes:
         return page() + generate_latest(self.registry)

@@ -14,12 +14,33 @@ from typing import Any
 import msgspec
 from litestar import Litestar
 from litestar.openapi.spec import Schema
+from litestar.openapi.spec.enums import OpenAPIType
 
 from taskflow.api import schemas
+from taskflow.api.events import JobEvent
+from taskflow.states import JobState
 
 _BODIES = (schemas.JobSpec, schemas.BatchSpec, schemas.BatchCreated, schemas.JobOut,
            schemas.JobPage, schemas.AttemptList, schemas.Problem, schemas.Health,
-           schemas.WorkflowSpec, schemas.WorkflowCreated, schemas.WorkflowOut)
+           schemas.WorkflowSpec, schemas.WorkflowCreated, schemas.WorkflowOut, JobEvent)
+
+# Each event of a stream: ``event`` names the state, ``data`` is JSON (the component
+# named here), ``id`` resumes (Last-Event-ID); the first event carries ``retry`` (the
+# reconnection delay). Heartbeats are comment lines, not events.
+_STREAMS = {
+    "/tasks/{job_id}/events": ([s.value for s in JobState], "JobEvent"),
+    "/workflows/{workflow_id}/events": ([s.value for s in schemas.WorkflowState],
+                                        "WorkflowOut"),
+}
+
+
+def _event_schema(states: list[str], component: str) -> dict[str, Any]:
+    return {"type": "object", "required": ["event", "id", "data"], "properties": {
+        "event": {"type": "string", "enum": states},
+        "id": {"type": "string"},
+        "data": {"type": "string", "contentMediaType": "application/json",
+                 "contentSchema": {"$ref": f"#/components/schemas/{component}"}},
+        "retry": {"type": "integer"}}}
 
 
 class _JsonSchema(Schema):
@@ -34,9 +55,10 @@ class _JsonSchema(Schema):
 
 
 def use_msgspec_schemas(app: Litestar, known_tasks: Collection[str] | None,
-                        queues: Collection[str] | None = None) -> None:
+                        queues: Collection[str] | None = None,
+                        max_wait: float | None = None) -> None:
     """``known_tasks``: when only those are accepted, the schema lists them; ``queues``
-    (the declared ones) likewise."""
+    (the declared ones) likewise; ``max_wait`` bounds every ``wait`` parameter."""
     _, components = msgspec.json.schema_components(
         _BODIES, ref_template="#/components/schemas/{name}")
     openapi = app.openapi_schema
@@ -51,3 +73,24 @@ def use_msgspec_schemas(app: Litestar, known_tasks: Collection[str] | None,
             components[spec]["properties"]["queue"]["enum"] = sorted(queues)
     for name, document in components.items():
         registry[name] = _JsonSchema(document)
+    for path, (states, component) in _STREAMS.items():
+        item = (openapi.paths or {}).get(path)
+        response = item.get.responses.get("200") if item and item.get and item.get.responses \
+            else None
+        content = getattr(response, "content", None) or {}
+        if "text/event-stream" in content:
+            content["text/event-stream"].schema = _JsonSchema(_event_schema(states, component))
+    if max_wait is not None:
+        for item in (openapi.paths or {}).values():
+            for operation in (item.get, item.post):
+                for param in (operation.parameters or []) if operation else []:
+                    if param.name == "wait" and isinstance(param.schema, Schema):
+                        _bound_wait(param.schema, max_wait)
+
+
+def _bound_wait(schema: Schema, max_wait: float) -> None:
+    """``wait`` is ``number | null``: bound its number branch by ``api.max_wait``."""
+    for branch in schema.one_of or [schema]:
+        if isinstance(branch, Schema) and branch.type == OpenAPIType.NUMBER:
+            branch.exclusive_minimum = 0
+            branch.maximum = max_wait

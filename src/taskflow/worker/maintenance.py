@@ -31,7 +31,7 @@ from taskflow.adapters.redis import RedisDispatch
 from taskflow import metrics
 from taskflow.config import Settings
 from taskflow.index import IndexGuard
-from taskflow.jobs import note_unindexed
+from taskflow.jobs import announce, note_unindexed
 from taskflow.models import Claim
 from taskflow.states import DISPATCHABLE, JobState
 from taskflow.supervise import every, supervised
@@ -156,6 +156,8 @@ class Maintenance:
             except Exception:
                 await note_unindexed(self.store, requeued)
                 raise
+        if entries:  # after the index: waiting API clients are told last
+            await announce(self.dispatch, [e.id for e in entries])
         return len(entries)
 
     async def reconcile_unconfirmed(self) -> int:

@@ -374,7 +374,10 @@ class Worker:
         self._slot_freed.set()
         requeued = [e for e in moved if e.state in DISPATCHABLE]
         try:
-            await self.dispatch.settle(released, requeued)
+            # The jobs whose state changed (ended, retried, released or cancelled
+            # dependents) go to waiting API clients in the same round trip.
+            await self.dispatch.settle(released, requeued,
+                                       {o.id for o in batch} | {e.id for e in moved})
         except Exception:
             # Outcomes are durable; leases expire by themselves and the reconciler indexes
             # the retries (noted for it here), so this costs only latency.

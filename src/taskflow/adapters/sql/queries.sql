@@ -117,6 +117,10 @@ SELECT * FROM jobs WHERE id = ANY($1::uuid[]);
 -- name: job_attempts
 SELECT * FROM job_attempts WHERE job_id = $1 ORDER BY id;
 
+-- name: jobs_attempts
+-- The finished attempts of several jobs, each job's in the order they ended.
+SELECT * FROM job_attempts WHERE job_id = ANY($1::uuid[]) ORDER BY job_id, id;
+
 -- name: start_jobs
 -- queued|scheduled -> running for a batch of claims, each with its own lease token.
 -- Jobs that left those states since Redis indexed them (cancelled, already done) are not

@@ -6,6 +6,7 @@ Tokens with the ``admin`` scope read across tenants.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import uuid
@@ -17,19 +18,22 @@ import redis.exceptions
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.openapi import ResponseSpec
-from litestar.params import Parameter
+from litestar.params import HeaderParameter, Parameter
+from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from taskflow import jobs
 from taskflow.adapters.postgres import JobQuery
 from taskflow.api.auth import READ, WRITE, Principal, scope_guard
 from taskflow.api.context import ApiContext
 from taskflow.api.errors import ApiError, Unavailable
+from taskflow.api.events import format_id, job_events, parse_id
+from taskflow.api.watch import wait_until
 from taskflow.api.schemas import (
     DEFAULT_PAGE, MAX_PAGE, OPTIONAL_FIELDS, AttemptList, BatchCreated, BatchSpec, JobOut,
     JobPage, JobSpec, Problem,
 )
 from taskflow.models import Job
-from taskflow.states import JobState
+from taskflow.states import TERMINAL, JobState
 
 
 def _problems(*codes: int) -> dict[int, ResponseSpec]:
@@ -50,6 +54,49 @@ _WRITE_ERRORS = _problems(400, 401, 403, 404, 409, 413, 422, 503)
 _SUBMIT_ERRORS = _problems(400, 401, 403, 404, 409, 413, 422, 429, 503)
 
 JobId = Annotated[uuid.UUID, Parameter(description="job id (UUIDv7)")]
+
+Wait = Annotated[float | None, Parameter(
+    description="seconds, fractional allowed (at most api.max_wait, 60 by default): answer "
+                "as soon as the job has ended, or when they have passed with the job as it "
+                "is then; the status is the same either way",
+    gt=0)]
+
+LastEventId = Annotated[str | None, HeaderParameter(
+    name="Last-Event-ID", max_length=40, required=False,
+    description="resume after this event (the id: of the last event received)")]
+
+EVENT_STREAM = {200: ResponseSpec(
+    str, media_type="text/event-stream", generate_examples=False,
+    description="Server-Sent Events, one per state change (event: the state, id: "
+                "usable as Last-Event-ID, data: JSON); comment lines as heartbeats; the "
+                "stream ends after the terminal state")}
+
+
+RETRY_MS = 1000  # the reconnection delay a stream's first event asks of EventSource
+
+
+def wait_seconds(api: ApiContext, wait: float | None) -> float | None:
+    """``wait=`` checked against ``api.max_wait`` (None: do not wait)."""
+    if wait is not None and not 0 < wait <= api.settings.api.max_wait:
+        raise ApiError(422, f"wait: {wait} is not a number of seconds in "
+                       f"(0, {api.settings.api.max_wait:g}]", field="wait")
+    return wait
+
+
+async def wait_for_job(api: ApiContext, request: Request[Any, Any, Any],
+                       job_id: uuid.UUID, reader: str | None, seconds: float) -> Job:
+    """The job once it has ended, or as it is after ``seconds`` (see ``api/watch.py``);
+    a 404 unless ``reader`` (None: any tenant) may read it, before any waiting."""
+
+    async def read() -> Job:
+        async with api.deadline():
+            job = await api.reads.job.get(job_id)
+        if job is None or (reader is not None and job.tenant != reader):
+            raise _not_found(job_id)
+        return job
+
+    return await wait_until(api.feed, [job_id], read, lambda j: j.state in TERMINAL,
+                            seconds, request.receive)
 
 
 def encode_cursor(job_id: uuid.UUID) -> str:
@@ -121,13 +168,16 @@ class TaskController(Controller):
                                        "with this idempotency_key; nothing was created"),
                      **_SUBMIT_ERRORS})
     async def submit(self, request: Request[Any, Principal, Any], state: State,
-                     data: JobSpec) -> Response[JobOut]:
+                     data: JobSpec, wait: Wait = None) -> Response[JobOut]:
         api: ApiContext = state.api
+        seconds = wait_seconds(api, wait)
         job = api.submitter.new_job(data, request.auth.tenant)
         await api.submitter.check_targets([job], [""])
         # No deadline around a write: it could fire after the commit and answer 503 for a
         # job that exists. The submitter bounds its own wait (see submit_one).
         created, out = await api.submitter.submit_one(job)
+        if seconds is not None and out.state not in TERMINAL:
+            out = JobOut.of(await wait_for_job(api, request, out.id, out.tenant, seconds))
         return Response(out, status_code=201 if created else 200)
 
     @post("/batch", opt={"scope": WRITE}, status_code=201, summary="Submit jobs, all or none",
@@ -189,11 +239,31 @@ class TaskController(Controller):
 
     @get("/{job_id:uuid}", opt={"scope": READ}, summary="A job", responses=_READ_ERRORS)
     async def get_job(self, request: Request[Any, Principal, Any], state: State,
-                      job_id: JobId) -> JobOut:
+                      job_id: JobId, wait: Wait = None) -> JobOut:
         api: ApiContext = state.api
+        seconds = wait_seconds(api, wait)
+        if seconds is not None:  # registers, then reads: the one read checks the tenant
+            return JobOut.of(await wait_for_job(api, request, job_id,
+                                                _reader(request.auth), seconds))
         async with api.deadline():
             job = await _readable_job(api, request.auth, job_id)
         return JobOut.of(job)
+
+    @get("/{job_id:uuid}/events", opt={"scope": READ}, media_type="text/event-stream",
+         summary="A job's state changes as Server-Sent Events, until it ends",
+         responses={**EVENT_STREAM, **_READ_ERRORS})
+    async def events(self, request: Request[Any, Principal, Any], state: State,
+                     job_id: JobId, last_event_id: LastEventId = None) -> ServerSentEvent:
+        api: ApiContext = state.api
+        after = None
+        if last_event_id is not None:
+            after = parse_id(last_event_id)
+            if after is None:
+                raise ApiError(422, f"Last-Event-ID: {last_event_id!r} is not an event id "
+                               "of this stream (<attempts>.<phase>)", field="Last-Event-ID")
+        async with api.deadline():
+            await _readable_job(api, request.auth, job_id)
+        return ServerSentEvent(_job_stream(api, job_id, after))
 
     @get("/{job_id:uuid}/attempts", opt={"scope": READ}, summary="A job's finished attempts",
          responses=_READ_ERRORS)
@@ -244,6 +314,41 @@ class TaskController(Controller):
                 raise ApiError(409, f"job {job_id} is {current.state.value}; only failed or "
                                "cancelled jobs can be retried")
         return JobOut.of(job)
+
+
+async def _job_stream(api: ApiContext, job_id: uuid.UUID, after: tuple[int, int] | None):
+    """The events after ``after`` (see ``api/events.py``), derived from PostgreSQL each
+    time the feed says the job changed, and at each heartbeat (so a lost notification
+    costs at most a heartbeat); ends after the terminal state."""
+    heartbeat = api.settings.api.events_heartbeat
+    loop = asyncio.get_running_loop()
+    ends = loop.time() + api.settings.api.events_max_seconds
+    first = True
+    with api.feed.watch([job_id]) as watcher:
+        while True:
+            watcher.changed.clear()
+            async with api.deadline():
+                found = await api.reads.history.get(job_id)
+            if found is None:
+                return
+            job, attempts = found
+            for key, event in job_events(job, attempts):
+                if after is None or key > after:
+                    yield ServerSentEventMessage(
+                        data=msgspec.json.encode(event).decode(), event=event.state.value,
+                        id=format_id(key), retry=RETRY_MS if first else None)
+                    after, first = key, False
+            if job.state in TERMINAL:
+                return
+            left = ends - loop.time()
+            if left <= 0:  # the client reconnects with Last-Event-ID (see events_max_seconds)
+                return
+            try:
+                async with asyncio.timeout(min(heartbeat, left)):
+                    await watcher.changed.wait()
+            except TimeoutError:
+                if loop.time() < ends:  # a comment only: no data line, so no event
+                    yield ServerSentEventMessage(comment="keep-alive", data=None)
 
 
 def _reader(principal: Principal) -> str | None:

@@ -5,22 +5,30 @@ Scoped to the caller's tenant like ``/tasks``: another tenant's workflow is a 40
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import Counter
 from collections.abc import Collection
 from typing import Annotated, Any
 
+import msgspec
 import redis.exceptions
 from litestar import Controller, Request, get, post
 from litestar.datastructures import State
+from litestar.openapi import ResponseSpec
 from litestar.params import Parameter
+from litestar.response import ServerSentEvent, ServerSentEventMessage
 from msgspec import UNSET
 
 from taskflow import jobs
 from taskflow.api.auth import READ, WRITE, Principal, scope_guard
 from taskflow.api.context import ApiContext
-from taskflow.api.controllers.tasks import Include, _problems, include_param
+from taskflow.api.controllers.tasks import (
+    RETRY_MS, Include, LastEventId, Wait, _problems, include_param, wait_seconds,
+)
 from taskflow.api.errors import ApiError, Unavailable
+from taskflow.api.events import workflow_event_id
+from taskflow.api.watch import wait_until
 from taskflow.api.schemas import (
     WorkflowCreated, WorkflowJobOut, WorkflowOut, WorkflowSpec, WorkflowState,
 )
@@ -29,6 +37,13 @@ from taskflow.models import Workflow, WorkflowMember, WorkflowNode
 from taskflow.states import ACTIVE, JobState
 
 WorkflowId = Annotated[uuid.UUID, Parameter(description="workflow id")]
+
+WORKFLOW_EVENT_STREAM = {200: ResponseSpec(
+    str, media_type="text/event-stream", generate_examples=False,
+    description="Server-Sent Events: the workflow's whole view (data: JSON, as GET "
+                "/workflows/{id}; event: its state) each time it changed, first at once; "
+                "id: usable as Last-Event-ID; comment lines as heartbeats; the stream ends "
+                "after the workflow has ended")}
 
 
 def workflow_state(states: list[JobState]) -> WorkflowState:
@@ -99,18 +114,44 @@ class WorkflowController(Controller):
     @get("/{workflow_id:uuid}", opt={"scope": READ}, summary="A workflow and its jobs",
          responses=_problems(400, 401, 403, 404, 422, 503))
     async def get_workflow(self, request: Request[Any, Principal, Any], state: State,
-                           workflow_id: WorkflowId, include: Include = None) -> WorkflowOut:
+                           workflow_id: WorkflowId, include: Include = None,
+                           wait: Wait = None) -> WorkflowOut:
         api: ApiContext = state.api
         principal = request.auth
         extra = include_param(include)
+        seconds = wait_seconds(api, wait)
         async with api.deadline():
-            workflow = await api.store.get_tenant_workflow(
-                workflow_id, None if principal.is_admin else principal.tenant)
-            if workflow is None:
-                raise _not_found(workflow_id)
-            members = await api.store.workflow_members(
-                workflow_id, with_payload="payload" in extra, with_result="result" in extra)
+            workflow = await _readable_workflow(api, principal, workflow_id)
+
+        async def read() -> list[WorkflowMember]:
+            async with api.deadline():
+                return await api.store.workflow_members(
+                    workflow_id, with_payload="payload" in extra,
+                    with_result="result" in extra)
+
+        members = await read()
+        if seconds is not None and workflow_state([m.state for m in members]) is \
+                WorkflowState.RUNNING:
+            # Woken by a change of any member (workers name jobs, not workflows) or of
+            # the workflow itself (its cancellation).
+            members = await wait_until(
+                api.feed, [workflow_id, *(m.id for m in members)], read,
+                lambda ms: workflow_state([m.state for m in ms]) is not WorkflowState.RUNNING,
+                seconds, request.receive)
         return _view(workflow, members, extra)
+
+    @get("/{workflow_id:uuid}/events", opt={"scope": READ}, media_type="text/event-stream",
+         summary="A workflow's view as Server-Sent Events, each time a job of it changes, "
+                 "until it ends", responses={**WORKFLOW_EVENT_STREAM,
+                                             **_problems(400, 401, 403, 404, 422, 503)})
+    async def events(self, request: Request[Any, Principal, Any], state: State,
+                     workflow_id: WorkflowId, last_event_id: LastEventId = None,
+                     include: Include = None) -> ServerSentEvent:
+        api: ApiContext = state.api
+        extra = include_param(include)
+        async with api.deadline():
+            workflow = await _readable_workflow(api, request.auth, workflow_id)
+        return ServerSentEvent(_workflow_stream(api, workflow, last_event_id, extra))
 
     @post("/{workflow_id:uuid}/cancel", opt={"scope": WRITE}, status_code=200,
           summary="Cancel every unfinished job of a workflow (running ones are stopped by "
@@ -130,6 +171,56 @@ class WorkflowController(Controller):
                                   "request") from None
             members = await api.store.workflow_members(workflow_id)
         return _view(workflow, members)
+
+
+async def _readable_workflow(api: ApiContext, principal: Principal,
+                             workflow_id: uuid.UUID) -> Workflow:
+    workflow = await api.store.get_tenant_workflow(
+        workflow_id, None if principal.is_admin else principal.tenant)
+    if workflow is None:
+        raise _not_found(workflow_id)
+    return workflow
+
+
+async def _workflow_stream(api: ApiContext, workflow: Workflow, last: str | None,
+                           extra: Collection[str]):
+    """Each event is the workflow's whole view (``GET /workflows/{id}``), sent when it
+    differs from the last one sent: resuming cannot miss a change, whatever happened
+    meanwhile (see ``workflow_event_id``). Ends after the workflow has ended."""
+    heartbeat = api.settings.api.events_heartbeat
+    loop = asyncio.get_running_loop()
+    ends = loop.time() + api.settings.api.events_max_seconds
+    with api.feed.watch([workflow.id]) as watcher:
+        watched: set[uuid.UUID] = set()
+        first = True
+        while True:
+            watcher.changed.clear()
+            async with api.deadline():
+                members = await api.store.workflow_members(
+                    workflow.id, with_payload="payload" in extra,
+                    with_result="result" in extra)
+            new = {m.id for m in members} - watched
+            if new:  # watch the members too: workers announce jobs, not workflows
+                api.feed.add_keys(watcher, new)
+                watched |= new
+            event_id = workflow_event_id(members)
+            view = _view(workflow, members, extra)
+            if event_id != last:
+                yield ServerSentEventMessage(data=msgspec.json.encode(view).decode(),
+                                             event=view.state.value, id=event_id,
+                                             retry=RETRY_MS if first else None)
+                last, first = event_id, False
+            if view.state is not WorkflowState.RUNNING:
+                return
+            left = ends - loop.time()
+            if left <= 0:  # the client reconnects with Last-Event-ID (see events_max_seconds)
+                return
+            try:
+                async with asyncio.timeout(min(heartbeat, left)):
+                    await watcher.changed.wait()
+            except TimeoutError:
+                if loop.time() < ends:  # a comment only: no data line, so no event
+                    yield ServerSentEventMessage(comment="keep-alive", data=None)
 
 
 def _not_found(workflow_id: uuid.UUID) -> ApiError:
