@@ -15,7 +15,11 @@ CREATE TABLE dispatch_index (
 -- confirmed. Written in the statement that creates them (so a process killed between the
 -- commit and the ZADD leaves its row), deleted in batches once Redis confirmed; the
 -- reconciler indexes what is left. Its cost follows what is missing, not the backlog.
+-- noted: 0 for the row the creating statement wrote (the submitter's confirmation deletes
+-- only that one), counted up by every later note (a failed enqueue after a retry, a
+-- settle...), so a confirmation or a reconciler pass never deletes a note it did not see.
 CREATE TABLE jobs_unindexed (
     job_id uuid PRIMARY KEY,
-    since  timestamptz NOT NULL DEFAULT now()
+    since  timestamptz NOT NULL DEFAULT now(),
+    noted  integer NOT NULL DEFAULT 0
 );

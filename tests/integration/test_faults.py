@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 from taskflow import jobs
-from taskflow.adapters.embedded import EmbeddedRedis
+from taskflow.adapters.embedded import EmbeddedRedis, free_port
 from taskflow.adapters.redis import RedisDispatch
 from taskflow.runtime import Stores
 from taskflow.index import IndexGuard
@@ -115,9 +115,18 @@ async def test_a_retry_whose_reindex_failed_runs_now_and_is_not_cancelled(
     await jobs.cancel(stores.store, stores.dispatch, job_id, "t")
     keys = stores.dispatch.keys("default")
     await redis_client.set(keys.cancel_prefix + str(job_id), "1", px=600_000)
-    job = await stores.store.retry_job(job_id, "t")  # PostgreSQL only: Redis "failed"
+    # The retry's reindex fails (Redis unreachable for it): PostgreSQL has the job queued,
+    # Redis still the old delayed entry and marker; the retry notes it for the reconciler.
+    unreachable = RedisDispatch.from_url(f"redis://127.0.0.1:{free_port()}/0",
+                                         settings.redis_prefix)
+    try:
+        job = await jobs.retry(stores.store, unreachable, job_id, "t")
+    finally:
+        await unreachable.close()
     assert job.state is JobState.QUEUED
-    async with running_worker(stores, settings):
+    cfg = msgspec.structs.replace(settings, maintenance=msgspec.structs.replace(
+        settings.maintenance, unconfirmed_grace=0.1))
+    async with running_worker(stores, cfg):
         [done] = await wait_for_states(stores, [job_id], {"succeeded", "cancelled"},
                                        timeout=15)
     assert done.state is JobState.SUCCEEDED, done.error

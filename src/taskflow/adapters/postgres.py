@@ -458,14 +458,19 @@ class PostgresStore:
 
     async def list_unindexed(
         self, older_than: float, limit: int
-    ) -> tuple[list[uuid.UUID], list[DispatchEntry]]:
-        """Jobs whose enqueue was not confirmed within ``older_than`` seconds, and the
-        dispatch entries of those still dispatchable."""
+    ) -> tuple[list[tuple[uuid.UUID, int]], list[DispatchEntry]]:
+        """Notes older than ``older_than`` seconds (job id, note count), and the dispatch
+        entries of their jobs still dispatchable."""
         rows = await self.pool.fetch(QUERIES["list_unindexed"], older_than, limit)
         entries = [DispatchEntry(r["job_id"], r["queue"], r["priority"], r["run_at"],
                                  JobState(r["state"]))
                    for r in rows if r["state"] in ("queued", "scheduled")]
-        return [r["job_id"] for r in rows], entries
+        return [(r["job_id"], r["noted"]) for r in rows], entries
+
+    async def clear_unindexed(self, notes: Sequence[tuple[uuid.UUID, int]]) -> None:
+        """Delete notes the reconciler handled, unless noted again since."""
+        await self.pool.execute(QUERIES["clear_unindexed"], [n[0] for n in notes],
+                                [n[1] for n in notes])
 
     async def dispatchable_jobs_page(
         self, after: uuid.UUID | None, limit: int

@@ -167,13 +167,13 @@ class Maintenance:
         grace = self.cfg.unconfirmed_grace
         added = 0
         while True:
-            ids, entries = await self.store.list_unindexed(grace, self.cfg.reconcile_batch)
-            if not ids:
+            notes, entries = await self.store.list_unindexed(grace, self.cfg.reconcile_batch)
+            if not notes:
                 break
             if entries:
                 added += await self.dispatch.enqueue(entries)
-            await self.store.confirm_indexed(ids)
-            if len(ids) < self.cfg.reconcile_batch:
+            await self.store.clear_unindexed(notes)
+            if len(notes) < self.cfg.reconcile_batch:
                 break
         if added:
             metrics.JOBS_REINDEXED.inc(added)

@@ -246,17 +246,25 @@ SELECT coalesce((SELECT generation FROM made), (SELECT generation FROM dispatch_
            AS fresh;
 
 -- name: confirm_indexed
-DELETE FROM jobs_unindexed WHERE job_id = ANY($1::uuid[]);
+-- The submitter's confirmation: only the note its own insert wrote (noted = 0).
+DELETE FROM jobs_unindexed WHERE job_id = ANY($1::uuid[]) AND noted = 0;
 
 -- name: note_unindexed
-INSERT INTO jobs_unindexed (job_id) SELECT unnest($1::uuid[]) ON CONFLICT DO NOTHING;
+INSERT INTO jobs_unindexed (job_id, noted) SELECT unnest($1::uuid[]), 1
+ON CONFLICT (job_id) DO UPDATE SET noted = jobs_unindexed.noted + 1, since = now();
+
+-- name: clear_unindexed
+-- The reconciler indexed these notes: each goes unless it was noted again meanwhile.
+DELETE FROM jobs_unindexed AS u
+USING unnest($1::uuid[], $2::int[]) AS c(job_id, noted)
+WHERE u.job_id = c.job_id AND u.noted = c.noted;
 
 -- name: list_unindexed
 -- Up to $2 jobs whose enqueue was not confirmed within $1 seconds (oldest first), and,
 -- for those still dispatchable, what Redis needs. The caller indexes them, then deletes
--- the rows (confirm_indexed); a crash in between only repeats the work.
-SELECT u.job_id, j.queue, j.priority, j.run_at, j.state
-FROM (SELECT job_id FROM jobs_unindexed
+-- the notes (clear_unindexed); a crash in between only repeats the work.
+SELECT u.job_id, u.noted, j.queue, j.priority, j.run_at, j.state
+FROM (SELECT job_id, noted FROM jobs_unindexed
       WHERE since < now() - make_interval(secs => $1)
       ORDER BY since LIMIT $2) AS u
 LEFT JOIN jobs AS j ON j.id = u.job_id;
