@@ -99,10 +99,14 @@ class Maintenance:
 
     async def sweep_and_reconcile(self) -> None:
         with self._noting_redis_loss():
+            # One pass per reconcile_interval across all processes: the mark lives that
+            # long (a pass that outlasts it may overlap the next one; both are idempotent).
+            # It used to live at least 5 s, which held the passes to one per 5 s whatever
+            # the interval said.
             token = os.urandom(8).hex()
-            ttl_ms = int(max(self.cfg.reconcile_interval, 5) * 1000)
+            ttl_ms = max(1, int(self.cfg.reconcile_interval * 1000))
             if not await self.dispatch.client.set(self.lock_key, token, nx=True, px=ttl_ms):
-                return  # another process is on it
+                return  # another process did this interval's pass
             await self.sweep_running()
             await self.reconcile_unconfirmed()
             if time.monotonic() >= self._next_full_pass:
