@@ -362,30 +362,28 @@ def test_metrics_scraping_finds_every_role():
 def test_dashboard_and_alert_rules_render_only_when_their_files_exist(tmp_path):
     enabled = {"metrics": {"prometheusRule": {"enabled": True},
                            "dashboard": {"enabled": True}}}
-    kinds = {(d["kind"], d["metadata"]["name"]) for d in render(enabled)}
+    # Without the files (a chart copied without them), nothing renders for them.
+    bare = tmp_path / "taskflow"
+    shutil.copytree(CHART, bare)
+    shutil.rmtree(bare / "dashboards", ignore_errors=True)
+    shutil.rmtree(bare / "alerts", ignore_errors=True)
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in render(enabled, bare)}
     assert not any(k == "PrometheusRule" or n.endswith("-dashboard") for k, n in kinds)
 
-    chart = tmp_path / "taskflow"
-    shutil.copytree(CHART, chart)
-    (chart / "dashboards").mkdir(exist_ok=True)
-    dashboard = {"title": "taskflow", "panels": [], "schemaVersion": 39}
-    (chart / "dashboards" / "taskflow.json").write_text(json.dumps(dashboard))
-    (chart / "alerts").mkdir(exist_ok=True)
-    rules = {"groups": [{"name": "taskflow", "rules": [
-        {"alert": "TaskflowNoWorkers", "expr": "sum(up{job=~\".*worker.*\"}) == 0",
-         "for": "5m", "labels": {"severity": "critical"}}]}]}
-    (chart / "alerts" / "taskflow.rules.yaml").write_text(yaml.safe_dump(rules))
-    docs = render(enabled, chart)
+    # The chart as shipped carries issue 8's dashboard and alert rules, rendered as they are.
+    docs = render(enabled)
     config = by_name(docs, "ConfigMap", "tf-taskflow-dashboard")
     assert config["metadata"]["labels"]["grafana_dashboard"] == "1"
-    assert json.loads(config["data"]["taskflow.json"]) == dashboard
+    shipped = json.loads((CHART / "dashboards" / "taskflow.json").read_text())
+    assert json.loads(config["data"]["taskflow.json"]) == shipped
     [rule] = of_kind(docs, "PrometheusRule")
-    assert rule["spec"] == rules
+    assert rule["spec"] == yaml.safe_load(
+        (CHART / "alerts" / "taskflow.rules.yaml").read_text())
     for doc in docs:
         if doc["kind"] == "ConfigMap":
             kubernetes_validate.validate(doc, "1.33.0", strict=True)
     # Off by default even when the files are there.
-    assert not of_kind(render({}, chart), "PrometheusRule")
+    assert not of_kind(render({}), "PrometheusRule")
 
 
 @pytest.mark.parametrize(("bad", "where"), [
