@@ -22,10 +22,11 @@ stream shows it.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 import zlib
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import UNSET, Struct, UnsetType
@@ -120,3 +121,27 @@ def workflow_event_id(members: list[WorkflowMember]) -> str:
     digest = zlib.crc32(";".join(f"{m.id}:{m.state.value}:{m.attempts}"
                                  for m in members).encode())
     return f"{progress}-{digest:08x}"
+
+
+class StreamPace:
+    """When an event stream looks at PostgreSQL again: when its watcher says something
+    changed, and at each heartbeat (so a lost notification costs at most one), until the
+    stream's lifetime is up (the client then resumes with ``Last-Event-ID``)."""
+
+    def __init__(self, heartbeat: float, lifetime: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.heartbeat = heartbeat
+        self.ends = self._loop.time() + lifetime
+
+    async def pause(self, changed: asyncio.Event) -> Literal["stop", "beat", "look"]:
+        """``stop``: the lifetime is up; ``beat``: a heartbeat passed with no change
+        (send a keep-alive comment, then look again); ``look``: look again now."""
+        left = self.ends - self._loop.time()
+        if left <= 0:
+            return "stop"
+        try:
+            async with asyncio.timeout(min(self.heartbeat, left)):
+                await changed.wait()
+        except TimeoutError:
+            return "beat" if self._loop.time() < self.ends else "look"
+        return "look"

@@ -6,7 +6,6 @@ Tokens with the ``admin`` scope read across tenants.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import uuid
@@ -26,7 +25,7 @@ from taskflow.adapters.postgres import JobQuery
 from taskflow.api.auth import READ, WRITE, Principal, scope_guard
 from taskflow.api.context import ApiContext
 from taskflow.api.errors import ApiError, Unavailable
-from taskflow.api.events import format_id, job_events, parse_id
+from taskflow.api.events import StreamPace, format_id, job_events, parse_id
 from taskflow.api.watch import wait_until
 from taskflow.api.schemas import (
     DEFAULT_PAGE, MAX_PAGE, OPTIONAL_FIELDS, AttemptList, BatchCreated, BatchSpec, JobOut,
@@ -320,9 +319,7 @@ async def _job_stream(api: ApiContext, job_id: uuid.UUID, after: tuple[int, int]
     """The events after ``after`` (see ``api/events.py``), derived from PostgreSQL each
     time the feed says the job changed, and at each heartbeat (so a lost notification
     costs at most a heartbeat); ends after the terminal state."""
-    heartbeat = api.settings.api.events_heartbeat
-    loop = asyncio.get_running_loop()
-    ends = loop.time() + api.settings.api.events_max_seconds
+    pace = StreamPace(api.settings.api.events_heartbeat, api.settings.api.events_max_seconds)
     first = True
     with api.feed.watch([job_id]) as watcher:
         while True:
@@ -340,15 +337,11 @@ async def _job_stream(api: ApiContext, job_id: uuid.UUID, after: tuple[int, int]
                     after, first = key, False
             if job.state in TERMINAL:
                 return
-            left = ends - loop.time()
-            if left <= 0:  # the client reconnects with Last-Event-ID (see events_max_seconds)
+            step = await pace.pause(watcher.changed)
+            if step == "stop":  # the client reconnects with Last-Event-ID
                 return
-            try:
-                async with asyncio.timeout(min(heartbeat, left)):
-                    await watcher.changed.wait()
-            except TimeoutError:
-                if loop.time() < ends:  # a comment only: no data line, so no event
-                    yield ServerSentEventMessage(comment="keep-alive", data=None)
+            if step == "beat":  # a comment only: no data line, so no event
+                yield ServerSentEventMessage(comment="keep-alive", data=None)
 
 
 def _reader(principal: Principal) -> str | None:

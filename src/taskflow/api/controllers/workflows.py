@@ -5,7 +5,6 @@ Scoped to the caller's tenant like ``/tasks``: another tenant's workflow is a 40
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections import Counter
 from collections.abc import Collection
@@ -27,7 +26,7 @@ from taskflow.api.controllers.tasks import (
     RETRY_MS, Include, LastEventId, Wait, _problems, include_param, wait_seconds,
 )
 from taskflow.api.errors import ApiError, Unavailable
-from taskflow.api.events import workflow_event_id
+from taskflow.api.events import StreamPace, workflow_event_id
 from taskflow.api.watch import wait_until
 from taskflow.api.schemas import (
     WorkflowCreated, WorkflowJobOut, WorkflowOut, WorkflowSpec, WorkflowState,
@@ -187,9 +186,7 @@ async def _workflow_stream(api: ApiContext, workflow: Workflow, last: str | None
     """Each event is the workflow's whole view (``GET /workflows/{id}``), sent when it
     differs from the last one sent: resuming cannot miss a change, whatever happened
     meanwhile (see ``workflow_event_id``). Ends after the workflow has ended."""
-    heartbeat = api.settings.api.events_heartbeat
-    loop = asyncio.get_running_loop()
-    ends = loop.time() + api.settings.api.events_max_seconds
+    pace = StreamPace(api.settings.api.events_heartbeat, api.settings.api.events_max_seconds)
     with api.feed.watch([workflow.id]) as watcher:
         watched: set[uuid.UUID] = set()
         first = True
@@ -212,15 +209,11 @@ async def _workflow_stream(api: ApiContext, workflow: Workflow, last: str | None
                 last, first = event_id, False
             if view.state is not WorkflowState.RUNNING:
                 return
-            left = ends - loop.time()
-            if left <= 0:  # the client reconnects with Last-Event-ID (see events_max_seconds)
+            step = await pace.pause(watcher.changed)
+            if step == "stop":  # the client reconnects with Last-Event-ID
                 return
-            try:
-                async with asyncio.timeout(min(heartbeat, left)):
-                    await watcher.changed.wait()
-            except TimeoutError:
-                if loop.time() < ends:  # a comment only: no data line, so no event
-                    yield ServerSentEventMessage(comment="keep-alive", data=None)
+            if step == "beat":  # a comment only: no data line, so no event
+                yield ServerSentEventMessage(comment="keep-alive", data=None)
 
 
 def _not_found(workflow_id: uuid.UUID) -> ApiError:
