@@ -36,12 +36,17 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(
     try:
         bearer = token("fuzz", [READ, WRITE, ADMIN])
         st = Path(sys.executable).with_name("st")
+        # One worker: schemathesis' workers are threads, and Hypothesis describes filter
+        # lambdas with ast.parse, whose recursion-depth bookkeeping is not thread-safe in
+        # the CPython 3.11 used here (python/cpython#106905): two threads parsing at once raise
+        # "SystemError: AST constructor recursion depth mismatch" inside schemathesis, a
+        # failure of the fuzzer, not of the API. CI failed on it once.
         result = subprocess.run(
             [str(st), "run", f"{url}/schema/openapi.json",
              "--header", f"Authorization: Bearer {bearer}",
              "--checks", CHECKS, "--max-examples", "15", "--seed", "20261129",
              "--phases", "examples,coverage,fuzzing", "--generation-database", "none",
-             "--workers", "2", "--request-timeout", "10", "--no-color"],
+             "--workers", "1", "--request-timeout", "10", "--no-color"],
             capture_output=True, text=True, timeout=300,
             env={**os.environ, "SCHEMATHESIS_TELEMETRY": "false"}, cwd=folder,
         )
