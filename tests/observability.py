@@ -22,13 +22,6 @@ DASHBOARD = ROOT / "helm/taskflow/dashboards/taskflow.json"
 RULES = ROOT / "helm/taskflow/alerts/taskflow.rules.yaml"
 RULE_TESTS = ROOT / "tests/alerts/taskflow.rules.test.yaml"
 
-# Exported by the notifier role (issue 7, branch notify). Panels and rules built only on
-# these have no data until a notifier runs; the tests skip them, saying so.
-NOTIFIER_METRICS = frozenset({
-    "taskflow_outbox_backlog", "taskflow_outbox_oldest_age_seconds",
-    "taskflow_notifications_total", "taskflow_dead_letters_published_total",
-})
-
 # What Grafana substitutes, for queries made outside Grafana: every queue and task, and
 # a window that covers a short test run.
 VARIABLES = {"$queue": ".*", "$task": ".*", "$__rate_interval": "1m", "$__range": "5m"}
@@ -50,10 +43,6 @@ def metric_names(expr: str) -> set[str]:
 def panels() -> list[dict]:
     """The dashboard's panels that query (rows left out)."""
     return [p for p in json.loads(DASHBOARD.read_text())["panels"] if p.get("targets")]
-
-
-def needs_notifier(exprs: list[str]) -> bool:
-    return all(metric_names(e) <= NOTIFIER_METRICS for e in exprs)
 
 
 def rules() -> list[dict]:

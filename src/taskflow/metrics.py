@@ -355,5 +355,8 @@ NOTIFY_DURATION = Histogram(
     "taskflow_notification_batch_seconds", "Time to deliver one channel's share of a batch",
     ["channel"], buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30))
 OUTBOX_PENDING = Gauge("taskflow_outbox_backlog", "Outbox rows not yet delivered or failed")
+OUTBOX_OLDEST = Gauge(
+    "taskflow_outbox_oldest_age_seconds",
+    "Age of the oldest outbox row not yet delivered or failed (0 when there is none)")
 DEAD_LETTERS_PUBLISHED = Counter(
     "taskflow_dead_letters_published", "Dead letters the DLQ broker confirmed")

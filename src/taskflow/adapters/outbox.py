@@ -135,8 +135,10 @@ class OutboxStore:
         """Seconds until the earliest pending row is due; None when none is pending."""
         return await self.pool.fetchval(QUERIES["outbox_next_due"], list(channels))
 
-    async def pending_count(self) -> int:
-        return await self.pool.fetchval(QUERIES["outbox_pending_count"])
+    async def pending_stats(self) -> tuple[int, float]:
+        """(rows pending, seconds since the oldest of them was written; 0 when none)."""
+        row = await self.pool.fetchrow(QUERIES["outbox_pending_stats"])
+        return row["pending"], row["oldest_age"]
 
     async def webhook_secret(self, tenant: str) -> str:
         """The tenant's signing secret, created on first use."""

@@ -224,5 +224,7 @@ class Notifier:
 
     async def _measure(self) -> None:
         while True:
-            metrics.OUTBOX_PENDING.set(await self.outbox.pending_count())
+            pending, oldest_age = await self.outbox.pending_stats()
+            metrics.OUTBOX_PENDING.set(pending)
+            metrics.OUTBOX_OLDEST.set(oldest_age)
             await asyncio.sleep(5.0)

@@ -460,8 +460,11 @@ SELECT id FROM moved;
 SELECT extract(epoch FROM min(next_attempt_at) - now())::float8
 FROM outbox WHERE status = 'pending' AND channel = ANY($1::text[]);
 
--- name: outbox_pending_count
-SELECT count(*) FROM outbox WHERE status = 'pending';
+-- name: outbox_pending_stats
+-- The backlog gauges: pending rows and the age of the oldest (its events wait longest).
+SELECT count(*) AS pending,
+       coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest_age
+FROM outbox WHERE status = 'pending';
 
 -- name: job_notifications
 SELECT id, event, channel, target, status, attempts, last_error, created_at, delivered_at,
