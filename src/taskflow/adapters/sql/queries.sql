@@ -94,15 +94,21 @@ SELECT * FROM jobs WHERE workflow_id = $1 ORDER BY id;
 -- Results of the direct upstream jobs of a batch of started jobs, in one query, within a
 -- budget of $2 bytes per job: once a job's running total passes it, its rows say so
 -- (over) and carry no result, so a fan-in of thousands of large results is never loaded.
+-- Every row is reached by key: the OFFSET 0 fences keep the planner from flattening the
+-- lateral lookups into a join that it would hash over whole scans of both tables when
+-- their statistics lag behind a big workflow just inserted (3 ms instead of 0.2 for the
+-- 100 jobs of one layer at 10,000 jobs, growing with the tables).
 SELECT job_id, id, node, CASE WHEN NOT over THEN result END AS result, over, loaded
 FROM (
-    SELECT d.job_id, u.id, u.node, r.text AS result,
-           coalesce(sum(octet_length(r.text)) OVER w, 0) AS loaded,
-           coalesce(sum(octet_length(r.text)) OVER w, 0) > $2 AS over
-    FROM job_dependencies AS d JOIN jobs AS u ON u.id = d.upstream_id
-    CROSS JOIN LATERAL (SELECT u.result::text AS text) AS r
-    WHERE d.job_id = ANY($1::uuid[])
-    WINDOW w AS (PARTITION BY d.job_id ORDER BY u.id)
+    SELECT s.job_id, u.id, u.node, u.text AS result,
+           coalesce(sum(octet_length(u.text)) OVER w, 0) AS loaded,
+           coalesce(sum(octet_length(u.text)) OVER w, 0) > $2 AS over
+    FROM unnest($1::uuid[]) AS s(job_id)
+    CROSS JOIN LATERAL (SELECT d.upstream_id FROM job_dependencies AS d
+                        WHERE d.job_id = s.job_id OFFSET 0) AS d
+    CROSS JOIN LATERAL (SELECT u.id, u.node, u.result::text AS text FROM jobs AS u
+                        WHERE u.id = d.upstream_id OFFSET 0) AS u
+    WINDOW w AS (PARTITION BY s.job_id ORDER BY u.id)
 ) AS s;
 
 -- name: jobs_by_idempotency_key
