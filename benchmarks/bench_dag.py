@@ -66,7 +66,8 @@ async def main(srv) -> None:
         paired = await drain(srv, s, len(two))
     report(f"flat drain of {n:,} noop jobs", n / flat, "jobs/s", f"({flat:.2f}s)")
     report(f"layered workflow {LAYERS} x {WIDTH} + joins", n / dag, "jobs/s",
-           f"({dag:.2f}s; {100 * flat / dag:.0f} % of flat: latency-bound)")
+           f"({dag:.2f}s; {100 * flat / dag:.0f} % of flat; goal >= 77 %, i.e. within 30 % "
+           "of it: latency-bound)")
     report(f"pairs workflow ({len(two) // 2:,} a -> b)", len(two) / paired, "jobs/s",
            f"({paired:.2f}s)")
     report("pairs throughput relative to flat", 100 * (len(two) / paired) / (n / flat), "%",

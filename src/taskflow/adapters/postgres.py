@@ -298,9 +298,8 @@ class PostgresStore:
 
     async def workflow_entries(self, workflow_id: uuid.UUID) -> list[DispatchEntry]:
         """Dispatch entries of a workflow's jobs that are ready to be indexed."""
-        return [DispatchEntry(j.id, j.queue, j.priority, j.run_at, j.state)
-                for j in await self.workflow_jobs(workflow_id)
-                if j.state in (JobState.QUEUED, JobState.SCHEDULED)]
+        return [_entry(r) for r in await self.pool.fetch(QUERIES["workflow_entries"],
+                                                          workflow_id)]
 
     async def get_workflow(self, workflow_id: uuid.UUID | str) -> Workflow | None:
         row = await self.pool.fetchrow(QUERIES["get_workflow"], workflow_id)

@@ -90,6 +90,12 @@ SELECT * FROM workflows WHERE id = $1;
 -- name: workflow_jobs
 SELECT * FROM jobs WHERE workflow_id = $1 ORDER BY id;
 
+-- name: workflow_entries
+-- What a new workflow indexes: its jobs that wait on nothing (its roots), without their
+-- payloads.
+SELECT id, queue, priority, run_at, state FROM jobs
+WHERE workflow_id = $1 AND state IN ('queued', 'scheduled');
+
 -- name: upstream_results
 -- Results of the direct upstream jobs of a batch of started jobs, in one query, within a
 -- budget of $2 bytes per job: once a job's running total passes it, its rows say so
