@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from datetime import timedelta
+
 import msgspec
 import pytest
 
@@ -54,6 +57,35 @@ async def test_diamond_runs_in_order_and_passes_results_by_node_name(stores, set
     d_saw = dict(seen)["d"]
     assert d_saw == {"b": {"name": "b", "n": 1}, "c": {"name": "c", "n": 1}}
     assert by_node["d"].attempts == 1
+
+
+async def test_a_released_dependent_is_due_from_its_release_and_a_later_delay_stands(
+        stores, settings):
+    """Its queue wait (due -> started) must not count the time its upstream ran: run_at
+    moves up to the release. A dependent submitted with a delay that ends after the
+    release keeps it and waits in the delayed set."""
+    registry, _ = collector()
+
+    @registry.task("nap")
+    async def nap(ctx):
+        await asyncio.sleep(0.3)
+
+    nodes = [node("a", task="nap"), node("b", "a"), node("c", "a")]
+    workflow, ids = await submit_workflow(stores.store, stores.dispatch, "tenant-1", "w", nodes)
+    created = {j.node: j for j in await stores.store.workflow_jobs(workflow.id)}
+    due_later = created["a"].created_at + timedelta(seconds=30)
+    later = await submit(stores.store, stores.dispatch, [NewJob(
+        task="collect", payload={"name": "later"}, max_attempts=1, depends_on=(ids["a"],),
+        tenant="tenant-1", run_at=due_later)])
+    async with running_worker(stores, settings, registry):
+        done = {j.node: j for j in await wait_for_states(stores, [ids["b"], ids["c"]],
+                                                          {"succeeded"})}
+    a = await stores.store.get_job(ids["a"])
+    for name in "bc":
+        assert done[name].run_at >= a.started_at + timedelta(seconds=0.25), name
+        assert done[name].run_at <= done[name].started_at
+    late = await stores.store.get_job(later.created[0].id)
+    assert late.state is JobState.SCHEDULED and late.run_at == due_later
 
 
 async def test_chain_of_100(stores, settings):
