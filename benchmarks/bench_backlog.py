@@ -1,7 +1,8 @@
 """Cost must not grow with the backlog (issue 11): the drain rate of one worker with a
 10,000-job backlog against the same worker's first 10,000 jobs of a large backlog, Redis
 memory per waiting job, and the time to rebuild a truly lost index while the drain goes
-on. ``BENCH_BACKLOG`` sets the large backlog (default 1,000,000; batch-submitted through
+on; and, over HTTP against one ``taskflow serve``, the latency of ``GET /tasks/{id}`` (a
+random waiting job) and of ``POST /tasks`` with each backlog. ``BENCH_BACKLOG`` sets the large backlog (default 1,000,000; batch-submitted through
 the library, as the API does); ``BENCH_SETTLE`` the seconds between the fill and the drain
 (default 15: right after a bulk insert, autovacuum of the new rows competes with it).
 """
@@ -10,11 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import time
 
+import aiohttp
+
+from benchmarks.bench_api import SECRET, ApiProcess
 from benchmarks.common import (
-    COUNT_SUCCEEDED, FAST_WORKER, RESET, WorkerProcess, report, servers, stores,
+    COUNT_SUCCEEDED, FAST_WORKER, RESET, WorkerProcess, percentile, report, servers, stores,
 )
+from taskflow.adapters.embedded import free_port
+from taskflow.api.auth import mint_token
+from taskflow.api.scopes import READ, WRITE
+from taskflow.config import AuthSettings
 from taskflow.index import IndexGuard
 from taskflow.jobs import submit
 from taskflow.models import NewJob
@@ -22,6 +31,7 @@ from taskflow.models import NewJob
 BACKLOG = int(os.environ.get("BENCH_BACKLOG", "1000000"))
 FIRST = 10_000
 SETTLE = float(os.environ.get("BENCH_SETTLE", "15"))
+SAMPLES = 500  # requests per latency figure, one at a time
 
 
 async def fill(s, n: int) -> None:
@@ -44,6 +54,40 @@ async def first_jobs_rate(srv, s) -> float:
         worker.stop()
 
 
+async def api_latencies(api: ApiProcess, s) -> dict[str, list[float]]:
+    """Seconds per ``GET /tasks/{id}`` of a random waiting job and per ``POST /tasks``,
+    one request at a time (no worker runs: what is submitted stays in the backlog)."""
+    ids = [r["id"] for r in await s.store.pool.fetch(
+        "SELECT id FROM jobs WHERE state = 'queued' ORDER BY random() LIMIT $1", SAMPLES)]
+    token = mint_token(SECRET, AuthSettings(), tenant="default", subject="bench",
+                       scopes=[READ, WRITE], ttl=3600)
+    headers = {"Authorization": f"Bearer {token}"}
+    times: dict[str, list[float]] = {"GET /tasks/{id}": [], "POST /tasks": []}
+    async with aiohttp.ClientSession(headers=headers) as http:
+        for i in range(2 * SAMPLES + 20):
+            get = i % 2 == 0  # interleaved, so both see the same moments
+            began = time.perf_counter()
+            if get:
+                request = http.get(f"{api.url}/tasks/{random.choice(ids)}")
+            else:
+                request = http.post(f"{api.url}/tasks", json={"task": "noop"})
+            async with request as resp:
+                await resp.read()
+                assert resp.status in (200, 201), resp.status
+            if i >= 20:  # the first ones warm connections and caches up
+                times["GET /tasks/{id}" if get else "POST /tasks"].append(
+                    time.perf_counter() - began)
+    return times
+
+
+def report_latencies(small: dict[str, list[float]], large: dict[str, list[float]]) -> None:
+    for name in small:
+        for p in (50, 99):
+            a, b = percentile(small[name], p) * 1000, percentile(large[name], p) * 1000
+            report(f"{name} p{p}, backlog {FIRST:,} / {BACKLOG:,}", b, "ms",
+                   f"(vs {a:.2f} ms: ratio {b / a:.2f})")
+
+
 async def reset(s) -> None:
     """A new deployment, as an API process starting on it first claims it."""
     await s.store.pool.execute(RESET)
@@ -51,10 +95,11 @@ async def reset(s) -> None:
     await IndexGuard(s.store, s.dispatch).check(may_rebuild=False)
 
 
-async def main(srv) -> None:
+async def main(srv, api: ApiProcess) -> None:
     async with stores(srv, migrate=True) as s:
         await reset(s)
         await fill(s, FIRST)
+        small_latency = await api_latencies(api, s)
         small = await first_jobs_rate(srv, s)
         report(f"drain, backlog of {FIRST:,}", small, "jobs/s")
 
@@ -69,9 +114,11 @@ async def main(srv) -> None:
         # Let the system settle (confirmations, autovacuum of the new rows) before the
         # drain; BENCH_SETTLE=0 starts the worker at once, as an impatient user would.
         await asyncio.sleep(SETTLE)
+        large_latency = await api_latencies(api, s)
         large = await first_jobs_rate(srv, s)
         report(f"drain, first {FIRST:,} of a backlog of {BACKLOG:,}", large, "jobs/s",
                f"ratio {large / small:.2f} (goal >= 0.80)")
+        report_latencies(small_latency, large_latency)
 
         # A truly lost index: Redis emptied under the backlog, a worker started.
         waiting = await s.store.pool.fetchval(
@@ -95,6 +142,16 @@ async def main(srv) -> None:
                f"({done:,} jobs drained meanwhile, {done / seconds:,.0f} jobs/s)")
 
 
+async def migrated(srv) -> None:
+    async with stores(srv, migrate=True):
+        pass
+
+
 if __name__ == "__main__":
     with servers() as srv:
-        asyncio.run(main(srv))
+        asyncio.run(migrated(srv))
+        api = ApiProcess(srv, free_port())
+        try:
+            asyncio.run(main(srv, api))
+        finally:
+            api.stop()
