@@ -89,8 +89,8 @@ class MaintenanceSettings(Struct, frozen=True, forbid_unknown_fields=True):
     reaper_interval: PositiveFloat = 1.0
     reconcile_interval: PositiveFloat = 30.0
     reconcile_batch: PositiveInt = 1000
-    # Running jobs the rescuer's sweep looks at per pass (it pages through all of them).
-    sweep_batch: PositiveInt = 10_000
+    # Unfinished jobs the rescuer's sweep looks at per pass (it goes round all of them).
+    sweep_batch: PositiveInt = 100_000
     # Seconds before a job whose enqueue Redis has not confirmed is indexed by the
     # reconciler (confirmations are written within milliseconds).
     unconfirmed_grace: PositiveFloat = 5.0

@@ -104,6 +104,31 @@ async def test_the_sweep_pages_past_its_first_page_of_running_jobs(stores, setti
     assert ids[-1] == job.id
 
 
+async def test_each_sweep_pass_looks_at_one_page_of_unfinished_jobs_whatever_waits(
+        stores, settings):
+    # Issue 11: the sweep's cost must not grow with the backlog. 120 waiting jobs older
+    # than a lost running one, pages of 50: a pass reads at most 50 unfinished rows, and
+    # the third pass reaches the lost job.
+    page = 50
+    cfg = msgspec.structs.replace(settings, maintenance=msgspec.structs.replace(
+        settings.maintenance, sweep_batch=page))
+    await submit_jobs(stores, *[{"task": "noop", "queue": "backlog"} for _ in range(120)])
+    [job_id] = await submit_jobs(stores, {"task": "noop"})
+    [lost] = (await stores.dispatch.claim("default", 1, 600_000)).claims
+    await stores.store.start_jobs([lost], "w")
+    await stores.store.pool.execute(
+        "UPDATE jobs SET started_at = now() - interval '1 hour' WHERE id = $1", job_id)
+    keys = stores.dispatch.keys("default")
+    await stores.dispatch.client.delete(keys.lease_prefix + lost.id)
+    await stores.dispatch.client.zrem(keys.inflight, f"{lost.id}|{lost.token}")
+    await stores.dispatch.client.set(stores.dispatch.epoch_key, "0")  # an old index
+    maintenance = Maintenance(cfg, stores.store, stores.dispatch, ["default"])
+    # Passes 1 and 2 read the 100 oldest waiting jobs, pass 3 the other 20 and the lost one.
+    assert [await maintenance.sweep_running() for _ in range(3)] == [0, 0, 1]
+    job = await stores.store.get_job(job_id)
+    assert job.state is JobState.QUEUED and job.attempts == 1
+
+
 async def test_a_retry_whose_reindex_failed_runs_now_and_is_not_cancelled(
     stores, settings, redis_client
 ):

@@ -424,12 +424,15 @@ class PostgresStore:
 
     async def running_jobs_started_before(
         self, seconds: float, after: uuid.UUID | None, limit: int
-    ) -> list[tuple[str, str, str]]:
-        """(id, queue, lease token) of attempts running for longer than ``seconds``, in id
-        order after ``after``."""
+    ) -> tuple[list[tuple[str, str, str]], uuid.UUID | None]:
+        """Of the next ``limit`` unfinished jobs in id order after ``after``: (id, queue,
+        lease token) of those whose attempt has run for longer than ``seconds``, and the
+        id to continue after (None once the page reached the last unfinished job)."""
         rows = await self.pool.fetch(QUERIES["running_jobs_started_before"], seconds,
                                      after or uuid.UUID(int=0), limit)
-        return [(str(r["id"]), r["queue"], r["lease_token"]) for r in rows]
+        more = rows[0]["last_id"] if rows[0]["scanned"] == limit else None
+        return [(str(r["id"]), r["queue"], r["lease_token"]) for r in rows
+                if r["id"] is not None], more
 
     async def running_attempts(self, claims: Sequence[Claim]) -> dict[str, bool]:
         """Of these attempts, those still running: id -> whether a cancel was requested."""

@@ -116,17 +116,15 @@ class Maintenance:
     async def sweep_running(self) -> int:
         """Rescue running attempts older than a lease whose lease Redis does not hold.
 
-        One page of ``sweep_batch`` per pass, going round all running jobs over the
-        passes. Not while the index is younger than a lease (or this process lost Redis
+        Looks at ``sweep_batch`` unfinished jobs per pass (whatever the backlog), going
+        round all of them over the passes. Not while the index is younger than a lease (or this process lost Redis
         lately): a live worker takes its missing leases back within a heartbeat, and only
         the leases nobody took back are real losses."""
         age = await self.dispatch.index_age()
         if age is None or age < self.lease_ttl or self._quiet():
             return 0
-        rows = await self.store.running_jobs_started_before(
+        rows, self._sweep_after = await self.store.running_jobs_started_before(
             self.lease_ttl, self._sweep_after, self.cfg.sweep_batch)
-        self._sweep_after = uuid.UUID(rows[-1][0]) if len(rows) == self.cfg.sweep_batch \
-            else None
         by_queue: dict[str, list[tuple[str, str]]] = {}
         for job_id, queue, token in rows:
             by_queue.setdefault(queue, []).append((job_id, token))

@@ -216,13 +216,25 @@ SELECT id, queue, priority, run_at, state, has_dependents FROM moved;
 SELECT * FROM taskflow_cancel_dependents($1::uuid[], $2::job_state[]);
 
 -- name: running_jobs_started_before
--- Candidates for the rescuer's PostgreSQL-side sweep: running attempts older than a lease,
--- one keyset page after id $2 (the sweep goes round all of them over its passes).
-SELECT id, queue, lease_token FROM jobs
-WHERE finished_at IS NULL AND state = 'running'
-  AND started_at < now() - make_interval(secs => $1) AND id > $2
-ORDER BY id
-LIMIT $3;
+-- Candidates for the rescuer's PostgreSQL-side sweep: of the next $3 unfinished jobs after
+-- id $2 (a keyset page of jobs_unfinished, whatever their state), the attempts running
+-- for longer than a lease. The page bounds each pass whatever the backlog: filtering on
+-- state in the scan instead read every waiting job behind the few running ones (there is
+-- no index on state, on purpose: see jobs_unfinished), a million per pass under a
+-- backlog of a million. Every row has the page's last id and size (a page with no
+-- candidate is one row of NULLs but for them), so the sweep goes round all unfinished
+-- jobs over its passes.
+WITH page AS MATERIALIZED (
+    SELECT id, queue, lease_token, state, started_at FROM jobs
+    WHERE finished_at IS NULL AND id > $2
+    ORDER BY id
+    LIMIT $3
+)
+SELECT last.id AS last_id, last.n AS scanned, p.id, p.queue, p.lease_token
+FROM (SELECT (SELECT id FROM page ORDER BY id DESC LIMIT 1) AS id,
+             (SELECT count(*) FROM page) AS n) AS last
+LEFT JOIN page AS p
+       ON p.state = 'running' AND p.started_at < now() - make_interval(secs => $1);
 
 -- name: running_attempts
 -- Which of these attempts PostgreSQL still says are running (by lease token), and whether
