@@ -6,6 +6,7 @@ from taskflow.adapters.sql import parse_queries
 from taskflow.config import OutboundSettings
 from taskflow.ids import uuid7
 from taskflow.outbound import AddressGuard, BlockedDestination
+from taskflow.worker.runner import _describe
 
 
 def test_uuid7_is_version_7_and_time_ordered():
@@ -58,3 +59,22 @@ def test_a_scheduled_due_time_is_rounded_up_and_a_queued_one_down():
     assert later.due_ms - at.timestamp() * 1000 < 1
     ready = DispatchEntry(uuid7(), "q", 0, at, JobState.QUEUED)
     assert ready.due_ms / 1000 <= at.timestamp()  # due already: ready at once
+
+
+def _deep(n: int) -> None:
+    if n == 0:
+        raise ValueError("no more \x00 depth")
+    _deep(n - 1)
+
+
+def test_an_error_names_the_exception_and_the_last_five_frames_with_their_source():
+    try:
+        _deep(8)
+    except ValueError as exc:
+        text = _describe(exc)
+    first, *frames = text.splitlines()
+    assert first == "ValueError: no more \\x00 depth"  # PostgreSQL text holds no NUL
+    assert len(frames) == 10  # five frames, each with its source line
+    assert all(f.startswith(f'  File "{__file__}", line ') for f in frames[::2])
+    assert frames[-2].endswith(", in _deep")
+    assert frames[-1] == '    raise ValueError("no more \\x00 depth")'
