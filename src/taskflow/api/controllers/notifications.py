@@ -10,14 +10,12 @@ import uuid
 from typing import Annotated, Any
 
 from litestar import Controller, Request, delete, get, post
-from litestar.connection import ASGIConnection
 from litestar.datastructures import State
-from litestar.handlers.base import BaseRouteHandler
 from litestar.params import Parameter
 
 from taskflow import deadletters
 from taskflow.adapters.outbox import DeadLetterQuery, OutboxStore
-from taskflow.api.auth import READ, WRITE, MissingScope, Principal, scope_guard
+from taskflow.api.auth import READ, WRITE, Principal
 from taskflow.api.context import ApiContext
 from taskflow.api.controllers.tasks import (
     JobId, _problems, _readable_job, _reader, _timestamp, decode_cursor, encode_cursor,
@@ -38,7 +36,6 @@ def _outbox(api: ApiContext) -> OutboxStore:
 class DeadLetterController(Controller):
     path = "/dead-letters"
     tags = ["dead letters"]
-    guards = [scope_guard]
 
     @get("/", opt={"scope": READ}, summary="The tenant's terminal failures, newest first",
          responses=_problems(400, 401, 403, 422, 503))
@@ -95,23 +92,12 @@ class DeadLetterController(Controller):
         return RedriveResult(done.matched, 0 if data.dry_run else len(done.ids), done.ids)
 
 
-async def subscriptions_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
-    """``subscriptions:write`` or ``admin``, on the handlers that ask for it (not on the
-    OPTIONS handlers Litestar adds, which are not authenticated)."""
-    if handler.opt.get("scope") != SUBSCRIPTIONS:
-        return
-    principal: Principal = connection.auth
-    if not (principal.may(SUBSCRIPTIONS) or principal.is_admin):
-        raise MissingScope(SUBSCRIPTIONS)
-
-
 SubscriptionId = Annotated[uuid.UUID, Parameter(description="subscription id")]
 
 
 class SubscriptionController(Controller):
     path = "/subscriptions"
     tags = ["notifications"]
-    guards = [subscriptions_guard]
 
     @post("/", opt={"scope": SUBSCRIPTIONS}, status_code=201,
           summary="Subscribe a webhook or email addresses to events",
@@ -180,7 +166,6 @@ class SubscriptionController(Controller):
 class JobNotificationController(Controller):
     path = "/tasks"
     tags = ["tasks"]
-    guards = [scope_guard]
 
     @get("/{job_id:uuid}/notifications", opt={"scope": READ},
          summary="Deliveries of a job's events (webhooks, email, dead letter)",

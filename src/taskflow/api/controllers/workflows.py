@@ -20,7 +20,7 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 from msgspec import UNSET
 
 from taskflow import jobs
-from taskflow.api.auth import READ, WRITE, Principal, scope_guard
+from taskflow.api.auth import READ, WRITE, Principal
 from taskflow.api.context import ApiContext
 from taskflow.api.controllers.tasks import (
     RETRY_MS, Include, LastEventId, Wait, _problems, include_param, wait_seconds,
@@ -73,7 +73,6 @@ def _view(workflow: Workflow, members: list[WorkflowMember],
 class WorkflowController(Controller):
     path = "/workflows"
     tags = ["workflows"]
-    guards = [scope_guard]
 
     @post("/", opt={"scope": WRITE}, status_code=201, summary="Submit a workflow",
           responses=_problems(400, 401, 403, 413, 422, 429, 503))
