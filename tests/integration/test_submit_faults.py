@@ -21,9 +21,8 @@ from taskflow.models import NewJob
 def _submitter(stores, settings, **api) -> Submitter:
     cfg = msgspec.structs.replace(
         settings,
-        api=msgspec.structs.replace(settings.api, **api),
-        # one INSERT in flight at a time (pool_max // 2)
-        database=msgspec.structs.replace(settings.database, pool_max=2, pool_min=0),
+        # one INSERT in flight at a time
+        api=msgspec.structs.replace(settings.api, group_commits=1, **api),
     )
     return Submitter(cfg, stores, known_tasks(cfg))
 

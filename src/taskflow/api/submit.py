@@ -84,7 +84,7 @@ class Submitter:
         self.quotas = Quotas(settings, stores.store)
         self.targets = TargetCheck(settings.outbound)
         self.max_payload = settings.api.max_payload_bytes
-        self.max_inflight = max(1, settings.database.pool_max // 2)
+        self.max_inflight = min(settings.api.group_commits, settings.database.pool_max)
         self.max_pending = settings.api.max_pending_submits
         self.timeout = settings.api.backend_timeout
         self._pending: collections.deque[_Waiting] = collections.deque()
