@@ -20,6 +20,7 @@ from taskflow.api.controllers.health import HealthController
 from taskflow.api.controllers.notifications import (
     DeadLetterController, JobNotificationController, SubscriptionController,
 )
+from taskflow.api.controllers.queues import QueueController
 from taskflow.api.controllers.tasks import TaskController
 from taskflow.api.controllers.workflows import WorkflowController
 from taskflow.api.errors import EXCEPTION_HANDLERS, invalid_body
@@ -88,7 +89,7 @@ def create_app(settings: Settings, stores: Stores, *, debug: bool = False) -> Li
     app = Litestar(
         route_handlers=[TaskController, WorkflowController, HealthController,
                         DeadLetterController, SubscriptionController,
-                        JobNotificationController],
+                        JobNotificationController, QueueController],
         state=State({"api": api}),
         request_class=StrictRequest,
         middleware=[

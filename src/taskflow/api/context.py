@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from taskflow.adapters.observe import Observer
+from taskflow.adapters.overview import OverviewStore
 from taskflow.api.auth import TokenVerifier
 from taskflow.api.metrics import ApiMetrics
 from taskflow.api.submit import Submitter
@@ -27,6 +29,8 @@ class ApiContext:
         self.timeout = settings.api.backend_timeout
         self.feed = ChangeFeed(stores.dispatch)
         self.reads = JobReads(stores.store)
+        self.overview = OverviewStore(stores.store.pool)
+        self.observer = Observer(stores.dispatch, stores.store.pool)  # workers alive
         metrics.waiters.set_function(lambda: len(self.feed))
 
     def deadline(self) -> asyncio.Timeout:
