@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 from taskflow.adapters.observe import LiveWorker
 from taskflow.adapters.overview import Backlog, Finished
-from taskflow.overview import overview
+from taskflow.api.overview import overview
 
 NOW = datetime(2030, 1, 1, 12, 30, 40, tzinfo=UTC)
 MINUTE = datetime(2030, 1, 1, 12, 30, tzinfo=UTC)

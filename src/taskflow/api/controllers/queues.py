@@ -19,7 +19,7 @@ from taskflow.api.auth import READ, Principal
 from taskflow.api.context import ApiContext
 from taskflow.api.controllers.tasks import Tenant, _problems, listed_tenant
 from taskflow.api.overview_schemas import QueuesOut
-from taskflow.overview import HOUR, minute_of, overview
+from taskflow.api.overview import HOUR, minute_of, overview
 
 BACKLOG_SCAN_LIMIT = 100_000
 """Most unfinished jobs one ``GET /queues`` counts (beyond: ``complete`` is false)."""
