@@ -23,8 +23,8 @@ def queue_figures(declared: Sequence[str], backlog: Sequence[Backlog],
     """One row per declared queue (in their order), then any other queue holding jobs
     (sorted); the throughput window is the ``minutes`` minutes up to the current one.
     Also whether the backlog was counted in full (fewer than ``scan_limit`` jobs)."""
-    names = list(declared) + sorted(
-        {b.queue for b in backlog} | {f.queue for f in finished} - set(declared))
+    seen = {b.queue for b in backlog} | {f.queue for f in finished}
+    names = list(declared) + sorted(seen - set(declared))
     by_queue = {b.queue: b for b in backlog}
     current = minute_of(now)
     window = [current - timedelta(minutes=i) for i in range(minutes - 1, -1, -1)]
