@@ -21,11 +21,14 @@ route(/^\/dead-letters$/, deadLetters);
 
 // `taskflow dev` prints /ui/#token=...: the fragment never reaches the server (so no log
 // has it); keep the token in session storage and take it out of the address bar.
+// Also on hashchange: the link opened in a tab that shows the console already.
 function takeTokenFromFragment() {
   const match = location.hash.match(/^#token=([^&]+)$/);
-  if (!match) return;
+  if (!match) return false;
   setToken(decodeURIComponent(match[1]));
   history.replaceState(null, "", `${location.pathname}#/overview`);
+  header();
+  return true;
 }
 
 function header() {
@@ -67,6 +70,7 @@ async function show() {
 takeTokenFromFragment();
 header();
 window.addEventListener("hashchange", () => {
+  takeTokenFromFragment();
   show();
   document.getElementById("main").focus({ preventScroll: true });
 });
