@@ -126,6 +126,7 @@ async def test_overview_figures_follow_submitted_jobs_without_a_reload(live, pag
     # Failures of the last hour show too (the worker serves default).
     await submit(api, task="fail", max_attempts=1)
     await expect(figure(p, "default", "failed_last_hour")).to_have_text("1")
+    await expect(figure(p, "default", "ended")).to_contain_text("1 failed")
     await expect(p.locator("tr[data-worker]")).to_have_count(1)
     assert await p.evaluate("window.performance.timeOrigin") == marker  # no reload
     await p.screenshot(path=shots / "overview.png", full_page=True)

@@ -46,14 +46,19 @@ export function drawGraph(holder, jobs, edges) {
   }
 
   const view = { x: 0, y: 0, k: 1 };
+  const start = g.sources()[0];
   const apply = () => scene.setAttribute("transform", `translate(${view.x} ${view.y}) scale(${view.k})`);
   const fit = () => {
     const box = svg.getBoundingClientRect();
-    // Fit the whole graph, but never below a scale where labels stop being readable:
-    // a large graph opens at its start, and panning shows the rest.
-    view.k = Math.min(1.5, Math.max(0.45, Math.min(box.width / width, box.height / height)));
+    // Fit the whole graph, but never below a scale where labels stop being readable
+    // (12px text at 0.75 is 9px): a larger graph opens at its top left, where its first
+    // jobs are, and panning or zooming out shows the rest.
+    view.k = Math.min(1.5, Math.max(0.75, Math.min(box.width / width, box.height / height)));
     view.x = Math.max(0, (box.width - width * view.k) / 2);
     view.y = Math.max(0, (box.height - height * view.k) / 2);
+    if (height * view.k > box.height && start) {  // too tall: centre on the first root
+      view.y = box.height / 2 - g.node(start).y * view.k;
+    }
     apply();
   };
   const zoom = (factor, cx, cy) => {

@@ -44,8 +44,8 @@ function drawQueues(section, body, charts) {
     h("th", { scope: "row" }, h("a", { href: `#/jobs?queue=${encodeURIComponent(q.name)}` }, q.name)),
     FIGURES.map((f) => h("td", { class: "num", "data-figure": f }, "")),
     h("td", { class: "num", "data-figure": "oldest_ready_age" }, ""),
-    h("td", {}, h("div", { class: "spark", "data-chart": q.name,
-                           role: "img", "aria-label": `jobs ended per minute in ${q.name}` }))));
+    h("td", {}, h("div", { class: "spark", "data-chart": q.name, "aria-hidden": "true" }),
+      h("div", { class: "live", "data-figure": "ended" }, ""))));
   clear(section, h("h2", { id: "queues-h" }, "Queues"),
     table(["Queue", "Ready#", "Scheduled#", "Running#", "Blocked#", "Failed (1 h)#",
            "Oldest ready#", "Ended per minute (15 min)"], rows),
@@ -56,9 +56,13 @@ function drawQueues(section, body, charts) {
     const el = section.querySelector(`[data-chart="${CSS.escape(q.name)}"]`);
     charts.set(q.name, new uPlot({
       width: 180, height: 44, legend: { show: false }, cursor: { show: false },
-      axes: [{ show: false }, { show: false }], scales: { x: { time: true } },
-      series: [{}, { stroke: "#1a7f37", width: 1.5, label: "succeeded" },
-               { stroke: "#c62828", width: 1.5, label: "failed" }],
+      padding: [4, 2, 4, 2],  // room for a flat line at 0
+      axes: [{ show: false }, { show: false }],
+      // From 0, and at least 0..1: an idle queue is a flat line at the bottom.
+      scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(1, max)] } },
+      series: [{}, { stroke: "#1a7f37", fill: "rgba(26,127,55,.12)", width: 1.5,
+                     label: "succeeded", points: { show: false } },
+               { stroke: "#c62828", width: 1.5, label: "failed", points: { show: false } }],
     }, series(q), el));
   }
 }
@@ -75,6 +79,9 @@ function updateQueues(section, body, charts) {
     for (const f of FIGURES) row.querySelector(`[data-figure="${f}"]`).textContent = q[f];
     row.querySelector('[data-figure="oldest_ready_age"]').textContent =
       q.oldest_ready_age === null ? "—" : seconds(q.oldest_ready_age);
+    const sum = (key) => q.throughput.reduce((n, m) => n + m[key], 0);
+    row.querySelector('[data-figure="ended"]').textContent =
+      `${sum("succeeded")} succeeded · ${sum("failed")} failed · ${sum("cancelled")} cancelled`;
     charts.get(q.name)?.setData(series(q));
   }
 }
