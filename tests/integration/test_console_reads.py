@@ -164,3 +164,28 @@ async def test_admin_filters_dead_letters_by_tenant(stores, settings):
         assert [j["tenant"] for j in only["items"]] == ["bob"]
         assert (await client.get("/dead-letters", headers=ALICE,
                                  params={"tenant": "bob"})).status_code == 403
+
+
+async def test_the_console_is_served_without_a_token_under_a_strict_csp(stores, settings):
+    async with _api(stores, settings) as client:
+        root = await client.get("/")
+        assert root.status_code in (301, 302, 307, 308) and root.headers["location"] == "/ui/"
+        page = await client.get("/ui/")
+        assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+        csp = page.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "style-src 'self'" in csp
+        assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
+        assert page.headers["x-content-type-options"] == "nosniff"
+        # Only files of the package, as modules: no inline script in the page.
+        assert '<script type="module" src="/ui/js/app.js"></script>' in page.text
+        assert "<script>" not in page.text and "style=" not in page.text
+        script = await client.get("/ui/js/app.js")
+        assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+        assert script.headers["content-security-policy"] == csp
+        vendored = await client.get("/ui/vendor/dagre.esm.js")
+        assert vendored.status_code == 200
+        assert (await client.get("/ui/no-such-file.js")).status_code == 404
+        # The API's paths still need a token, and the schema does not list the console.
+        assert (await client.get("/tasks")).status_code == 401
+        schema = (await client.get("/schema/openapi.json")).json()
+        assert not [p for p in schema["paths"] if p == "/" or p.startswith("/ui")]
