@@ -18,6 +18,7 @@ import pytest
 
 from taskflow.api.scopes import ADMIN, READ, WRITE
 from tests.e2e.api_stack import Isolated, start_api, stop, token
+from tests.e2e.conftest import http, tenant  # noqa: F401 (the same fixtures here)
 from tests.e2e.processes import Role
 
 if not os.environ.get("RUN_BROWSER_TESTS"):

@@ -11,7 +11,6 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 
-import aiohttp
 import pytest
 from playwright.async_api import Page, expect
 
@@ -21,17 +20,6 @@ from tests.e2e.api_stack import Client
 pytestmark = pytest.mark.slow
 
 WAIT_MS = 20_000
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-@pytest.fixture
-def tenant() -> str:
-    return f"b-{uuid.uuid4().hex[:10]}"
 
 
 @pytest.fixture

@@ -131,3 +131,16 @@ export async function* events(path, signal, lastId = null) {
     }
   }
 }
+
+/**
+ * ``call`` for a view: the answer, or null once ``onError`` has been given the error (an
+ * abort, when the view left the screen, is nobody's error).
+ */
+export async function load(path, signal, onError) {
+  try {
+    return await call(path, { signal });
+  } catch (err) {
+    if (err.name !== "AbortError") onError(err);
+    return null;
+  }
+}

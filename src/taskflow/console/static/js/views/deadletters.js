@@ -1,6 +1,6 @@
 // Dead letters: the terminal failures with filters, and a redrive of those that match,
 // counted first (a dry run) and confirmed.
-import { call, identity, query } from "../api.js";
+import { call, identity, load, query } from "../api.js";
 import { clear, confirmDialog, empty, failure, h, jobLink, message, table, when } from "../dom.js";
 import { filterForm, pager, picked, tenantField } from "../filters.js";
 
@@ -22,13 +22,9 @@ export async function deadLetters(main, { params, signal }) {
     h("p", { class: "muted" }, "Jobs that failed for good: retries exhausted or a ",
       "non-retryable error. A redrive sends them back to their queue with a fresh attempt budget."),
     filterForm("/dead-letters", fields, params), redrivePanel(who, params), results);
-  let page;
-  try {
-    page = await call(`/dead-letters${query({ limit: 50, ...picked(params, FILTERS) })}`, { signal });
-  } catch (err) {
-    if (err.name !== "AbortError") clear(results, failure(err));
-    return;
-  }
+  const page = await load(`/dead-letters${query({ limit: 50, ...picked(params, FILTERS) })}`,
+                          signal, (err) => clear(results, failure(err)));
+  if (!page) return;
   if (!page.items.length) {
     clear(results, empty(FILTERS.some((f) => f !== "cursor" && params.has(f))
       ? "No dead letter matches these filters. Widen them, or Clear to see them all."

@@ -20,7 +20,7 @@ export async function job(main, { match, signal }) {
     if (last && !ACTIVE.has(last)) return;
     let data;
     try {
-      data = await load(id, signal);
+      data = await fetchJob(id, signal);
     } catch (err) {
       if (err.name !== "AbortError") clear(body, failure(err));
       last = "error";
@@ -32,7 +32,7 @@ export async function job(main, { match, signal }) {
   });
 }
 
-async function load(id, signal) {
+async function fetchJob(id, signal) {
   const [job, attempts, links, notes] = await Promise.all([
     call(`/tasks/${id}`, { signal }), call(`/tasks/${id}/attempts`, { signal }),
     call(`/tasks/${id}/dependencies`, { signal }),

@@ -1,5 +1,5 @@
 // Jobs: the list with the API's filters and cursor paging, newest first.
-import { call, identity, query } from "../api.js";
+import { identity, load, query } from "../api.js";
 import { STATES, badge, clear, empty, failure, h, jobLink, table, when } from "../dom.js";
 import { filterForm, pager, picked, tenantField } from "../filters.js";
 
@@ -19,13 +19,9 @@ export async function jobs(main, { params, signal }) {
   ];
   const results = h("section", { "aria-live": "polite" }, h("p", { class: "muted" }, "Loading…"));
   clear(main, h("h1", {}, "Jobs"), filterForm("/jobs", fields, params), results);
-  let page;
-  try {
-    page = await call(`/tasks${query({ limit: 50, ...picked(params, FILTERS) })}`, { signal });
-  } catch (err) {
-    if (err.name !== "AbortError") clear(results, failure(err));
-    return;
-  }
+  const page = await load(`/tasks${query({ limit: 50, ...picked(params, FILTERS) })}`,
+                          signal, (err) => clear(results, failure(err)));
+  if (!page) return;
   if (!page.items.length) {
     const filtered = FILTERS.some((f) => f !== "cursor" && params.has(f));
     clear(results, empty(filtered

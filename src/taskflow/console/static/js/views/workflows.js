@@ -1,5 +1,5 @@
 // Workflows: the list, newest first, with cursor paging.
-import { call, identity, query } from "../api.js";
+import { identity, load, query } from "../api.js";
 import { badge, clear, empty, failure, h, table, when } from "../dom.js";
 import { filterForm, pager, picked, tenantField } from "../filters.js";
 
@@ -8,14 +8,9 @@ export async function workflows(main, { params, signal }) {
   const results = h("section", { "aria-live": "polite" }, h("p", { class: "muted" }, "Loading…"));
   clear(main, h("h1", {}, "Workflows"),
     tenantField(who).length ? filterForm("/workflows", tenantField(who), params) : null, results);
-  let page;
-  try {
-    page = await call(`/workflows${query({ limit: 50, ...picked(params, ["tenant", "cursor"]) })}`,
-                      { signal });
-  } catch (err) {
-    if (err.name !== "AbortError") clear(results, failure(err));
-    return;
-  }
+  const page = await load(`/workflows${query({ limit: 50, ...picked(params, ["tenant", "cursor"]) })}`,
+                          signal, (err) => clear(results, failure(err)));
+  if (!page) return;
   if (!page.items.length) {
     clear(results, empty("No workflows yet. Submit a graph of jobs with ",
       h("code", {}, "POST /workflows"), ": jobs name the jobs they run ", h("code", {}, "after"), "."));
