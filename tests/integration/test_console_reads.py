@@ -185,6 +185,9 @@ async def test_the_console_is_served_without_a_token_under_a_strict_csp(stores, 
         vendored = await client.get("/ui/vendor/dagre.esm.js")
         assert vendored.status_code == 200
         assert (await client.get("/ui/no-such-file.js")).status_code == 404
+        # Without the slash too (the page names its files by absolute paths).
+        bare = await client.get("/ui")
+        assert bare.status_code == 200 and bare.text == page.text
         # The API's paths still need a token, and the schema does not list the console.
         assert (await client.get("/tasks")).status_code == 401
         schema = (await client.get("/schema/openapi.json")).json()
