@@ -220,6 +220,8 @@ async def test_a_workflow_graph_turns_green_live(live, page, api, shots):
     assert reply.status == 201, reply
     wf = reply.body["id"]
     p = page.page
+    streams = []
+    p.on("request", lambda r: r.url.endswith(f"/workflows/{wf}/events") and streams.append(r))
     await sign_in(p, live.url, api.bearer)
     await p.get_by_role("link", name="Workflows").click()
     await p.get_by_role("link", name="etl-nightly").click()
@@ -231,6 +233,9 @@ async def test_a_workflow_graph_turns_green_live(live, page, api, shots):
     # Live: every node turns green without a reload.
     await expect(p.locator('a[data-node][data-state="succeeded"]')).to_have_count(120)
     await expect(p.get_by_role("heading", level=1).locator("[data-state]")).to_have_text("succeeded")
+    # Through the event stream, with the bearer header (not polling after a failure).
+    assert streams and streams[0].headers["authorization"] == f"Bearer {api.bearer}"
+    assert await p.get_by_role("alert").count() == 0
     # Zoom and pan change the view; a click on a node opens its job.
     scene = p.locator(".graph svg > g")
     before = await scene.get_attribute("transform")
@@ -317,3 +322,19 @@ async def test_keyboard_reaches_every_section(live, page, api):
     await expect(p.get_by_role("heading", name="Jobs")).to_be_visible()
     await expect(p.get_by_role("link", name="Jobs", exact=True)).to_have_attribute(
         "aria-current", "page")
+
+
+async def test_a_waiting_job_is_cancelled_after_confirmation(live, page, api, shots):
+    job = await submit(api, task="noop", queue="parked")  # nobody serves parked: it waits
+    p = page.page
+    await sign_in(p, live.url, api.bearer)
+    await p.goto(f"{live.url}/ui/#/jobs/{job}")
+    await expect(p.locator("h1 [data-state]")).to_have_text("queued")
+    await expect(p.get_by_role("button", name="Retry…")).to_have_count(0)
+    await p.get_by_role("button", name="Cancel…").click()
+    await p.get_by_role("dialog").get_by_role("button", name="Cancel job").click()
+    await expect(p.locator("h1 [data-state]")).to_have_text("cancelled")
+    assert (await api.get(f"/tasks/{job}")).body["state"] == "cancelled"
+    await expect(p.get_by_role("button", name="Retry…")).to_be_visible()
+    await p.set_viewport_size({"width": 390, "height": 844})
+    await p.screenshot(path=shots / "job-cancelled-phone.png", full_page=True)

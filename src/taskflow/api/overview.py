@@ -8,13 +8,8 @@ from datetime import datetime, timedelta
 
 from taskflow.adapters.observe import LiveWorker
 from taskflow.adapters.overview import Backlog, Finished
+from taskflow.api.ended import minute_of
 from taskflow.api.overview_schemas import Minute, QueueFigures, QueuesOut, WorkerOut
-
-HOUR = timedelta(hours=1)
-
-
-def minute_of(at: datetime) -> datetime:
-    return at.replace(second=0, microsecond=0)
 
 
 def queue_figures(declared: Sequence[str], backlog: Sequence[Backlog],

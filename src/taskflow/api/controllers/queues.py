@@ -19,7 +19,7 @@ from taskflow.api.auth import READ, Principal
 from taskflow.api.context import ApiContext
 from taskflow.api.controllers.tasks import Tenant, _problems, listed_tenant
 from taskflow.api.overview_schemas import QueuesOut
-from taskflow.api.overview import HOUR, minute_of, overview
+from taskflow.api.overview import overview
 
 BACKLOG_SCAN_LIMIT = 100_000
 """Most unfinished jobs one ``GET /queues`` counts (beyond: ``complete`` is false)."""
@@ -42,13 +42,11 @@ class QueueController(Controller):
         api: ApiContext = state.api
         whose = listed_tenant(request.auth, tenant)
         now = datetime.now(UTC)
-        since = minute_of(now) - max(HOUR, (minutes - 1) * (HOUR / 60))
         async with api.deadline():
             backlog = await api.overview.queue_backlog(whose, BACKLOG_SCAN_LIMIT)
-            finished = await api.overview.finished_by_minute(whose, since)
+            # failed_last_hour counts whole minutes, from the one an hour ago.
+            finished = await api.ended.last_hour(whose, now)
             running = await api.overview.running_by_worker(whose)
             live = await api.observer.live_workers()
-        # failed_last_hour counts from the start of the minute an hour ago: whole minutes,
-        # like the throughput series.
         return overview(api.settings.queues, backlog, finished, live, running, now, minutes,
                         BACKLOG_SCAN_LIMIT)
