@@ -36,7 +36,7 @@ export async function deadLetters(main, { params, signal }) {
     page.items.map((j) => h("tr", { "data-job": j.id },
       h("td", {}, jobLink(j.id)), h("td", {}, j.task), h("td", {}, j.queue),
       h("td", { class: "num" }, j.attempts), h("td", {}, when(j.finished_at)),
-      h("td", { class: "mono" }, (j.error || "").slice(0, 200)),
+      h("td", { class: "mono" }, (j.error || "").split("\n")[0].slice(0, 200)),  // the job page has it all
       who && who.admin ? h("td", {}, j.tenant) : null))),
     pager("/dead-letters", params, page.next_cursor));
 }
@@ -86,9 +86,9 @@ function redrivePanel(who, params) {
     : "all your tenant's dead letters (set filters above to narrow it)";
   return h("section", { class: "filters", "aria-labelledby": "redrive-h" },
     h("div", {}, h("h2", { id: "redrive-h" }, "Redrive"),
-      h("p", {}, `Sends ${described} back to work, at most `, h("label", { for: "redrive-limit" },
-        "this many jobs", limit), ". Your tenant's only."),
-      h("div", { class: "actions" }, h("button", { type: "button", "data-action": "count",
-                                                    onclick: count }, "Count matching")),
+      h("p", {}, `Sends ${described} back to work: your tenant's only.`),
+      h("div", { class: "actions" },
+        h("label", { for: "redrive-limit", class: "inline" }, "At most", limit, "jobs"),
+        h("button", { type: "button", "data-action": "count", onclick: count }, "Count matching")),
       out));
 }
