@@ -148,6 +148,16 @@ async def test_job_list_filters_are_in_the_url(live, page, api, shots):
     await expect(p.locator("tr[data-job]")).to_have_count(2)
     await expect(p.locator("#f-label")).to_have_value("team=red")
     await p.screenshot(path=shots / "jobs.png", full_page=True)
+    # Cursor paging, newest first, the cursor in the URL too.
+    await p.goto(f"{live.url}/ui/#/jobs?limit=2")
+    await expect(p.locator("tr[data-job]")).to_have_count(2)
+    await expect(p.locator(f'tr[data-job="{bad}"]')).to_be_visible()  # the newest
+    await p.get_by_role("button", name="Older →").click()
+    await expect(p.locator("tr[data-job]")).to_have_count(1)
+    await expect(p.locator(f'tr[data-job="{ok[0]}"]')).to_be_visible()
+    assert "cursor=" in p.url
+    await p.get_by_role("button", name="← Newest").click()
+    await expect(p.locator(f'tr[data-job="{bad}"]')).to_be_visible()
     await p.goto(f"{live.url}/ui/#/jobs?task=nothing-like-this")
     await expect(p.locator("[data-empty]")).to_contain_text("No job matches these filters")
     # Bad input is the API's message, not a blank page.

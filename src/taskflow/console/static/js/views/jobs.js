@@ -4,7 +4,7 @@ import { STATES, badge, clear, empty, failure, h, jobLink, table, when } from ".
 import { filterForm, pager, picked, tenantField } from "../filters.js";
 
 const FILTERS = ["state", "queue", "task", "label", "created_after", "created_before",
-                 "tenant", "cursor"];
+                 "tenant", "cursor", "limit"];
 
 export async function jobs(main, { params, signal }) {
   const who = identity();
@@ -23,7 +23,7 @@ export async function jobs(main, { params, signal }) {
                           signal, (err) => clear(results, failure(err)));
   if (!page) return;
   if (!page.items.length) {
-    const filtered = FILTERS.some((f) => f !== "cursor" && params.has(f));
+    const filtered = FILTERS.some((f) => !["cursor", "limit"].includes(f) && params.has(f));
     clear(results, empty(filtered
       ? "No job matches these filters. Widen them, or Clear to see every job."
       : ["No jobs yet. Submit one: ", h("code", {}, "POST /tasks"),
