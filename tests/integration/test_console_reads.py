@@ -76,12 +76,30 @@ async def test_queue_figures_follow_the_jobs_of_the_callers_tenant(stores, setti
             body = await wait_until(settled)
             workers = await wait_until(lambda: _workers(client))
             assert worker.name in [w["name"] for w in workers]
+            # A running job counts on its worker for its tenant only.
+            answer = await client.post("/tasks", headers=ALICE,
+                                       json={"task": "sleep", "payload": {"seconds": 30}})
+            sleeper = answer.json()["id"]
+
+            async def running(who: dict) -> int:
+                body = await _get(client, "/queues", who)
+                return next(w["running"] for w in body["workers"] if w["name"] == worker.name)
+
+            await wait_until(lambda: _equals(running(ALICE), 1))
+            assert await running(BOB) == 0 and await running(ADMIN) == 1
+            assert (await client.post(f"/tasks/{sleeper}/cancel", headers=ALICE)).status_code \
+                == 202
+            await wait_until(lambda: _equals(running(ALICE), 0))
         q = _queue(body, "default")
         assert len(q["throughput"]) == 5
         assert sum(m["succeeded"] for m in q["throughput"]) == 3
         assert sum(m["failed"] for m in q["throughput"]) == 2
         assert q["scheduled"] == 1 and q["oldest_ready_age"] is None
         assert _queue(await _get(client, "/queues", BOB), "default")["failed_last_hour"] == 0
+
+
+async def _equals(value, expected) -> bool:
+    return await value == expected
 
 
 async def _workers(client: httpx.AsyncClient) -> list[dict]:

@@ -1,7 +1,7 @@
 """The reads behind the console's views that the job store does not already make: queue
-figures by state and by minute, running jobs per worker, the workflow list, a workflow's
-edges and a job's direct neighbours. All of them PostgreSQL, the source of truth, scoped
-to a tenant (``None``: every tenant's, for operators)."""
+figures by state (with running jobs per worker) and by minute, the workflow list, a
+workflow's edges and a job's direct neighbours. All of them PostgreSQL, the source of
+truth, scoped to a tenant (``None``: every tenant's, for operators)."""
 
 from __future__ import annotations
 
@@ -64,17 +64,19 @@ class OverviewStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
-    async def queue_backlog(self, tenant: str | None, scan_limit: int) -> list[Backlog]:
+    async def queue_backlog(self, tenant: str | None,
+                            scan_limit: int) -> tuple[list[Backlog], dict[str, int]]:
+        """Unfinished jobs by queue, and running jobs by worker, in one bounded pass."""
         rows = await self.pool.fetch(QUERIES["queue_backlog"], tenant, scan_limit)
-        return [Backlog(**r) for r in rows]
+        backlog = [Backlog(**{k: v for k, v in r.items() if k not in ("by_worker", "worker")})
+                   for r in rows if not r["by_worker"]]
+        running = {r["worker"]: r["running"] for r in rows
+                   if r["by_worker"] and r["worker"] is not None and r["running"]}
+        return backlog, running
 
     async def finished_by_minute(self, tenant: str | None, since: datetime) -> list[Finished]:
         rows = await self.pool.fetch(QUERIES["finished_by_minute"], tenant, since)
         return [Finished(**r) for r in rows]
-
-    async def running_by_worker(self, tenant: str | None) -> dict[str, int]:
-        rows = await self.pool.fetch(QUERIES["running_by_worker"], tenant)
-        return {r["worker"]: r["running"] for r in rows if r["worker"] is not None}
 
     async def list_workflows(self, tenant: str | None, before: uuid.UUID | None,
                              limit: int) -> list[WorkflowSummary]:

@@ -562,11 +562,12 @@ FROM (SELECT queue, state FROM jobs WHERE finished_at IS NULL ORDER BY id LIMIT 
 GROUP BY queue;
 
 -- name: queue_backlog
--- Unfinished jobs by queue for GET /queues ($1 NULL: every tenant's). A scheduled job that
--- is due counts as ready (a worker promotes it when it claims). At most $2 unfinished jobs
--- are counted, so the cost is bounded whatever the backlog; beyond that (the caller is
--- told) the counts are lower bounds.
-SELECT queue,
+-- Unfinished jobs by queue for GET /queues ($1 NULL: every tenant's), and in the same
+-- pass running jobs by worker (the rows of the (worker) grouping set, queue NULL). A
+-- scheduled job that is due counts as ready (a worker promotes it when it claims). At most
+-- $2 unfinished jobs are counted, so the cost is bounded whatever the backlog; beyond
+-- that (the caller is told) the counts are lower bounds.
+SELECT GROUPING(queue) = 1 AS by_worker, queue, worker,
        count(*) FILTER (WHERE state = 'queued'
                         OR (state = 'scheduled' AND run_at <= now()))::int AS ready,
        count(*) FILTER (WHERE state = 'scheduled' AND run_at > now())::int AS scheduled,
@@ -575,9 +576,9 @@ SELECT queue,
        min(run_at) FILTER (WHERE state IN ('queued', 'scheduled')
                            AND run_at <= now()) AS oldest_ready_due,
        count(*)::int AS counted
-FROM (SELECT queue, state, run_at FROM jobs
+FROM (SELECT queue, state, run_at, worker FROM jobs
       WHERE finished_at IS NULL AND ($1::text IS NULL OR tenant = $1) LIMIT $2) AS unfinished
-GROUP BY queue;
+GROUP BY GROUPING SETS ((queue), (worker));
 
 -- name: finished_by_minute
 -- Jobs that ended since $2, by queue, minute and final state ($1 NULL: every tenant's),
@@ -588,13 +589,6 @@ SELECT queue, date_trunc('minute', finished_at) AS minute, state::text AS state,
 FROM jobs
 WHERE finished_at >= $2 AND ($1::text IS NULL OR tenant = $1)
 GROUP BY queue, minute, state;
-
--- name: running_by_worker
--- Running jobs per worker ($1 NULL: every tenant's), for the workers alive.
-SELECT worker, count(*)::int AS running
-FROM jobs
-WHERE finished_at IS NULL AND state = 'running' AND ($1::text IS NULL OR tenant = $1)
-GROUP BY worker;
 
 -- name: list_workflows
 -- Workflows newest first, keyset-paged on the time-ordered id ($1 NULL: every tenant's),

@@ -43,10 +43,9 @@ class QueueController(Controller):
         whose = listed_tenant(request.auth, tenant)
         now = datetime.now(UTC)
         async with api.deadline():
-            backlog = await api.overview.queue_backlog(whose, BACKLOG_SCAN_LIMIT)
+            backlog, running = await api.overview.queue_backlog(whose, BACKLOG_SCAN_LIMIT)
             # failed_last_hour counts whole minutes, from the one an hour ago.
             finished = await api.ended.last_hour(whose, now)
-            running = await api.overview.running_by_worker(whose)
             live = await api.observer.live_workers()
         return overview(api.settings.queues, backlog, finished, live, running, now, minutes,
                         BACKLOG_SCAN_LIMIT)
