@@ -138,11 +138,17 @@ async def test_job_list_filters_are_in_the_url(live, page, api, shots):
     await sign_in(p, live.url, api.bearer)
     await p.get_by_role("link", name="Jobs", exact=True).click()
     await expect(p.locator("tr[data-job]")).to_have_count(3)
-    await p.select_option("#f-state", "failed")
+    await p.get_by_role("checkbox", name="failed").check()
     await p.get_by_role("button", name="Apply").click()
     await expect(p.locator("tr[data-job]")).to_have_count(1)
     await expect(p.locator(f'tr[data-job="{bad}"] [data-state]')).to_have_text("failed")
     assert "state=failed" in p.url
+    # Any of several states: the key repeats in the URL, and the boxes stay ticked.
+    await p.get_by_role("checkbox", name="succeeded").check()
+    await p.get_by_role("button", name="Apply").click()
+    await expect(p.locator("tr[data-job]")).to_have_count(3)
+    assert "state=succeeded" in p.url and "state=failed" in p.url
+    await expect(p.get_by_role("checkbox", name="failed")).to_be_checked()
     # The URL is the view: opened afresh, it shows the same filtered list.
     await p.goto(f"{live.url}/ui/#/jobs?label=team%3Dred")
     await expect(p.locator("tr[data-job]")).to_have_count(2)
@@ -348,3 +354,16 @@ async def test_a_waiting_job_is_cancelled_after_confirmation(live, page, api, sh
     await expect(p.get_by_role("button", name="Retry…")).to_be_visible()
     await p.set_viewport_size({"width": 390, "height": 844})
     await p.screenshot(path=shots / "job-cancelled-phone.png", full_page=True)
+
+
+async def test_a_workflow_too_large_to_draw_is_a_table(live, page, api):
+    jobs = [{"name": f"j{i:04}", "task": "noop", "queue": "parked"} for i in range(2001)]
+    reply = await api.post("/workflows", json={"name": "huge", "jobs": jobs})
+    assert reply.status == 201, reply
+    p = page.page
+    await sign_in(p, live.url, api.bearer)
+    await p.goto(f"{live.url}/ui/#/workflows/{reply.body['id']}")
+    await expect(p.get_by_role("status")).to_contain_text("2001 jobs: too many to draw here")
+    await expect(p.locator(".graph")).to_have_count(0)
+    await expect(p.locator("details[open] tbody tr")).to_have_count(2000)
+    await expect(p.get_by_text("The first 2000 of 2001 jobs.")).to_be_visible()

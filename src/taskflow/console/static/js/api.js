@@ -60,7 +60,6 @@ async function problem(resp) {
     detail = body.detail || body.title || detail;
     field = body.field ?? null;
   } catch { /* not JSON: keep the status line */ }
-  if (resp.status === 401) window.dispatchEvent(new CustomEvent("taskflow:unauthorized"));
   return new ApiError(resp.status, detail, field);
 }
 

@@ -12,6 +12,13 @@ export function filterForm(path, fields, params, extra = []) {
     const id = `f-${f.name}`;
     const value = params.get(f.name) ?? "";
     let input;
+    if (f.type === "multi") {  // any of several values: the key repeats in the URL
+      const chosen = new Set(params.getAll(f.name));
+      return h("fieldset", { class: "multi" }, h("legend", {}, f.label),
+        f.options.map((o) => h("label", { class: "inline", for: `${id}-${o}` },
+          h("input", { type: "checkbox", id: `${id}-${o}`, name: f.name, value: o,
+                       checked: chosen.has(o) }), o)));
+    }
     if (f.type === "select") {
       input = h("select", { id, name: f.name },
         h("option", { value: "" }, "any"),
@@ -39,6 +46,11 @@ export function filterForm(path, fields, params, extra = []) {
 export function formValues(form, fields) {
   const values = {};
   for (const f of fields) {
+    if (f.type === "multi") {
+      values[f.name] = [...form.querySelectorAll(`input[name="${f.name}"]:checked`)]
+        .map((box) => box.value);
+      continue;
+    }
     const raw = form.elements[f.name].value.trim();
     values[f.name] = f.type === "datetime" ? toRfc3339(raw) : raw;
   }

@@ -9,7 +9,7 @@ const FILTERS = ["state", "queue", "task", "label", "created_after", "created_be
 export async function jobs(main, { params, signal }) {
   const who = identity();
   const fields = [
-    { name: "state", label: "State", type: "select", options: STATES },
+    { name: "state", label: "State (any of)", type: "multi", options: STATES },
     { name: "queue", label: "Queue", placeholder: "any" },
     { name: "task", label: "Task", placeholder: "any" },
     { name: "label", label: "Label", placeholder: "key=value" },

@@ -19,7 +19,7 @@ export async function overview(main, { params, signal }) {
     errors, queues, workers);
   const charts = new Map();
   signal.addEventListener("abort", () => charts.forEach((c) => c.destroy()));
-  let drawn = false;
+  let drawn = "";  // the queues drawn: another set (a queue appeared) draws again
   await repeat(signal, async () => {
     let body;
     try {
@@ -29,9 +29,12 @@ export async function overview(main, { params, signal }) {
       return;
     }
     clear(errors);
-    if (!drawn) {
+    const names = body.queues.map((q) => q.name).join("\n");
+    if (names !== drawn) {
+      charts.forEach((c) => c.destroy());
+      charts.clear();
       drawQueues(queues, body, charts);
-      drawn = true;
+      drawn = names;
     }
     updateQueues(queues, body, charts);
     drawWorkers(workers, body.workers);
@@ -75,7 +78,6 @@ function series(q) {
 function updateQueues(section, body, charts) {
   for (const q of body.queues) {
     const row = section.querySelector(`tr[data-queue="${CSS.escape(q.name)}"]`);
-    if (!row) continue;  // a queue that appeared since: shown on the next visit
     for (const f of FIGURES) row.querySelector(`[data-figure="${f}"]`).textContent = q[f];
     row.querySelector('[data-figure="oldest_ready_age"]').textContent =
       q.oldest_ready_age === null ? "—" : seconds(q.oldest_ready_age);

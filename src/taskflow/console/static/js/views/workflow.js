@@ -2,9 +2,12 @@
 // the job), live from its event stream (polling if the stream fails), and its jobs as a
 // table for keyboard and screen-reader use.
 import { call, events } from "../api.js";
-import { badge, clear, failure, h, jobLink, table } from "../dom.js";
+import { badge, clear, failure, h, jobLink, message, table } from "../dom.js";
 import { drawGraph } from "../graph.js";
 import { REFRESH_MS } from "../live.js";
+
+const MAX_DRAWN = 2000;
+const MAX_ROWS = 2000;
 
 export async function workflow(main, { match, signal }) {
   const id = match[1];
@@ -21,14 +24,25 @@ export async function workflow(main, { match, signal }) {
     if (err.name !== "AbortError") clear(notice, failure(err));
     return;
   }
-  const graph = drawGraph(holder, view.jobs, edges.edges);
+  // Layout is superlinear in the graph's size: past MAX_DRAWN jobs (a workflow may have
+  // 20,000) the browser would stall, so such a workflow is shown as its table only.
+  const drawn = view.jobs.length <= MAX_DRAWN;
+  const graph = drawn ? drawGraph(holder, view.jobs, edges.edges) : null;
+  if (!drawn) {
+    clear(holder, message("info", `${view.jobs.length} jobs: too many to draw here. `,
+                          "The table below lists them."));
+    jobs.open = true;
+  }
   const show = (v) => {
     clear(title, `${v.name} `, badge(v.state));
-    graph.update(v.jobs);
+    graph?.update(v.jobs);
+    const shown = v.jobs.slice(0, MAX_ROWS);
     clear(jobs, h("summary", {}, `Jobs as a table (${v.jobs.length})`),
-      table(["Name", "Task", "State", "Attempts#", "Job"], v.jobs.map((j) => h("tr", {},
+      table(["Name", "Task", "State", "Attempts#", "Job"], shown.map((j) => h("tr", {},
         h("td", {}, j.name), h("td", {}, j.task), h("td", {}, badge(j.state)),
-        h("td", { class: "num" }, j.attempts), h("td", {}, jobLink(j.id))))));
+        h("td", { class: "num" }, j.attempts), h("td", {}, jobLink(j.id))))),
+      v.jobs.length > MAX_ROWS
+        ? h("p", { class: "muted" }, `The first ${MAX_ROWS} of ${v.jobs.length} jobs.`) : null);
   };
   show(view);
   follow(id, view, show, notice, signal);
