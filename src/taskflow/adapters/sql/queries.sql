@@ -582,7 +582,7 @@ GROUP BY GROUPING SETS ((queue), (worker));
 
 -- name: finished_by_minute
 -- Jobs that ended since $2, by queue, minute and final state ($1 NULL: every tenant's),
--- through jobs_finished (migration 0006). The API asks for the last few minutes only and
+-- through jobs_finished (migration 0007). The API asks for the last few minutes only and
 -- keeps the closed ones (taskflow.api.ended), so its cost follows the recent rate.
 SELECT queue, date_trunc('minute', finished_at) AS minute, state::text AS state,
        count(*)::int AS n
