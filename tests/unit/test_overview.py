@@ -37,3 +37,17 @@ def test_declared_queues_first_then_others_with_a_window_of_whole_minutes():
 def test_a_backlog_counted_up_to_the_scan_limit_is_not_complete():
     backlog = [Backlog("default", 60, 0, 0, 0, None, 60), Backlog("b", 40, 0, 0, 0, None, 40)]
     assert overview(["default"], backlog, [], [], {}, NOW, 1, scan_limit=100).complete is False
+
+
+def test_a_workflow_list_entry_has_the_state_its_full_view_would_have():
+    from taskflow.api.controllers.workflows import state_of_counts, workflow_state
+    from taskflow.states import JobState as S
+
+    cases = [[S.RUNNING, S.SUCCEEDED], [S.SUCCEEDED, S.SUCCEEDED], [S.FAILED, S.CANCELLED],
+             [S.CANCELLED, S.SUCCEEDED], [S.BLOCKED], [S.FAILED, S.SUCCEEDED]]
+    for states in cases:
+        counts = (len(states), sum(s not in (S.SUCCEEDED, S.FAILED, S.CANCELLED) for s in states),
+                  states.count(S.SUCCEEDED), states.count(S.FAILED))
+        assert state_of_counts(*counts) is workflow_state(states), states
+    assert [workflow_state(c).value for c in cases] == [
+        "running", "succeeded", "failed", "cancelled", "running", "failed"]

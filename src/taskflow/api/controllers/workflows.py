@@ -51,29 +51,30 @@ WORKFLOW_EVENT_STREAM = {200: ResponseSpec(
 
 
 def _summary(w: WorkflowSummary) -> WorkflowSummaryOut:
-    """A list entry; its state follows the same rule as :func:`workflow_state`."""
-    if w.unfinished:
-        state = WorkflowState.RUNNING
-    elif w.succeeded == w.total:
-        state = WorkflowState.SUCCEEDED
-    elif w.failed:
-        state = WorkflowState.FAILED
-    else:
-        state = WorkflowState.CANCELLED
+    """A list entry, its state from its jobs' counts by the rule of the full view."""
+    state = state_of_counts(w.total, w.unfinished, w.succeeded, w.failed)
     return WorkflowSummaryOut(w.id, w.name, w.tenant, state, w.created_at, w.total,
                               w.unfinished, w.succeeded, w.failed)
 
 
-def workflow_state(states: list[JobState]) -> WorkflowState:
+def state_of_counts(total: int, unfinished: int, succeeded: int,
+                    failed: int) -> WorkflowState:
     """running while any job is unfinished; then succeeded if all succeeded, failed if
     any failed, cancelled otherwise."""
-    if any(s in ACTIVE for s in states):
+    if unfinished:
         return WorkflowState.RUNNING
-    if all(s is JobState.SUCCEEDED for s in states):
+    if succeeded == total:
         return WorkflowState.SUCCEEDED
-    if any(s is JobState.FAILED for s in states):
+    if failed:
         return WorkflowState.FAILED
     return WorkflowState.CANCELLED
+
+
+def workflow_state(states: list[JobState]) -> WorkflowState:
+    """The state of a workflow whose jobs are in ``states`` (see :func:`state_of_counts`)."""
+    return state_of_counts(len(states), sum(s in ACTIVE for s in states),
+                           sum(s is JobState.SUCCEEDED for s in states),
+                           sum(s is JobState.FAILED for s in states))
 
 
 def _view(workflow: Workflow, members: list[WorkflowMember],
