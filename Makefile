@@ -5,7 +5,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install dev test test-unit bench soak migrate lint clean image wheelhouse test-image test-deploy
+.PHONY: install dev test test-unit bench soak migrate lint clean image wheelhouse test-image test-deploy \
+	console-vendor test-browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +68,22 @@ $(DEPLOY_STAMP): pyproject.toml $(STAMP)
 
 test-deploy: $(DEPLOY_STAMP)
 	RUN_DEPLOY_TESTS=1 $(PY) -m pytest -q -rs tests/deploy
+
+# The console's front-end libraries from the npm registry (versions and checksums in
+# src/taskflow/console/vendor-lock.json) into src/taskflow/console/static/vendor/, where
+# they are committed: only this target needs npm. UPDATE=1 after a version bump.
+console-vendor:
+	$(PYTHON) scripts/console_vendor.py $(if $(UPDATE),--update)
+
+# The console in a real Chromium (Debian's /usr/bin/chromium; Playwright never downloads
+# a browser) against a live API and worker. Screenshots in test-results/browser/.
+BROWSER_STAMP := $(VENV)/.browser-tests-stamp
+$(BROWSER_STAMP): pyproject.toml $(STAMP)
+	$(PY) -m pip install -q -e '.[test,browser-tests]'
+	touch $(BROWSER_STAMP)
+
+test-browser: $(BROWSER_STAMP)
+	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 RUN_BROWSER_TESTS=1 $(PY) -m pytest -q -rs -p no:cacheprovider tests/browser
 
 clean:
 	rm -rf $(VENV) .pytest_cache build

@@ -288,16 +288,21 @@ async def _dev(settings: Settings, args: argparse.Namespace, db: str, rds: str) 
 
 
 def _dev_banner(url: str, db: str, rds: str, token: str) -> str:
+    from taskflow.console import signin_url
+
     lines = [f"taskflow dev: PostgreSQL {db}", f"taskflow dev: Redis {rds}",
              f"taskflow dev: API {url} (docs: {url}/schema/swagger)"]
     if not token:
-        return "\n".join(lines + ["taskflow dev: no jwt_secret, so no dev token"])
+        return "\n".join(lines + ["taskflow dev: no jwt_secret, so no dev token",
+                                  f"taskflow dev: console {url}/ui/ (sign in with a token)"])
     auth = f"-H 'Authorization: Bearer {token}'"
     submit = (f"curl -s -X POST {url}/tasks {auth} -H 'Content-Type: application/json' "
               """-d '{"task": "echo", "payload": {"hello": "world"}}'""")
     lines += [
         "taskflow dev: token (tenant dev; tasks:read tasks:write admin; 30 days):",
         f"TOKEN={token}",
+        "taskflow dev: open the web console, signed in with this token:",
+        f"{signin_url(url, token)}",
         "taskflow dev: submit a job, then read it:",
         f"ID=$({submit} | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"id\"])')",
         f"curl -s {url}/tasks/$ID {auth}",

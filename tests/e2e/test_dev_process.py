@@ -109,6 +109,11 @@ async def test_dev_runs_everything_prints_working_commands_and_stops_on_ctrl_c(
                          b"taskflow_worker_concurrency_slots ",
                          b'taskflow_queue_jobs{queue="default",state="ready"}'):
                 assert name in page, name
+            # The console's sign-in link: the same token, in the fragment only; the page
+            # it opens is served by this process.
+            assert f"{url}/ui/#token={token}" in banner.splitlines()
+            async with http.get(url + "/ui/") as resp:
+                assert resp.status == 200 and "text/html" in resp.headers["content-type"]
             if shutil.which("promtool"):
                 lint = subprocess.run(["promtool", "check", "metrics"], input=page,
                                       capture_output=True, timeout=30)

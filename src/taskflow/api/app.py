@@ -20,6 +20,7 @@ from taskflow.api.controllers.health import HealthController
 from taskflow.api.controllers.notifications import (
     DeadLetterController, JobNotificationController, SubscriptionController,
 )
+from taskflow.api.controllers.queues import QueueController
 from taskflow.api.controllers.tasks import TaskController
 from taskflow.api.controllers.workflows import WorkflowController
 from taskflow.api.errors import EXCEPTION_HANDLERS, invalid_body
@@ -27,6 +28,7 @@ from taskflow.api.metrics import ApiMetrics
 from taskflow.api.openapi import use_msgspec_schemas
 from taskflow.api.submit import KnownTasks, Submitter
 from taskflow.config import Settings
+from taskflow.console import console_routes
 from taskflow.runtime import Stores
 from taskflow.supervise import supervised
 from taskflow.worker.builtins import builtin_registry
@@ -88,12 +90,15 @@ def create_app(settings: Settings, stores: Stores, *, debug: bool = False) -> Li
     app = Litestar(
         route_handlers=[TaskController, WorkflowController, HealthController,
                         DeadLetterController, SubscriptionController,
-                        JobNotificationController],
+                        JobNotificationController, QueueController, *console_routes()],
         state=State({"api": api}),
         request_class=StrictRequest,
         middleware=[
             metrics.middleware,
-            DefineMiddleware(JwtAuthMiddleware, verifier=verifier, exclude=["^/schema"]),
+            # The console's files (and / that redirects to them) hold no data: the
+            # console calls the API with the user's token like any client.
+            DefineMiddleware(JwtAuthMiddleware, verifier=verifier,
+                             exclude=["^/schema", "^/ui(/|$)", "^/$"]),
         ],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         request_max_body_size=settings.api.max_body_bytes,

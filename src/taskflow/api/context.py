@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+from taskflow.adapters.observe import Observer
+from taskflow.adapters.overview import OverviewStore
 from taskflow.api.auth import TokenVerifier
+from taskflow.api.ended import EndedCounts
 from taskflow.api.metrics import ApiMetrics
 from taskflow.api.submit import Submitter
 from taskflow.api.watch import ChangeFeed, JobReads
@@ -27,6 +30,9 @@ class ApiContext:
         self.timeout = settings.api.backend_timeout
         self.feed = ChangeFeed(stores.dispatch)
         self.reads = JobReads(stores.store)
+        self.overview = OverviewStore(stores.store.pool)
+        self.ended = EndedCounts(self.overview)  # jobs ended per minute, for GET /queues
+        self.observer = Observer(stores.dispatch, stores.store.pool)  # workers alive
         metrics.waiters.set_function(lambda: len(self.feed))
 
     def deadline(self) -> asyncio.Timeout:

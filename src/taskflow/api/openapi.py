@@ -16,13 +16,15 @@ from litestar import Litestar
 from litestar.openapi.spec import Schema
 from litestar.openapi.spec.enums import OpenAPIType
 
-from taskflow.api import schemas
+from taskflow.api import overview_schemas, schemas
 from taskflow.api.events import JobEvent
 from taskflow.states import JobState
 
 _BODIES = (schemas.JobSpec, schemas.BatchSpec, schemas.BatchCreated, schemas.JobOut,
            schemas.JobPage, schemas.AttemptList, schemas.Problem, schemas.Health,
-           schemas.WorkflowSpec, schemas.WorkflowCreated, schemas.WorkflowOut, JobEvent)
+           schemas.WorkflowSpec, schemas.WorkflowCreated, schemas.WorkflowOut, JobEvent,
+           overview_schemas.QueuesOut, overview_schemas.WorkflowPage,
+           overview_schemas.WorkflowEdges, overview_schemas.JobLinks)
 
 # Each event of a stream: ``event`` names the state, ``data`` is JSON (the component
 # named here), ``id`` resumes (Last-Event-ID); the first event carries ``retry`` (the

@@ -560,3 +560,63 @@ SELECT queue, count(*) FILTER (WHERE state = 'blocked')::int AS blocked
 FROM (SELECT queue, state FROM jobs WHERE finished_at IS NULL ORDER BY id LIMIT $1)
      AS unfinished
 GROUP BY queue;
+
+-- name: queue_backlog
+-- Unfinished jobs by queue for GET /queues ($1 NULL: every tenant's), and in the same
+-- pass running jobs by worker (the rows of the (worker) grouping set, queue NULL). A
+-- scheduled job that is due counts as ready (a worker promotes it when it claims). At most
+-- $2 unfinished jobs are counted, so the cost is bounded whatever the backlog; beyond
+-- that (the caller is told) the counts are lower bounds.
+SELECT GROUPING(queue) = 1 AS by_worker, queue, worker,
+       count(*) FILTER (WHERE state = 'queued'
+                        OR (state = 'scheduled' AND run_at <= now()))::int AS ready,
+       count(*) FILTER (WHERE state = 'scheduled' AND run_at > now())::int AS scheduled,
+       count(*) FILTER (WHERE state = 'running')::int AS running,
+       count(*) FILTER (WHERE state = 'blocked')::int AS blocked,
+       min(run_at) FILTER (WHERE state IN ('queued', 'scheduled')
+                           AND run_at <= now()) AS oldest_ready_due,
+       count(*)::int AS counted
+FROM (SELECT queue, state, run_at, worker FROM jobs
+      WHERE finished_at IS NULL AND ($1::text IS NULL OR tenant = $1) LIMIT $2) AS unfinished
+GROUP BY GROUPING SETS ((queue), (worker));
+
+-- name: finished_by_minute
+-- Jobs that ended since $2, by queue, minute and final state ($1 NULL: every tenant's),
+-- through jobs_finished (migration 0007). The API asks for the last few minutes only and
+-- keeps the closed ones (taskflow.api.ended), so its cost follows the recent rate.
+SELECT queue, date_trunc('minute', finished_at) AS minute, state::text AS state,
+       count(*)::int AS n
+FROM jobs
+WHERE finished_at >= $2 AND ($1::text IS NULL OR tenant = $1)
+GROUP BY queue, minute, state;
+
+-- name: list_workflows
+-- Workflows newest first, keyset-paged on the time-ordered id ($1 NULL: every tenant's),
+-- each with its jobs counted by state (the workflow's state follows from them).
+SELECT w.id, w.tenant, w.name, w.created_at, c.total, c.unfinished, c.succeeded, c.failed
+FROM (SELECT * FROM workflows
+      WHERE ($1::text IS NULL OR tenant = $1) AND ($2::uuid IS NULL OR id < $2)
+      ORDER BY id DESC LIMIT $3) AS w
+CROSS JOIN LATERAL (
+    SELECT count(*)::int AS total,
+           count(*) FILTER (WHERE j.finished_at IS NULL)::int AS unfinished,
+           count(*) FILTER (WHERE j.state = 'succeeded')::int AS succeeded,
+           count(*) FILTER (WHERE j.state = 'failed')::int AS failed
+    FROM jobs AS j WHERE j.workflow_id = w.id) AS c
+ORDER BY w.id DESC;
+
+-- name: workflow_edges
+-- A workflow's dependency edges (upstream job -> dependent job).
+SELECT d.upstream_id, d.job_id
+FROM jobs AS j JOIN job_dependencies AS d ON d.job_id = j.id
+WHERE j.workflow_id = $1;
+
+-- name: job_links
+-- A job's direct upstream (direction 'up') and downstream ('down') jobs, at most $2 each.
+(SELECT 'up' AS direction, j.id, j.task, j.state::text AS state, j.node
+ FROM job_dependencies AS d JOIN jobs AS j ON j.id = d.upstream_id
+ WHERE d.job_id = $1 ORDER BY j.id LIMIT $2)
+UNION ALL
+(SELECT 'down', j.id, j.task, j.state::text, j.node
+ FROM job_dependencies AS d JOIN jobs AS j ON j.id = d.job_id
+ WHERE d.upstream_id = $1 ORDER BY j.id LIMIT $2);

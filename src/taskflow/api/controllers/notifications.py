@@ -18,7 +18,8 @@ from taskflow.adapters.outbox import DeadLetterQuery, OutboxStore
 from taskflow.api.auth import READ, WRITE, Principal
 from taskflow.api.context import ApiContext
 from taskflow.api.controllers.tasks import (
-    JobId, _problems, _readable_job, _reader, _timestamp, decode_cursor, encode_cursor,
+    JobId, Tenant, _problems, _readable_job, _timestamp, decode_cursor, encode_cursor,
+    listed_tenant,
 )
 from taskflow.api.errors import ApiError
 from taskflow.api.notify_schemas import (
@@ -53,8 +54,10 @@ class DeadLetterController(Controller):
             description="RFC 3339; failed at or after")] = None,
         failed_before: Annotated[str | None, Parameter(
             schema_extra={"format": "date-time"}, description="RFC 3339; failed before")] = None,
+        tenant: Tenant = None,
     ) -> JobPage:
         api: ApiContext = state.api
+        tenant = listed_tenant(request.auth, tenant)
         if error is not None and "\x00" in error:
             raise ApiError(422, "error: contains a NUL character", field="error")
         query = DeadLetterQuery(
@@ -63,8 +66,7 @@ class DeadLetterController(Controller):
             failed_before=_timestamp("failed_before", failed_before))
         before = decode_cursor(cursor) if cursor else None
         async with api.deadline():
-            found = await _outbox(api).list_dead_letters(
-                _reader(request.auth), query, before, limit + 1)
+            found = await _outbox(api).list_dead_letters(tenant, query, before, limit + 1)
         page = found[:limit]
         more = len(found) > limit
         return JobPage([JobOut.of(j) for j in page],

@@ -26,6 +26,7 @@ from taskflow.api.auth import READ, WRITE, Principal
 from taskflow.api.context import ApiContext
 from taskflow.api.errors import ApiError, Unavailable
 from taskflow.api.events import StreamPace, format_id, job_events, parse_id
+from taskflow.api.overview_schemas import JobLinks, LinkedJob
 from taskflow.api.watch import wait_until
 from taskflow.api.schemas import (
     DEFAULT_PAGE, MAX_PAGE, OPTIONAL_FIELDS, AttemptList, BatchCreated, BatchSpec, JobOut,
@@ -157,6 +158,19 @@ def _labels(pairs: list[str] | None) -> dict[str, str]:
     return labels
 
 
+Tenant = Annotated[str | None, Parameter(
+    max_length=200, description="admin only: this tenant's (default: every tenant's)")]
+
+
+def listed_tenant(principal: Principal, tenant: str | None) -> str | None:
+    """Whose items a listing shows: the caller's tenant, or for an admin the ``tenant=``
+    asked for (None: every tenant's); a 403 when anyone else asks for a tenant."""
+    if tenant is not None and not principal.is_admin:
+        raise ApiError(403, "tenant: only an admin token lists other tenants' items",
+                       field="tenant")
+    return tenant if principal.is_admin else principal.tenant
+
+
 class TaskController(Controller):
     path = "/tasks"
     tags = ["tasks"]
@@ -210,26 +224,22 @@ class TaskController(Controller):
         created_before: Annotated[str | None, Parameter(
             schema_extra={"format": "date-time"},
             description="RFC 3339; created before")] = None,
-        tenant: Annotated[str | None, Parameter(
-            description="admin only: this tenant's jobs (default: every tenant's)")] = None,
+        tenant: Tenant = None,
         include: Include = None,
     ) -> JobPage:
         api: ApiContext = state.api
         principal = request.auth
-        if tenant is not None and not principal.is_admin:
-            raise ApiError(403, "tenant: only an admin token lists other tenants' jobs",
-                           field="tenant")
+        tenant = listed_tenant(principal, tenant)
         extra = include_param(include)
         query = JobQuery(
             limit=limit + 1, before=decode_cursor(cursor) if cursor else None,
             states=tuple(job_state or ()), queue=queue, task=task, labels=_labels(label),
             created_after=_timestamp("created_after", created_after),
-            created_before=_timestamp("created_before", created_before), tenant=tenant,
+            created_before=_timestamp("created_before", created_before),
             with_payload="payload" in extra, with_result="result" in extra,
         )
         async with api.deadline():
-            found = await api.store.list_jobs(
-                None if principal.is_admin else principal.tenant, query)
+            found = await api.store.list_jobs(tenant, query)
         page = found[:limit]
         more = len(found) > limit
         return JobPage([JobOut.of(j, extra) for j in page],
@@ -272,6 +282,24 @@ class TaskController(Controller):
             await _readable_job(api, request.auth, job_id)
             found = await api.store.job_attempts(job_id)
         return AttemptList(found)
+
+    @get("/{job_id:uuid}/dependencies", opt={"scope": READ},
+         summary="A job's direct upstream and downstream jobs", responses=_READ_ERRORS)
+    async def job_links(self, request: Request[Any, Principal, Any], state: State,
+                        job_id: JobId,
+                        limit: Annotated[int, Parameter(
+                            ge=1, le=MAX_PAGE, description="most jobs in each list")] = 100,
+                        ) -> JobLinks:
+        api: ApiContext = state.api
+        async with api.deadline():
+            await _readable_job(api, request.auth, job_id)
+            # Edges join jobs of one tenant only (a job may depend on its tenant's jobs).
+            found = await api.overview.job_links(job_id, limit + 1)
+        up = [LinkedJob(j.id, j.task, JobState(j.state), j.node)
+              for j in found if j.direction == "up"]
+        down = [LinkedJob(j.id, j.task, JobState(j.state), j.node)
+                for j in found if j.direction == "down"]
+        return JobLinks(up[:limit], down[:limit], len(up) > limit or len(down) > limit)
 
     @post("/{job_id:uuid}/cancel", opt={"scope": WRITE}, status_code=200,
           summary="Cancel a job (a running one is stopped by its worker)",

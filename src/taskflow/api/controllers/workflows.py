@@ -22,14 +22,19 @@ from msgspec import UNSET
 from taskflow import jobs
 from taskflow.api.auth import READ, WRITE, Principal
 from taskflow.api.context import ApiContext
+from taskflow.adapters.overview import WorkflowSummary
 from taskflow.api.controllers.tasks import (
-    RETRY_MS, Include, LastEventId, Wait, _problems, include_param, wait_seconds,
+    RETRY_MS, Include, LastEventId, Tenant, Wait, _problems, decode_cursor, encode_cursor,
+    include_param, listed_tenant, wait_seconds,
+)
+from taskflow.api.overview_schemas import (
+    Edge, WorkflowEdges, WorkflowPage, WorkflowSummaryOut,
 )
 from taskflow.api.errors import ApiError, Unavailable
 from taskflow.api.events import StreamPace, workflow_event_id
 from taskflow.api.watch import wait_until
 from taskflow.api.schemas import (
-    WorkflowCreated, WorkflowJobOut, WorkflowOut, WorkflowSpec, WorkflowState,
+    DEFAULT_PAGE, MAX_PAGE, WorkflowCreated, WorkflowJobOut, WorkflowOut, WorkflowSpec, WorkflowState,
 )
 from taskflow.dag import WorkflowError, check_workflow
 from taskflow.models import Workflow, WorkflowMember, WorkflowNode
@@ -45,16 +50,31 @@ WORKFLOW_EVENT_STREAM = {200: ResponseSpec(
                 "after the workflow has ended")}
 
 
-def workflow_state(states: list[JobState]) -> WorkflowState:
+def _summary(w: WorkflowSummary) -> WorkflowSummaryOut:
+    """A list entry, its state from its jobs' counts by the rule of the full view."""
+    state = state_of_counts(w.total, w.unfinished, w.succeeded, w.failed)
+    return WorkflowSummaryOut(w.id, w.name, w.tenant, state, w.created_at, w.total,
+                              w.unfinished, w.succeeded, w.failed)
+
+
+def state_of_counts(total: int, unfinished: int, succeeded: int,
+                    failed: int) -> WorkflowState:
     """running while any job is unfinished; then succeeded if all succeeded, failed if
     any failed, cancelled otherwise."""
-    if any(s in ACTIVE for s in states):
+    if unfinished:
         return WorkflowState.RUNNING
-    if all(s is JobState.SUCCEEDED for s in states):
+    if succeeded == total:
         return WorkflowState.SUCCEEDED
-    if any(s is JobState.FAILED for s in states):
+    if failed:
         return WorkflowState.FAILED
     return WorkflowState.CANCELLED
+
+
+def workflow_state(states: list[JobState]) -> WorkflowState:
+    """The state of a workflow whose jobs are in ``states`` (see :func:`state_of_counts`)."""
+    return state_of_counts(len(states), sum(s in ACTIVE for s in states),
+                           sum(s is JobState.SUCCEEDED for s in states),
+                           sum(s is JobState.FAILED for s in states))
 
 
 def _view(workflow: Workflow, members: list[WorkflowMember],
@@ -108,6 +128,35 @@ class WorkflowController(Controller):
         workflow, ids = await jobs.submit_workflow(api.store, api.dispatch, tenant,
                                                    data.name, nodes)
         return WorkflowCreated(workflow.id, ids)
+
+    @get("/", opt={"scope": READ}, summary="List workflows, newest first",
+         responses=_problems(400, 401, 403, 422, 503))
+    async def list_workflows(
+        self, request: Request[Any, Principal, Any], state: State,
+        limit: Annotated[int, Parameter(ge=1, le=MAX_PAGE, description="page size")] = DEFAULT_PAGE,
+        cursor: Annotated[str | None, Parameter(
+            description="next_cursor of the previous page", max_length=64)] = None,
+        tenant: Tenant = None,
+    ) -> WorkflowPage:
+        api: ApiContext = state.api
+        whose = listed_tenant(request.auth, tenant)
+        before = decode_cursor(cursor) if cursor else None
+        async with api.deadline():
+            found = await api.overview.list_workflows(whose, before, limit + 1)
+        page = found[:limit]
+        return WorkflowPage([_summary(w) for w in page],
+                            encode_cursor(page[-1].id) if len(found) > limit else None)
+
+    @get("/{workflow_id:uuid}/edges", opt={"scope": READ},
+         summary="A workflow's dependency edges, upstream job to dependent job",
+         responses=_problems(400, 401, 403, 404, 422, 503))
+    async def edges(self, request: Request[Any, Principal, Any], state: State,
+                    workflow_id: WorkflowId) -> WorkflowEdges:
+        api: ApiContext = state.api
+        async with api.deadline():
+            await _readable_workflow(api, request.auth, workflow_id)
+            found = await api.overview.workflow_edges(workflow_id)
+        return WorkflowEdges([Edge(up, job) for up, job in found])
 
     @get("/{workflow_id:uuid}", opt={"scope": READ}, summary="A workflow and its jobs",
          responses=_problems(400, 401, 403, 404, 422, 503))

@@ -1,0 +1,92 @@
+"""The reads behind the console's views that the job store does not already make: queue
+figures by state (with running jobs per worker) and by minute, the workflow list, a
+workflow's edges and a job's direct neighbours. All of them PostgreSQL, the source of
+truth, scoped to a tenant (``None``: every tenant's, for operators)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+import asyncpg
+import msgspec
+
+from taskflow.adapters.sql import QUERIES
+
+
+class Backlog(msgspec.Struct, frozen=True):
+    """One queue's unfinished jobs."""
+
+    queue: str
+    ready: int
+    scheduled: int
+    running: int
+    blocked: int
+    oldest_ready_due: datetime | None
+    counted: int
+
+
+class Finished(msgspec.Struct, frozen=True):
+    """Jobs of one queue that ended in one minute in one state."""
+
+    queue: str
+    minute: datetime
+    state: str
+    n: int
+
+
+class WorkflowSummary(msgspec.Struct, frozen=True):
+    """A workflow with its jobs counted: enough for its state in a list."""
+
+    id: uuid.UUID
+    tenant: str
+    name: str
+    created_at: datetime
+    total: int
+    unfinished: int
+    succeeded: int
+    failed: int
+
+
+class JobLink(msgspec.Struct, frozen=True):
+    """A direct upstream (``up``) or downstream (``down``) job."""
+
+    direction: str
+    id: uuid.UUID
+    task: str
+    state: str
+    node: str | None
+
+
+class OverviewStore:
+    """One statement per method (see ``queries.sql``)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def queue_backlog(self, tenant: str | None,
+                            scan_limit: int) -> tuple[list[Backlog], dict[str, int]]:
+        """Unfinished jobs by queue, and running jobs by worker, in one bounded pass."""
+        rows = await self.pool.fetch(QUERIES["queue_backlog"], tenant, scan_limit)
+        backlog = [Backlog(**{k: v for k, v in r.items() if k not in ("by_worker", "worker")})
+                   for r in rows if not r["by_worker"]]
+        running = {r["worker"]: r["running"] for r in rows
+                   if r["by_worker"] and r["worker"] is not None and r["running"]}
+        return backlog, running
+
+    async def finished_by_minute(self, tenant: str | None, since: datetime) -> list[Finished]:
+        rows = await self.pool.fetch(QUERIES["finished_by_minute"], tenant, since)
+        return [Finished(**r) for r in rows]
+
+    async def list_workflows(self, tenant: str | None, before: uuid.UUID | None,
+                             limit: int) -> list[WorkflowSummary]:
+        rows = await self.pool.fetch(QUERIES["list_workflows"], tenant, before, limit)
+        return [WorkflowSummary(**r) for r in rows]
+
+    async def workflow_edges(self, workflow_id: uuid.UUID) -> list[tuple[uuid.UUID, uuid.UUID]]:
+        rows = await self.pool.fetch(QUERIES["workflow_edges"], workflow_id)
+        return [(r["upstream_id"], r["job_id"]) for r in rows]
+
+    async def job_links(self, job_id: uuid.UUID, limit: int) -> list[JobLink]:
+        rows = await self.pool.fetch(QUERIES["job_links"], job_id, limit)
+        return [JobLink(**r) for r in rows]
