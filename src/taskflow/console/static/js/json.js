@@ -25,7 +25,9 @@ function node(value, key, depth) {
     const entries = Array.isArray(value) ? value.map((v, i) => [i, v]) : Object.entries(value);
     const [open, close] = Array.isArray(value) ? ["[", "]"] : ["{", "}"];
     if (!entries.length) return h("div", {}, label, open + close);
-    const summary = Array.isArray(value) ? `${entries.length} items` : `${entries.length} keys`;
+    const n = entries.length;
+    const summary = Array.isArray(value) ? `${n} item${n === 1 ? "" : "s"}`
+                                         : `${n} key${n === 1 ? "" : "s"}`;
     return h("details", { class: "json", open: depth < OPEN_DEPTH },
       h("summary", {}, label, `${open} `, h("span", { class: "muted" }, summary)),
       entries.map(([k, v]) => node(v, Array.isArray(value) ? null : k, depth + 1)),
