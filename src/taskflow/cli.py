@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import socket
 import sys
 import warnings
@@ -15,7 +14,9 @@ from taskflow import logs, metrics
 from taskflow.api.scopes import ADMIN, READ, SCOPES, WRITE
 from taskflow.adapters.migrate import MigrationChanged
 from taskflow.config import ConfigError, Settings, load_settings
-from taskflow.runtime import Stores, open_stores, servers
+from taskflow.runtime import (
+    cancel, cluster_stats, open_stores, run_worker, servers, stop_event,
+)
 
 log = logging.getLogger("taskflow")
 
@@ -33,11 +34,20 @@ def _parser() -> argparse.ArgumentParser:
                       help="queue to serve (repeatable; default from settings)")
     work.add_argument("--concurrency", "-c", type=int, help="handlers running at once")
     work.add_argument("--migrate", action="store_true", help="apply migrations first")
+    work.add_argument("--processes", "-p", type=_process_count,
+                      help="worker processes under one supervisor (default: "
+                           "worker.processes; 0 or auto: one per core)")
+    _child_options(work)
 
     serve = sub.add_parser("serve", help="run the HTTP API")
     serve.add_argument("--host", help="address to listen on (default: api.host)")
     serve.add_argument("--port", type=int, help="port to listen on (default: api.port)")
     serve.add_argument("--migrate", action="store_true", help="apply migrations first")
+    serve.add_argument("--workers", "-w", type=_process_count,
+                       help="API processes sharing the port under one supervisor (default: "
+                            "api.workers; 0 or auto: one per core)")
+    _child_options(serve)
+    serve.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
 
     notify = sub.add_parser("notify", help="deliver dead letters, webhooks and email")
     notify.add_argument("--migrate", action="store_true", help="apply migrations first")
@@ -57,6 +67,26 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--host", help="API address (default: api.host)")
     dev.add_argument("--port", type=int, help="API port (default: api.port)")
     return parser
+
+
+def _child_options(parser: argparse.ArgumentParser) -> None:
+    """Options a supervisor gives its children (taskflow.processes.supervisor); hidden."""
+    parser.add_argument("--child-slot", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--child-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--parent-fd", type=int, help=argparse.SUPPRESS)
+
+
+def _process_count(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"not a number of processes: {text!r} (1 or more; "
+                                         "0 or auto for one per core)")
+    return value
 
 
 def _duration(text: str) -> float:
@@ -121,23 +151,6 @@ def _run(main: Awaitable[None]) -> None:
         uvloop.run(main)  # type: ignore[arg-type]
 
 
-def _stop_event() -> asyncio.Event:
-    """Set on SIGTERM or SIGINT; a second signal exits at once."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def on_signal(signum: int) -> None:
-        if stop.is_set():
-            log.warning("second %s: exiting now", signal.Signals(signum).name)
-            sys.exit(1)
-        log.info("%s: shutting down", signal.Signals(signum).name)
-        stop.set()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
-    return stop
-
-
 async def _migrate(settings: Settings, args: argparse.Namespace, db: str, rds: str) -> None:
     from taskflow.adapters.migrate import migrate
     from taskflow.adapters.postgres import create_pool
@@ -151,66 +164,37 @@ async def _migrate(settings: Settings, args: argparse.Namespace, db: str, rds: s
     print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
 
 
-async def _run_worker(settings: Settings, args: argparse.Namespace, stores: Stores,
-                      stop: asyncio.Event) -> None:
-    from taskflow.worker.builtins import builtin_registry
-    from taskflow.worker.maintenance import Maintenance
-    from taskflow.worker.registry import default_registry, import_handler_modules
-    from taskflow.worker.worker import Worker
-
-    import_handler_modules(settings.worker.handler_modules)
-    builtins, outbound = builtin_registry(settings.outbound)
-    registry = builtins.merged(default_registry)
-    worker = Worker(settings, stores.store, stores.dispatch, registry,
-                    queues=args.queues, concurrency=args.concurrency)
-    maintenance = asyncio.create_task(
-        Maintenance(settings, stores.store, stores.dispatch, worker.queues).run()
-    )
-    try:
-        await worker.run(stop)
-    finally:
-        maintenance.cancel()
-        await asyncio.gather(maintenance, return_exceptions=True)
-        await outbound.close()
-
-
-def _cluster_stats(settings: Settings, stores: Stores, queues: list[str]) -> asyncio.Task[None]:
-    """The duty that refreshes the queue gauges (:mod:`taskflow.stats`) of ``queues``."""
-    from taskflow.adapters.observe import Observer
-    from taskflow.stats import refresh_forever
-    from taskflow.supervise import supervised
-
-    observer = Observer(stores.dispatch, stores.store.pool)
-    return asyncio.create_task(supervised(
-        "queue stats",
-        lambda: refresh_forever(observer, queues, settings.metrics.stats_interval)))
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-
-
 async def _work(settings: Settings, args: argparse.Namespace, db: str, rds: str) -> None:
     from taskflow.ops_http import ops_server
+    from taskflow.processes import roles
+    from taskflow.processes.supervisor import process_count
 
-    stop = _stop_event()
+    if args.child_dir:
+        await roles.worker_child(settings, args, db, rds, stop_event())
+        return
+    count = process_count(settings.worker.processes if args.processes is None
+                          else args.processes)
+    if count > 1:
+        await roles.supervise_workers(settings, args, db, rds, count)
+        return
+    stop = stop_event()
     async with open_stores(settings, db, rds, apply_migrations=args.migrate) as stores:
         checks = {"postgres": stores.store.ping, "redis": stores.dispatch.ping}
-        stats = _cluster_stats(settings, stores, list(args.queues or settings.worker.queues))
+        stats = cluster_stats(settings, stores, list(args.queues or settings.worker.queues))
         try:
             async with ops_server(settings.worker.metrics_host, settings.worker.metrics_port,
                                   checks):
-                await _run_worker(settings, args, stores, stop)
+                await run_worker(settings, stores, stop, queues=args.queues,
+                                 concurrency=args.concurrency)
         finally:
-            await _cancel(stats)
+            await cancel(stats)
 
 
 async def _notify(settings: Settings, args: argparse.Namespace, db: str, rds: str) -> None:
     from taskflow.adapters.outbox import OutboxStore
     from taskflow.notifier.role import run_notifier
 
-    stop = _stop_event()
+    stop = stop_event()
     async with open_stores(settings, db, rds, apply_migrations=args.migrate) as stores:
         await run_notifier(settings, OutboxStore(stores.store.pool), db, stop)
 
@@ -243,17 +227,26 @@ def _listen(settings: Settings, args: argparse.Namespace) -> socket.socket:
 async def _serve(settings: Settings, args: argparse.Namespace, db: str, rds: str) -> None:
     from taskflow.api.app import create_app
     from taskflow.api.server import run_api, url_of
+    from taskflow.processes import roles
+    from taskflow.processes.supervisor import process_count
 
-    stop = _stop_event()
+    if args.child_dir:
+        await roles.api_child(settings, args, db, rds, stop_event())
+        return
+    count = process_count(settings.api.workers if args.workers is None else args.workers)
     sock = _listen(settings, args)
+    if count > 1:
+        await roles.supervise_api(settings, args, db, rds, count, sock)
+        return
+    stop = stop_event()
     async with open_stores(settings, db, rds, apply_migrations=args.migrate) as stores:
         app = create_app(settings, stores)
-        stats = _cluster_stats(settings, stores, list(settings.queues))
+        stats = cluster_stats(settings, stores, list(settings.queues))
         log.info("API listening on %s", url_of(sock))
         try:
             await run_api(app, sock, stop)
         finally:
-            await _cancel(stats)
+            await cancel(stats)
 
 
 async def _dev(settings: Settings, args: argparse.Namespace, db: str, rds: str) -> None:
@@ -263,11 +256,11 @@ async def _dev(settings: Settings, args: argparse.Namespace, db: str, rds: str) 
     from taskflow.api.server import run_api, url_of
     from taskflow.notifier.role import run_notifier
 
-    stop = _stop_event()
+    stop = stop_event()
     sock = _listen(settings, args)
     async with open_stores(settings, db, rds, apply_migrations=True) as stores:
         app = create_app(settings, stores)
-        stats = _cluster_stats(settings, stores, list(settings.queues))
+        stats = cluster_stats(settings, stores, list(settings.queues))
         api = asyncio.create_task(run_api(app, sock, stop))
         url = url_of(sock)
         secret = resolve_jwt_secret(settings)
@@ -279,12 +272,13 @@ async def _dev(settings: Settings, args: argparse.Namespace, db: str, rds: str) 
         notifier = asyncio.create_task(run_notifier(
             settings, OutboxStore(stores.store.pool), db, stop, health_port=0))
         try:
-            await _run_worker(settings, args, stores, stop)
+            await run_worker(settings, stores, stop, queues=args.queues,
+                             concurrency=args.concurrency)
         finally:
             stop.set()
             await api
             await notifier
-            await _cancel(stats)
+            await cancel(stats)
 
 
 def _dev_banner(url: str, db: str, rds: str, token: str) -> str:

@@ -83,6 +83,23 @@ class WorkerSettings(Struct, frozen=True, forbid_unknown_fields=True):
     # Prometheus exposition of `taskflow work` (0 = off); `serve`/`dev` use the API's /metrics.
     metrics_host: str = "127.0.0.1"
     metrics_port: Annotated[int, Meta(ge=0, le=65535)] = 9101
+    # Worker processes `taskflow work` runs under one supervisor (1: no supervisor, the
+    # worker is the process; 0 or "auto": one per core). See taskflow.processes.
+    processes: int | str = 1
+
+
+    def __post_init__(self) -> None:
+        check_process_count(self.processes, "worker.processes")
+
+
+def check_process_count(value: int | str, key: str) -> None:
+    """A number of processes is 1 or more, or 0 / "auto" for one per core."""
+    if isinstance(value, str) and (value == "auto" or value.isdigit()):
+        return
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return
+    raise ConfigError(f"invalid setting {key!r}: {value!r} is not a number of processes "
+                      '(1 or more; 0 or "auto" for one per core)')
 
 
 class MaintenanceSettings(Struct, frozen=True, forbid_unknown_fields=True):
@@ -176,6 +193,9 @@ class ApiSettings(Struct, frozen=True, forbid_unknown_fields=True):
 
     host: str = "127.0.0.1"
     port: Annotated[int, Meta(ge=0, le=65535)] = 8000
+    # API processes sharing the listening socket under one supervisor (1: no supervisor;
+    # 0 or "auto": one per core). See taskflow.processes.
+    workers: int | str = 1
     # Whole request body (a batch must fit) and one job's payload, JSON-encoded. The
     # batch size and page size limits are part of the API contract (taskflow.api.schemas).
     max_body_bytes: PositiveInt = 16 * 1024 * 1024
@@ -207,6 +227,9 @@ class ApiSettings(Struct, frozen=True, forbid_unknown_fields=True):
     # reconnects with Last-Event-ID and misses nothing. Bounds a stream's life so that
     # deploys drain and streams spread over API processes.
     events_max_seconds: PositiveFloat = 900.0
+
+    def __post_init__(self) -> None:
+        check_process_count(self.workers, "api.workers")
 
 
 class AuthSettings(Struct, frozen=True, forbid_unknown_fields=True):

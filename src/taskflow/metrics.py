@@ -334,13 +334,18 @@ LEASES_RETAKEN = Counter(
 JOBS_REINDEXED = Counter("taskflow_jobs_reindexed",
                          "Jobs the reconciler indexed in Redis because they were missing")
 # -- this worker ---------------------------------------------------------------------------
-WORKER_RUNNING = Gauge("taskflow_worker_running_jobs", "Handlers running in this worker")
+WORKER_RUNNING = Gauge("taskflow_worker_running_jobs", "Handlers running in this worker (all its processes)")
 WORKER_SLOTS = Gauge("taskflow_worker_concurrency_slots",
                      "Handlers this worker may run at once (worker.concurrency)")
 WORKER_FREE = Gauge("taskflow_worker_free_slots",
                     "Concurrency slots of this worker not running a handler")
 FLUSH_BATCH = Histogram("taskflow_outcome_batch_size", "Outcomes stored per statement",
                         buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000))
+# -- supervised processes (worker.processes, api.workers; see taskflow.processes) ----------
+PROCESSES_UP = Gauge("taskflow_supervised_processes",
+                     "Child processes running under this supervisor (0 without one)")
+PROCESS_RESTARTS = Counter("taskflow_process_restarts", "Child processes the supervisor "
+                           "restarted because they exited unasked")
 # -- the API (request latency is in taskflow.api.metrics) -----------------------------------
 AUTH_FAILURES = Counter(
     "taskflow_api_auth_failures", "Requests refused by authentication or authorization, by "

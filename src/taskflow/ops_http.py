@@ -24,13 +24,22 @@ log = logging.getLogger(__name__)
 PATHS = ("/metrics", "/healthz", "/readyz")
 
 Check = Callable[[], Awaitable[object]]
+Render = Callable[[], Awaitable[bytes]]
 
 
-def _app(checks: Mapping[str, Check], timeout: float) -> web.Application:
+class NotReady(Exception):
+    """Raised by a readiness check that has more to say than "unreachable"."""
+
+
+async def own_page() -> bytes:
+    """This process's page. Rendering a large registry takes a while: not on the loop
+    the jobs share."""
+    return await asyncio.to_thread(metrics_page)
+
+
+def _app(checks: Mapping[str, Check], timeout: float, page: Render) -> web.Application:
     async def metrics(request: web.Request) -> web.Response:
-        # Rendering a large registry takes a while: not on the loop the jobs share.
-        body = await asyncio.to_thread(metrics_page)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=await page(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -40,6 +49,8 @@ def _app(checks: Mapping[str, Check], timeout: float) -> web.Application:
             try:
                 async with asyncio.timeout(timeout):
                     await check()
+            except NotReady as exc:
+                return str(exc)
             except Exception as exc:  # any failure means not ready; say which
                 return f"unreachable ({type(exc).__name__})"
             return "ok"
@@ -58,13 +69,14 @@ def _app(checks: Mapping[str, Check], timeout: float) -> web.Application:
 
 @contextlib.asynccontextmanager
 async def ops_server(host: str, port: int, checks: Mapping[str, Check],
-                     timeout: float = 2.0) -> AsyncIterator[None]:
-    """Serve the three paths on ``host:port`` while the block runs (``port`` 0: not at all).
+                     timeout: float = 2.0, page: Render = own_page) -> AsyncIterator[None]:
+    """Serve the three paths on ``host:port`` while the block runs (``port`` 0: not at all),
+    ``/metrics`` from ``page`` (a supervisor's is its processes' sum).
     A port that cannot be bound is logged, not fatal: the role still does its work."""
     if not port:
         yield
         return
-    runner = web.AppRunner(_app(checks, timeout), access_log=None, handle_signals=False)
+    runner = web.AppRunner(_app(checks, timeout, page), access_log=None, handle_signals=False)
     await runner.setup()
     try:
         try:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from taskflow.adapters.embedded import EmbeddedServers
 from taskflow.adapters.migrate import migrate
@@ -64,3 +67,73 @@ async def open_stores(
     finally:
         await dispatch.close()
         await store.close()
+
+
+def stop_event(forward: Callable[[int], None] | None = None) -> asyncio.Event:
+    """Set on SIGTERM or SIGINT; a second signal exits at once. ``forward`` is called
+    with each signal first (a supervisor passes it on to its children)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if forward is not None:
+            forward(signum)
+        if stop.is_set():
+            log.warning("second %s: exiting now", signal.Signals(signum).name)
+            sys.exit(1)
+        log.info("%s: shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    return stop
+
+
+async def run_worker(settings: Settings, stores: Stores, stop: asyncio.Event, *,
+                     queues: Sequence[str] | None = None, concurrency: int | None = None,
+                     maintenance: bool = True) -> None:
+    """Run a worker until ``stop`` (``queues`` and ``concurrency`` default to the
+    settings'); with its maintenance duties unless a supervisor runs them, once for all
+    its worker processes."""
+    from taskflow.worker.builtins import builtin_registry
+    from taskflow.worker.registry import default_registry, import_handler_modules
+    from taskflow.worker.worker import Worker
+
+    import_handler_modules(settings.worker.handler_modules)
+    builtins, outbound = builtin_registry(settings.outbound)
+    registry = builtins.merged(default_registry)
+    worker = Worker(settings, stores.store, stores.dispatch, registry,
+                    queues=queues, concurrency=concurrency)
+    duties = [maintenance_duty(settings, stores, worker.queues)] if maintenance else []
+    try:
+        await worker.run(stop)
+    finally:
+        for duty in duties:
+            await cancel(duty)
+        await outbound.close()
+
+
+def maintenance_duty(settings: Settings, stores: Stores, queues: list[str]) -> asyncio.Task[None]:
+    """The reaper and reconciler of ``queues`` (:mod:`taskflow.worker.maintenance`)."""
+    from taskflow.worker.maintenance import Maintenance
+
+    return asyncio.create_task(
+        Maintenance(settings, stores.store, stores.dispatch, queues).run())
+
+
+def cluster_stats(settings: Settings, stores: Stores, queues: list[str]) -> asyncio.Task[None]:
+    """The duty that refreshes the queue gauges (:mod:`taskflow.stats`) of ``queues``."""
+    from taskflow.adapters.observe import Observer
+    from taskflow.stats import refresh_forever
+    from taskflow.supervise import supervised
+
+    observer = Observer(stores.dispatch, stores.store.pool)
+    return asyncio.create_task(supervised(
+        "queue stats",
+        lambda: refresh_forever(observer, queues, settings.metrics.stats_interval)))
+
+
+async def cancel(task: asyncio.Task[None]) -> None:
+    """Cancel a duty and wait until it is done."""
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)

@@ -29,6 +29,9 @@ def test_environment_variables_override_nested_keys(monkeypatch):
         ({"worker": {"queues": []}}, "'worker.queues': Expected `array` of length >= 1"),
         ({"worker": {"lease_ttl": 5, "heartbeat_interval": 5}}, "heartbeat_interval"),
         ({"outbound": {"allowed_networks": ["10.0.0.0/33"]}}, "outbound.allowed_networks"),
+        ({"worker": {"processes": -1}}, "'worker.processes': -1 is not a number of processes"),
+        ({"worker": {"processes": "many"}}, "'worker.processes': 'many' is not a number"),
+        ({"api": {"workers": "-2"}}, "'api.workers': '-2' is not a number of processes"),
     ],
 )
 def test_bad_values_fail_fast_naming_the_key(data, message):

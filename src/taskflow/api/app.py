@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -64,11 +65,14 @@ def known_tasks(settings: Settings) -> KnownTasks:
                       reject_unknown=settings.api.unknown_tasks == "reject")
 
 
-def create_app(settings: Settings, stores: Stores, *, debug: bool = False) -> Litestar:
-    """The API over ``stores`` (opened and closed by the caller)."""
+def create_app(settings: Settings, stores: Stores, *, debug: bool = False,
+               merged_metrics: Callable[[], Awaitable[bytes]] | None = None) -> Litestar:
+    """The API over ``stores`` (opened and closed by the caller). ``merged_metrics``: where
+    ``/metrics`` comes from in one of several API processes (their sum; see
+    :mod:`taskflow.processes`), instead of this process's own page."""
     verifier = TokenVerifier(settings.auth, resolve_jwt_secret(settings),
                              settings.api.token_cache_size)
-    metrics = ApiMetrics()
+    metrics = ApiMetrics(merged_metrics)
     for queue in settings.queues:
         job_metrics.JOBS_SUBMITTED.labels(queue)  # 0 from the start (see worker.Worker)
     known = known_tasks(settings)

@@ -10,6 +10,7 @@ ones or ``other``."""
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
@@ -26,7 +27,12 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 
 
 class ApiMetrics:
-    def __init__(self) -> None:
+    """The API's request metrics; :meth:`page` is what ``/metrics`` serves: this
+    process's page, or with ``merged`` (one of several API processes) the sum of all of
+    theirs, which the supervisor makes."""
+
+    def __init__(self, merged: Callable[[], Awaitable[bytes]] | None = None) -> None:
+        self.merged = merged
         self.registry = CollectorRegistry()
         self.latency = Histogram(
             "taskflow_api_request_duration_seconds", "HTTP request latency.",
@@ -38,7 +44,13 @@ class ApiMetrics:
             "(wait= and event streams).", registry=self.registry)
 
     def exposition(self) -> bytes:
+        """This process's page."""
         return page() + generate_latest(self.registry)
+
+    async def page(self) -> bytes:
+        if self.merged is not None:
+            return await self.merged()
+        return self.exposition()
 
     def middleware(self, app: ASGIApp) -> ASGIApp:
         """ASGI middleware timing each request (route = the path template, so ids do not

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 
+import aiohttp
 from litestar import Controller, Request, Response, get
 from litestar.datastructures import State
 from litestar.openapi import ResponseSpec
@@ -48,14 +49,14 @@ class HealthController(Controller):
     @get("/metrics", summary="Prometheus metrics of this API process (a bearer token "
          "only when metrics.token is set)", media_type=CONTENT_TYPE_LATEST)
     async def metrics(self, state: State, request: Request) -> Response[bytes]:
-        return _exposition(state, request)
+        return await _exposition(state, request)
 
     @get("/actuator/prometheus", include_in_schema=False, media_type=CONTENT_TYPE_LATEST)
     async def actuator_prometheus(self, state: State, request: Request) -> Response[bytes]:
-        return _exposition(state, request)
+        return await _exposition(state, request)
 
 
-def _exposition(state: State, request: Request) -> Response[bytes]:
+async def _exposition(state: State, request: Request) -> Response[bytes]:
     """The page, if the caller may read it. It holds no tenant, job or token data (labels
     are queues, task names, routes, outcomes), so by default anyone who reaches the port
     may; with ``metrics.token`` set, only a scraper presenting that token."""
@@ -67,4 +68,11 @@ def _exposition(state: State, request: Request) -> Response[bytes]:
             raise ApiError(401, "the metrics page needs the metrics token "
                            "(Authorization: Bearer <metrics.token>)",
                            headers={"WWW-Authenticate": 'Bearer realm="taskflow-metrics"'})
-    return Response(state.api.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+    try:
+        body = await state.api.metrics.page()
+    except (OSError, TimeoutError, aiohttp.ClientError) as exc:
+        # One of several API processes, and the supervisor did not answer: no page
+        # rather than this process's alone (its counts would read as a reset).
+        raise Unavailable(f"the metrics of the other API processes are unavailable "
+                          f"({type(exc).__name__})") from None
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
