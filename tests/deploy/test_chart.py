@@ -285,6 +285,10 @@ def test_worker_pools_queues_concurrency_and_shutdown():
     assert env_of(emails["containers"][0])["TASKFLOW_WORKER__CLAIM_BATCH"] == "500"
     assert emails["terminationGracePeriodSeconds"] == 75  # grace 60 + 15 for the hand-back
     assert env_of(emails["containers"][0])["TASKFLOW_WORKER__SHUTDOWN_GRACE"] == "60"
+    # Processes per pod: the pool's own, else the default (one, no supervisor).
+    assert env_of(emails["containers"][0])["TASKFLOW_WORKER__PROCESSES"] == "2"
+    assert env_of(pools["default"]["spec"]["template"]["spec"]["containers"][0])[
+        "TASKFLOW_WORKER__PROCESSES"] == "1"
     # Topology spread selects the pool's own pods.
     [spread] = emails["topologySpreadConstraints"]
     assert spread["labelSelector"]["matchLabels"]["taskflow.io/pool"] == "emails"
@@ -391,6 +395,9 @@ def test_dashboard_and_alert_rules_render_only_when_their_files_exist(tmp_path):
     ({"workers": {"pools": [{"name": "Bad_Name"}]}}, "/workers/pools/0/name"),
     ({"workers": {"pools": [{"name": "x", "queues": []}]}}, "/workers/pools/0/queues"),
     ({"api": {"replicas": "two"}}, "/api/replicas"),
+    ({"api": {"workers": -1}}, "/api/workers"),
+    ({"workers": {"pools": [{"name": "x", "processes": "many"}]}},
+     "/workers/pools/0/processes"),
     ({"api": {"replicaz": 2}}, "replicaz"),
     ({"secrets": {"databaseUrl": "mysql://x"}}, "/secrets/databaseUrl"),
     ({"ssm": {"path": "taskflow/prod"}}, "/ssm/path"),
