@@ -4,8 +4,10 @@ jobs/s, and submit-to-``succeeded`` latency over HTTP on an idle system.
 ``taskflow serve`` and ``taskflow work`` run as processes, as in production; the load
 comes from another process (``wrk`` when installed, else :mod:`benchmarks.api_load`).
 Every job is durable in PostgreSQL before its 201. Targets on a 2-core machine: 5,000
-single submits/s, 30,000 batched jobs/s, p50 submit-to-done under 5 ms. ``BENCH_SECONDS``
-sets each throughput run's length (default 8).
+single submits/s, 30,000 batched jobs/s, p50 submit-to-done under 5 ms. ``POST /tasks`` at
+32 connections is measured again with ``taskflow serve --workers 2`` (two API processes
+on one port) in the same run, to say whether a second process helps here.
+``BENCH_SECONDS`` sets each throughput run's length (default 8).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ SERVER_LATENCY = ("SELECT extract(epoch FROM finished_at - created_at) FROM jobs
 
 
 class ApiProcess:
-    def __init__(self, srv, port: int, **env: str) -> None:
+    def __init__(self, srv, port: int, workers: int = 1, **env: str) -> None:
         full = {k: v for k, v in os.environ.items() if not k.startswith("TASKFLOW_")}
         full.update({"TASKFLOW_ENV": "production", "TASKFLOW_DATABASE_URL": srv.database_url,
                      "TASKFLOW_REDIS_URL": srv.redis_url, "TASKFLOW_DATA_DIR": str(srv.data_dir),
@@ -47,16 +49,19 @@ class ApiProcess:
                      "TASKFLOW_DATABASE__POOL_MAX": "20", **env})
         self.url = f"http://127.0.0.1:{port}"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "taskflow.cli", "serve", "--port", str(port)], env=full)
+            [sys.executable, "-m", "taskflow.cli", "serve", "--port", str(port), "--workers",
+             str(workers)], env=full)
         deadline = time.monotonic() + 30
         while True:
             try:
                 with urllib.request.urlopen(self.url + "/readyz", timeout=1):
-                    return
+                    break
             except OSError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("taskflow serve did not start") from None
                 time.sleep(0.1)
+        if workers > 1:
+            time.sleep(2.0)  # one answered; let the others connect their stores too
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -134,12 +139,20 @@ def main() -> None:
 
             # Throughput with no worker: the API, PostgreSQL and Redis only.
             single = json.dumps({"task": "noop", "payload": {"n": 1}}).encode()
+            rates = {}
             for connections in (1, 32):
-                before = asyncio.run(count_jobs(srv))
-                rate, bad = load(api.url + "/tasks", token, connections, single, folder)
-                made = asyncio.run(count_jobs(srv)) - before
-                report(f"POST /tasks, {connections} connection{'s' * (connections > 1)}",
-                       rate, "req/s", f"({made:,} jobs created, {bad} non-2xx)")
+                rates[connections] = _submits(srv, api.url, token, connections, single, folder,
+                                              f"POST /tasks, {connections} connection"
+                                              f"{'s' * (connections > 1)}")
+            # Right after, with two API processes (the first one idles meanwhile).
+            two = ApiProcess(srv, free_port(), workers=2)
+            try:
+                rate = _submits(srv, two.url, token, 32, single, folder,
+                                "POST /tasks, 32 connections, --workers 2")
+            finally:
+                two.stop()
+            report("POST /tasks at 32, --workers 2 / --workers 1", rate / rates[32], "x",
+                   "(same run; the load generator shares the 2 cores)")
             batch = json.dumps({"tasks": [{"task": "noop", "payload": {"n": i}}
                                           for i in range(BATCH)]}).encode()
             before = asyncio.run(count_jobs(srv))
@@ -150,6 +163,16 @@ def main() -> None:
         finally:
             api.stop()
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def _submits(srv, url: str, token: str, connections: int, body: bytes, folder: Path,
+             name: str) -> float:
+    """Report and return the rate of single submits at ``connections``."""
+    before = asyncio.run(count_jobs(srv))
+    rate, bad = load(url + "/tasks", token, connections, body, folder)
+    made = asyncio.run(count_jobs(srv)) - before
+    report(name, rate, "req/s", f"({made:,} jobs created, {bad} non-2xx)")
+    return rate
 
 
 async def _migrate(srv) -> None:

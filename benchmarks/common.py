@@ -119,10 +119,11 @@ RESET = ("TRUNCATE jobs, job_attempts, job_dependencies, workflows, jobs_unindex
 FAST_WORKER = {"TASKFLOW_WORKER__CONCURRENCY": "500", "TASKFLOW_WORKER__CLAIM_BATCH": "500"}
 
 
-async def drain(srv: Servers, s: Stores, total: int) -> float:
-    """Start one worker process on what is queued, wait until ``total`` jobs succeeded;
-    returns the seconds from the first start to the last finish (PostgreSQL's clock)."""
-    worker = WorkerProcess(srv, **FAST_WORKER)
+async def drain(srv: Servers, s: Stores, total: int, processes: int = 1) -> float:
+    """Start one worker (``taskflow work --processes``) on what is queued, wait until
+    ``total`` jobs succeeded; returns the seconds from the first start to the last finish
+    (PostgreSQL's clock)."""
+    worker = WorkerProcess(srv, "--processes", str(processes), **FAST_WORKER)
     try:
         while await s.store.pool.fetchval(COUNT_SUCCEEDED) < total:
             await asyncio.sleep(0.05)
