@@ -53,6 +53,8 @@ ENV PATH=/opt/taskflow/bin:$PATH \
 USER 10001:10001
 # API, worker metrics, notifier metrics.
 EXPOSE 8000 9101 9102
-# dumb-init is PID 1: it forwards SIGTERM to taskflow (graceful shutdown) and reaps.
+# dumb-init is PID 1: it forwards SIGTERM to taskflow (graceful shutdown) and reaps. With
+# TASKFLOW_WORKER__PROCESSES / TASKFLOW_API__WORKERS above 1, taskflow is a supervisor that
+# passes the signal on to its processes (they run in their own session).
 ENTRYPOINT ["dumb-init", "--", "taskflow"]
 CMD ["serve"]
