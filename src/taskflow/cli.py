@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from taskflow import logs, metrics
 from taskflow.api.scopes import ADMIN, READ, SCOPES, WRITE
 from taskflow.adapters.migrate import MigrationChanged
-from taskflow.config import ConfigError, Settings, load_settings
+from taskflow.config import ConfigError, Settings, check_process_count, load_settings
 from taskflow.runtime import (
     cancel, cluster_stats, open_stores, run_worker, servers, stop_event,
 )
@@ -76,17 +76,12 @@ def _child_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--parent-fd", type=int, help=argparse.SUPPRESS)
 
 
-def _process_count(text: str) -> int | str:
-    if text == "auto":
-        return text
+def _process_count(text: str) -> str:
     try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"not a number of processes: {text!r} (1 or more; "
-                                         "0 or auto for one per core)")
-    return value
+        check_process_count(text, "processes")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).partition(": ")[2]) from None
+    return text
 
 
 def _duration(text: str) -> float:

@@ -334,7 +334,8 @@ LEASES_RETAKEN = Counter(
 JOBS_REINDEXED = Counter("taskflow_jobs_reindexed",
                          "Jobs the reconciler indexed in Redis because they were missing")
 # -- this worker ---------------------------------------------------------------------------
-WORKER_RUNNING = Gauge("taskflow_worker_running_jobs", "Handlers running in this worker (all its processes)")
+WORKER_RUNNING = Gauge("taskflow_worker_running_jobs",
+                       "Handlers running in this worker (all its processes)")
 WORKER_SLOTS = Gauge("taskflow_worker_concurrency_slots",
                      "Handlers this worker may run at once (worker.concurrency)")
 WORKER_FREE = Gauge("taskflow_worker_free_slots",

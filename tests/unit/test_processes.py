@@ -156,7 +156,7 @@ def test_process_counts():
 
 
 @pytest.mark.parametrize(("argv", "value"), [
-    (["work", "--processes", "4"], 4), (["work", "-p", "auto"], "auto"),
+    (["work", "--processes", "4"], "4"), (["work", "-p", "auto"], "auto"),
     (["work"], None)])
 def test_work_takes_a_process_count(argv, value):
     assert _parser().parse_args(argv).processes == value
