@@ -30,7 +30,8 @@ EARLIEST_GAUGES = frozenset({"process_start_time_seconds"})
 SHARED_GAUGES = frozenset({
     "taskflow_queue_jobs", "taskflow_queue_oldest_ready_age_seconds",
     "taskflow_queue_workers", "taskflow_workers_alive", "taskflow_queue_stats_age_seconds",
-    "taskflow_outbox_backlog", "process_max_fds", "python_info",
+    "taskflow_outbox_backlog", "taskflow_outbox_oldest_age_seconds", "process_max_fds",
+    "python_info",
 })
 # What a process leaves behind when it exits: counts only grow (its gauges went with it).
 CUMULATIVE_KINDS = frozenset({"counter", "histogram", "summary"})
