@@ -14,6 +14,9 @@ import uvicorn
 
 log = logging.getLogger(__name__)
 
+# Seconds open requests get to finish once the API is told to stop.
+GRACEFUL_SHUTDOWN = 10
+
 
 class _Server(uvicorn.Server):
     """uvicorn without its own signal handlers: the CLI's stop event ends it, so the
@@ -56,7 +59,7 @@ async def run_api(app: Any, sock: socket.socket, stop: asyncio.Event) -> None:
         log_level="warning",
         server_header=False,
         proxy_headers=False,  # we listen on loopback or behind an ingress that rewrites
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
         backlog=4096,
     )
     server = _Server(config)

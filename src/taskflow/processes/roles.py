@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 # Seconds a child gets beyond its own shutdown (worker.shutdown_grace, then the hand-back;
 # uvicorn's 10 s for open requests) before the supervisor kills it.
 STOP_MARGIN = 10.0
-API_GRACE = 10.0  # uvicorn's timeout_graceful_shutdown (taskflow.api.server)
 
 
 def _command(args: argparse.Namespace, role: list[str]) -> list[str]:
@@ -47,10 +46,16 @@ def _command(args: argparse.Namespace, role: list[str]) -> list[str]:
             *(["--env", args.env] if args.env else []), *role]
 
 
-def _env(db: str, rds: str) -> dict[str, str]:
-    """The children's environment: ours, with the store URLs this process resolved (so
-    they use the embedded servers it may have started rather than start their own)."""
-    return {**os.environ, "TASKFLOW_DATABASE_URL": db, "TASKFLOW_REDIS_URL": rds}
+def _env(settings: Settings, db: str, rds: str) -> dict[str, str]:
+    """The children's environment: ours, plus the URL of each embedded server this process
+    started (so they use it rather than start their own). Configured URLs the children
+    read from the settings as we did."""
+    env = dict(os.environ)
+    if not settings.database_url:
+        env["TASKFLOW_DATABASE_URL"] = db
+    if not settings.redis_url:
+        env["TASKFLOW_REDIS_URL"] = rds
+    return env
 
 
 async def _supervise(supervisor: Supervisor, collector: PageCollector,
@@ -82,7 +87,8 @@ async def supervise_workers(settings: Settings, args: argparse.Namespace, db: st
     role = ["work", *[a for q in args.queues or () for a in ("--queue", q)],
             *(["--concurrency", str(args.concurrency)] if args.concurrency else [])]
     async with open_stores(settings, db, rds, apply_migrations=args.migrate) as stores:
-        supervisor = Supervisor("worker", count, _command(args, role), env=_env(db, rds),
+        supervisor = Supervisor("worker", count, _command(args, role),
+                                env=_env(settings, db, rds),
                                 stop_timeout=settings.worker.shutdown_grace + STOP_MARGIN)
         collector = PageCollector(supervisor.folder, count, metrics.page)
         checks = {"postgres": stores.store.ping, "redis": stores.dispatch.ping,
@@ -100,14 +106,14 @@ async def supervise_workers(settings: Settings, args: argparse.Namespace, db: st
 async def supervise_api(settings: Settings, args: argparse.Namespace, db: str, rds: str,
                         count: int, sock: socket.socket) -> None:
     """``taskflow serve`` with ``count`` API processes accepting on ``sock``."""
-    from taskflow.api.server import url_of
+    from taskflow.api.server import GRACEFUL_SHUTDOWN, url_of
 
     fd = sock.fileno()
     async with open_stores(settings, db, rds, apply_migrations=args.migrate) as stores:
         supervisor = Supervisor("api", count,
                                 _command(args, ["serve", "--listen-fd", str(fd)]),
-                                env=_env(db, rds), pass_fds=[fd],
-                                stop_timeout=API_GRACE + STOP_MARGIN)
+                                env=_env(settings, db, rds), pass_fds=[fd],
+                                stop_timeout=GRACEFUL_SHUTDOWN + STOP_MARGIN)
         collector = PageCollector(supervisor.folder, count, metrics.page)
         duties = [cluster_stats(settings, stores, list(settings.queues))]
         serving = functools.partial(serve_page, merged_socket_path(supervisor.folder),

@@ -4,11 +4,11 @@ Each child is a fresh ``taskflow`` process (spawned, not forked from a process t
 already runs an event loop, holds connections and threads), started in a session (and
 process group) of its own so that a Ctrl-C in a terminal reaches the supervisor only and
 the children hear it once, forwarded. A child that exits unasked is restarted with a
-capped backoff. On SIGTERM or SIGINT every child is told the same and shuts down gracefully (a worker
-stops claiming and finishes or hands back its jobs); one that is not done within the
-stop timeout is killed. Children hold the read end of a pipe whose write end only the
-supervisor has: if the supervisor dies, even by SIGKILL, they see it close and shut down
-(:func:`watch_parent`), so none is left running on its own.
+capped backoff. On SIGTERM or SIGINT every child is told the same and shuts down
+gracefully (a worker stops claiming and finishes or hands back its jobs); one that is not
+done within the stop timeout is killed. Children hold the read end of a pipe whose write
+end only the supervisor has: if the supervisor dies, even by SIGKILL, they see it close
+and shut down (:func:`watch_parent`), so none is left running on its own.
 """
 
 from __future__ import annotations
