@@ -237,6 +237,9 @@ async def test_api_processes_share_the_port_and_sum_their_pages(migrated, server
     api, url = await start_api(servers, folder / "api.log", "--workers", "2",
                                TASKFLOW_JWT_SECRET="x" * 40)
     try:
+        async def both_started():
+            return len(child_pids(api)) == 2
+        await wait_until(both_started, timeout=20)
         pids = child_pids(api)
         with open(f"/proc/{pids[0]}/cmdline") as cmdline:
             args = cmdline.read().split("\0")
@@ -247,19 +250,30 @@ async def test_api_processes_share_the_port_and_sum_their_pages(migrated, server
         await wait_until(both_up, timeout=20)
 
         async def one() -> int:
-            connector = aiohttp.TCPConnector(force_close=True)
+            connector = aiohttp.TCPConnector(force_close=True)  # a connection each
             async with aiohttp.ClientSession(connector=connector) as http:
                 async with http.get(url + "/healthz") as resp:
                     return resp.status
-        assert set(await asyncio.gather(*(one() for _ in range(100)))) == {200}
-        # Each process's own page: both served some of them.
+
         key = ('taskflow_api_request_duration_seconds_count{method="GET",route="/healthz",'
                'status="2xx"}')
-        served = []
-        for slot in (0, 1):
-            own = (await fetch_page(socket_path(pages, slot), 5)).decode()
-            served.append(sample(own, "taskflow_api_request_duration_seconds", key) or 0)
-        assert all(n > 0 for n in served) and sum(served) >= 100, served
+
+        async def served_by_each() -> list[float]:
+            """Each process's own count of /healthz requests, from its own page."""
+            counts = []
+            for slot in (0, 1):
+                own = (await fetch_page(socket_path(pages, slot), 5)).decode()
+                counts.append(sample(own, "taskflow_api_request_duration_seconds", key) or 0)
+            return counts
+
+        # Bursts of new connections until both processes have accepted some (which one
+        # accepts is the kernel's choice).
+        for _ in range(20):
+            assert set(await asyncio.gather(*(one() for _ in range(50)))) == {200}
+            served = await served_by_each()
+            if all(served):
+                break
+        assert all(served), served
         status, page = await get(url + "/metrics")
         assert status == 200
         check_exposition(page)
