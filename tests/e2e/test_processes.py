@@ -83,13 +83,17 @@ class Workers:
                          folder / "workers.log", TASKFLOW_WORKER__METRICS_PORT=str(self.port),
                          **settings)
 
+    async def readyz(self) -> tuple[int, str] | None:
+        """Status and body of /readyz, None while the port does not answer."""
+        try:
+            return await get(f"{self.base}/readyz")
+        except aiohttp.ClientError:
+            return None
+
     async def ready(self, timeout: float = 30) -> str:
         async def check():
-            try:
-                status, body = await get(f"{self.base}/readyz")
-            except aiohttp.ClientError:
-                return None
-            return body if status == 200 else None
+            answer = await self.readyz()
+            return answer[1] if answer and answer[0] == 200 else None
         return await wait_until(check, timeout=timeout, interval=0.1)
 
     async def metrics(self) -> str:
@@ -216,12 +220,7 @@ async def test_readyz_counts_the_children_up(stores, servers, folder):
     # Children that cannot start (a handler module that does not import) never come up.
     workers = Workers(servers, folder, 2, TASKFLOW_WORKER__HANDLER_MODULES='["nowhere.at.all"]')
     try:
-        async def answering():
-            try:
-                return await get(f"{workers.base}/readyz")
-            except aiohttp.ClientError:
-                return None
-        status, body = await wait_until(answering, timeout=20)
+        status, body = await wait_until(workers.readyz, timeout=20)
         assert status == 503 and '"processes": "0 of 2 up"' in body, body
 
         async def restarting():
