@@ -40,6 +40,13 @@ def child_pids(role: Role) -> dict[int, int]:
     return {int(slot): int(pid) for _, slot, pid in _STARTED.findall(role.output())}
 
 
+def child_dir(pid: int) -> str:
+    """The supervisor's private folder, from a child's command line."""
+    with open(f"/proc/{pid}/cmdline") as cmdline:
+        args = cmdline.read().split("\0")
+    return args[args.index("--child-dir") + 1]
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -203,9 +210,11 @@ async def test_sigterm_finishes_short_jobs_and_hands_long_ones_back(stores, serv
 
 async def test_children_stop_when_the_supervisor_is_killed(stores, servers, folder):
     workers = Workers(servers, folder, 2)
+    pages = ""
     try:
         await workers.ready()
         pids = list(child_pids(workers.role).values())
+        pages = child_dir(pids[0])  # a supervisor killed so cannot remove it
         workers.role.signal(signal.SIGKILL)
         workers.role.wait()
 
@@ -214,6 +223,7 @@ async def test_children_stop_when_the_supervisor_is_killed(stores, servers, fold
         await wait_until(gone, timeout=20)
     finally:
         workers.stop()
+        shutil.rmtree(pages, ignore_errors=True)
 
 
 async def test_readyz_counts_the_children_up(stores, servers, folder):
@@ -240,9 +250,7 @@ async def test_api_processes_share_the_port_and_sum_their_pages(migrated, server
             return len(child_pids(api)) == 2
         await wait_until(both_started, timeout=20)
         pids = child_pids(api)
-        with open(f"/proc/{pids[0]}/cmdline") as cmdline:
-            args = cmdline.read().split("\0")
-        pages = args[args.index("--child-dir") + 1]  # where each serves its own page
+        pages = child_dir(pids[0])  # where each serves its own page
 
         async def both_up():
             return all(os.path.exists(socket_path(pages, slot)) for slot in (0, 1))
