@@ -54,6 +54,8 @@ async def serve_page(path: str, render: Render) -> AsyncIterator[None]:
         yield
     finally:
         await runner.cleanup()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # aiohttp leaves the socket file behind
 
 
 async def fetch_page(path: str, timeout: float) -> bytes:
