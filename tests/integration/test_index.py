@@ -4,6 +4,8 @@ indexed in proportion to what is missing."""
 
 from __future__ import annotations
 
+import asyncio
+
 import msgspec
 
 from taskflow.index import IndexGuard
@@ -55,7 +57,7 @@ async def test_waiting_jobs_without_a_generation_are_a_lost_index(stores, settin
 
 async def test_only_unconfirmed_enqueues_are_reindexed(stores, settings):
     cfg = msgspec.structs.replace(settings, maintenance=msgspec.structs.replace(
-        settings.maintenance, unconfirmed_grace=0.001))
+        settings.maintenance, unconfirmed_grace=0.05))
     maintenance = Maintenance(cfg, stores.store, stores.dispatch, ["default"])
     await maintenance.index.check()
     # 200 jobs submitted normally: Redis confirmed them, nothing is left to check.
@@ -69,6 +71,9 @@ async def test_only_unconfirmed_enqueues_are_reindexed(stores, settings):
     # 3 committed whose enqueue never happened (the API died, or Redis failed).
     lost = await stores.store.insert_jobs([NewJob(task="noop", max_attempts=1)
                                           for _ in range(3)])
+    # Past the grace (the insert's clock is its transaction's start: with a grace of 1 ms
+    # a fast machine could look before the notes were old enough, and find none).
+    await asyncio.sleep(0.1)
     assert await maintenance.reconcile_unconfirmed() == 3
     ready, _, _ = await stores.dispatch.depth("default")
     assert ready == 203
