@@ -12,7 +12,10 @@ import httpx
 import jwt
 import msgspec
 
+from taskflow.adapters.observe import Observer
 from taskflow.api.app import create_app
+from taskflow.api.controllers import queues as queues_controller
+from taskflow.ids import uuid7
 from tests.helpers import running_worker, wait_until
 
 SECRET = "c" * 32
@@ -104,6 +107,54 @@ async def _equals(value, expected) -> bool:
 
 async def _workers(client: httpx.AsyncClient) -> list[dict]:
     return (await _get(client, "/queues", ALICE))["workers"]
+
+
+async def _insert_jobs(pool, tenant: str, queue: str, n: int, state: str = "queued",
+                       age: float = 0.0, worker: str | None = None) -> list[str]:
+    """``n`` jobs straight into PostgreSQL (ids in creation order), due ``age`` s ago."""
+    ids = [str(uuid7()) for _ in range(n)]
+    await pool.execute(
+        "INSERT INTO jobs (id, tenant, task, queue, run_at, state, max_attempts, worker)"
+        " SELECT i, $2, 'noop', $3, now() - make_interval(secs => $4), $5::job_state, 3, $6"
+        " FROM unnest($1::uuid[]) AS i", ids, tenant, queue, age, state, worker)
+    return ids
+
+
+async def test_queue_figures_sample_the_oldest_waiting_jobs_and_count_every_running_one(
+        stores, settings, monkeypatch):
+    """Beyond the scan limit the figures were a sample of the first rows in (tenant,
+    queue) order: later tenants and queues vanished, running jobs read 0."""
+    monkeypatch.setattr(queues_controller, "BACKLOG_SCAN_LIMIT", 20)
+    pool = stores.store.pool
+    overdue = await _insert_jobs(pool, "zz", "zq", 3, age=86_400)  # oldest: a day overdue
+    await _insert_jobs(pool, "aa", "default", 30)  # first in (tenant, queue) order
+    running = await _insert_jobs(pool, "zz", "default", 4, state="running", worker="w1")
+    running += await _insert_jobs(pool, "aa", "other", 2, state="running", worker="w1")
+    dispatch = stores.dispatch
+    for queue, ids in (("default", running[:4]), ("other", running[4:])):
+        await dispatch.client.zadd(dispatch.keys(queue).inflight,
+                                   {f"{i}|token": 1 for i in ids})
+    await dispatch.client.zadd(dispatch.keys("default").inflight, {f"{overdue[0]}|x": 1})
+    await Observer(dispatch).heartbeat("w1", ["default", "other"], 60)
+    async with _api(stores, settings) as client:
+        body = await _get(client, "/queues", ADMIN)
+        assert body["complete"] is False  # 33 waiting, 21 read (the limit and one more)
+        zq, default = _queue(body, "zq"), _queue(body, "default")
+        assert zq["ready"] == 3 and zq["oldest_ready_age"] >= 86_400
+        assert (default["ready"], default["running"]) == (18, 4)
+        assert _queue(body, "other")["running"] == 2
+        assert [(w["name"], w["running"]) for w in body["workers"]] == [("w1", 6)]
+
+        mine = await _get(client, "/queues", _auth("zz"))
+        assert mine["complete"] is True  # exactly the 3 waiting: counted in full
+        assert (_queue(mine, "zq")["ready"], _queue(mine, "default")["running"]) == (3, 4)
+        assert [(w["name"], w["running"]) for w in mine["workers"]] == [("w1", 4)]
+        # A declared queue is listed even when the sample holds none of its jobs.
+        assert [q["name"] for q in mine["queues"]][:len(settings.queues)] == list(
+            settings.queues)
+
+        monkeypatch.setattr(queues_controller, "BACKLOG_SCAN_LIMIT", 3)
+        assert (await _get(client, "/queues", _auth("zz")))["complete"] is True  # 3 of 3
 
 
 async def test_queue_figures_reject_bad_input(stores, settings):

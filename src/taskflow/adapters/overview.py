@@ -1,5 +1,5 @@
 """The reads behind the console's views that the job store does not already make: queue
-figures by state (with running jobs per worker) and by minute, the workflow list, a
+figures by state (running jobs by queue and worker apart) and by minute, the workflow list, a
 workflow's edges and a job's direct neighbours. All of them PostgreSQL, the source of
 truth, scoped to a tenant (``None``: every tenant's, for operators)."""
 
@@ -15,15 +15,21 @@ from taskflow.adapters.sql import QUERIES
 
 
 class Backlog(msgspec.Struct, frozen=True):
-    """One queue's unfinished jobs."""
+    """One queue's waiting (unfinished, not running) jobs, as far as they were counted."""
 
     queue: str
     ready: int
     scheduled: int
-    running: int
     blocked: int
     oldest_ready_due: datetime | None
     counted: int
+
+
+class Running(msgspec.Struct, frozen=True):
+    """Running jobs by queue and by worker."""
+
+    by_queue: dict[str, int]
+    by_worker: dict[str, int]
 
 
 class Finished(msgspec.Struct, frozen=True):
@@ -64,15 +70,17 @@ class OverviewStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
-    async def queue_backlog(self, tenant: str | None,
-                            scan_limit: int) -> tuple[list[Backlog], dict[str, int]]:
-        """Unfinished jobs by queue, and running jobs by worker, in one bounded pass."""
+    async def queue_backlog(self, tenant: str | None, scan_limit: int) -> list[Backlog]:
+        """Waiting jobs by queue, the oldest ``scan_limit`` of them at most."""
         rows = await self.pool.fetch(QUERIES["queue_backlog"], tenant, scan_limit)
-        backlog = [Backlog(**{k: v for k, v in r.items() if k not in ("by_worker", "worker")})
-                   for r in rows if not r["by_worker"]]
-        running = {r["worker"]: r["running"] for r in rows
-                   if r["by_worker"] and r["worker"] is not None and r["running"]}
-        return backlog, running
+        return [Backlog(**r) for r in rows]
+
+    async def running_jobs(self, tenant: str | None, ids: list[str]) -> Running:
+        """Which of ``ids`` (jobs in flight) are running, by queue and by worker."""
+        rows = await self.pool.fetch(QUERIES["running_jobs"], tenant, ids) if ids else []
+        return Running({r["queue"]: r["running"] for r in rows if not r["by_worker"]},
+                       {r["worker"]: r["running"] for r in rows
+                        if r["by_worker"] and r["worker"] is not None})
 
     async def finished_by_minute(self, tenant: str | None, since: datetime) -> list[Finished]:
         rows = await self.pool.fetch(QUERIES["finished_by_minute"], tenant, since)

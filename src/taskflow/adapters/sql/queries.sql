@@ -562,22 +562,37 @@ FROM (SELECT queue, state FROM jobs WHERE finished_at IS NULL ORDER BY id LIMIT 
 GROUP BY queue;
 
 -- name: queue_backlog
--- Unfinished jobs by queue for GET /queues ($1 NULL: every tenant's), and in the same
--- pass running jobs by worker (the rows of the (worker) grouping set, queue NULL). A
--- scheduled job that is due counts as ready (a worker promotes it when it claims). At most
--- $2 unfinished jobs are counted, so the cost is bounded whatever the backlog; beyond
--- that (the caller is told) the counts are lower bounds.
-SELECT GROUPING(queue) = 1 AS by_worker, queue, worker,
+-- Jobs waiting by queue for GET /queues ($1 NULL: every tenant's): the oldest $2
+-- unfinished jobs that are not running, read oldest first (through jobs_unfinished, or
+-- jobs_tenant_unfinished of migration 0007 for one tenant; the branch whose one-time
+-- filter is false reads nothing), so the oldest ready job is in the sample and queues
+-- get their share by age. A scheduled job that is due counts as ready (a worker promotes
+-- it when it claims). Running jobs are counted apart (running_jobs). The caller asks for
+-- one row more than it reports, to tell a full count from a capped one.
+SELECT queue,
        count(*) FILTER (WHERE state = 'queued'
                         OR (state = 'scheduled' AND run_at <= now()))::int AS ready,
        count(*) FILTER (WHERE state = 'scheduled' AND run_at > now())::int AS scheduled,
-       count(*) FILTER (WHERE state = 'running')::int AS running,
        count(*) FILTER (WHERE state = 'blocked')::int AS blocked,
        min(run_at) FILTER (WHERE state IN ('queued', 'scheduled')
                            AND run_at <= now()) AS oldest_ready_due,
        count(*)::int AS counted
-FROM (SELECT queue, state, run_at, worker FROM jobs
-      WHERE finished_at IS NULL AND ($1::text IS NULL OR tenant = $1) LIMIT $2) AS unfinished
+FROM ((SELECT queue, state, run_at FROM jobs
+       WHERE $1::text IS NULL AND finished_at IS NULL AND state <> 'running'
+       ORDER BY id LIMIT $2)
+      UNION ALL
+      (SELECT queue, state, run_at FROM jobs
+       WHERE tenant = $1 AND finished_at IS NULL AND state <> 'running'
+       ORDER BY tenant, id LIMIT $2)) AS unfinished
+GROUP BY queue;
+
+-- name: running_jobs
+-- Of the jobs $2 (those in the queues' in-flight sets in Redis: no more than the workers
+-- run at once), the running ones by queue and by worker (the rows of the (worker)
+-- grouping set), looked up by primary key; $1 NULL: every tenant's.
+SELECT GROUPING(queue) = 1 AS by_worker, queue, worker, count(*)::int AS running
+FROM jobs
+WHERE id = ANY($2::uuid[]) AND state = 'running' AND ($1::text IS NULL OR tenant = $1)
 GROUP BY GROUPING SETS ((queue), (worker));
 
 -- name: finished_by_minute
