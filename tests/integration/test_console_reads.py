@@ -157,6 +157,12 @@ async def test_queue_figures_sample_the_oldest_waiting_jobs_and_count_every_runn
         assert (await _get(client, "/queues", _auth("zz")))["complete"] is True  # 3 of 3
 
 
+async def test_the_hour_of_ended_jobs_is_read_a_few_minutes_a_request(stores, settings):
+    async with _api(stores, settings) as client:
+        seen = [(await _get(client, "/queues", BOB))["hour_complete"] for _ in range(13)]
+        assert seen[0] is False and seen[-1] is True
+
+
 async def test_queue_figures_reject_bad_input(stores, settings):
     async with _api(stores, settings) as client:
         assert (await client.get("/queues", headers=ALICE,

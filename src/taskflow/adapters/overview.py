@@ -82,8 +82,9 @@ class OverviewStore:
                        {r["worker"]: r["running"] for r in rows
                         if r["by_worker"] and r["worker"] is not None})
 
-    async def finished_by_minute(self, tenant: str | None, since: datetime) -> list[Finished]:
-        rows = await self.pool.fetch(QUERIES["finished_by_minute"], tenant, since)
+    async def finished_by_minute(self, tenant: str | None, since: datetime,
+                                 until: datetime) -> list[Finished]:
+        rows = await self.pool.fetch(QUERIES["finished_by_minute"], tenant, since, until)
         return [Finished(**r) for r in rows]
 
     async def list_workflows(self, tenant: str | None, before: uuid.UUID | None,

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 from taskflow.adapters.observe import LiveWorker
 from taskflow.adapters.overview import Backlog, Finished, Running
-from taskflow.api.ended import minute_of
+from taskflow.api.ended import Hour, minute_of
 from taskflow.api.overview_schemas import Minute, QueueFigures, QueuesOut, WorkerOut
 
 
@@ -46,12 +46,12 @@ def queue_figures(declared: Sequence[str], backlog: Sequence[Backlog],
 
 
 def overview(declared: Sequence[str], backlog: Sequence[Backlog],
-             finished: Sequence[Finished], live: Sequence[LiveWorker],
+             ended: Hour, live: Sequence[LiveWorker],
              running: Running, now: datetime, minutes: int,
              scan_limit: int) -> QueuesOut:
     """``GET /queues``: the queue figures and the workers alive (by name)."""
-    queues, complete = queue_figures(declared, backlog, running.by_queue, finished, now,
+    queues, complete = queue_figures(declared, backlog, running.by_queue, ended.rows, now,
                                      minutes, scan_limit)
     workers = [WorkerOut(w.name, list(w.queues), running.by_worker.get(w.name, 0))
                for w in sorted(live, key=lambda w: w.name)]
-    return QueuesOut(now, queues, workers, complete)
+    return QueuesOut(now, queues, workers, complete, ended.complete)

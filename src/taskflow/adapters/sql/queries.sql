@@ -596,13 +596,17 @@ WHERE id = ANY($2::uuid[]) AND state = 'running' AND ($1::text IS NULL OR tenant
 GROUP BY GROUPING SETS ((queue), (worker));
 
 -- name: finished_by_minute
--- Jobs that ended since $2, by queue, minute and final state ($1 NULL: every tenant's),
--- through jobs_finished (migration 0007). The API asks for the last few minutes only and
--- keeps the closed ones (taskflow.api.ended), so its cost follows the recent rate.
+-- Jobs that ended in [$2, $3), by queue, minute and final state ($1 NULL: every tenant's),
+-- through jobs_finished, or jobs_tenant_finished for one tenant (migration 0007; the
+-- branch whose one-time filter is false reads nothing). The API reads a few minutes at a
+-- time and keeps the closed ones (taskflow.api.ended), so its cost follows the rate.
 SELECT queue, date_trunc('minute', finished_at) AS minute, state::text AS state,
        count(*)::int AS n
-FROM jobs
-WHERE finished_at >= $2 AND ($1::text IS NULL OR tenant = $1)
+FROM ((SELECT queue, finished_at, state FROM jobs
+       WHERE $1::text IS NULL AND finished_at >= $2 AND finished_at < $3)
+      UNION ALL
+      (SELECT queue, finished_at, state FROM jobs
+       WHERE tenant = $1 AND finished_at >= $2 AND finished_at < $3)) AS ended
 GROUP BY queue, minute, state;
 
 -- name: list_workflows

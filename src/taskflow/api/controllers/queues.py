@@ -48,12 +48,12 @@ class QueueController(Controller):
             # Waiting jobs: the oldest BACKLOG_SCAN_LIMIT (and one more, to tell).
             backlog = await api.overview.queue_backlog(whose, BACKLOG_SCAN_LIMIT + 1)
             # failed_last_hour counts whole minutes, from the one an hour ago.
-            finished = await api.ended.last_hour(whose, now)
+            ended = await api.ended.last_hour(whose, now)
             live = await api.observer.live_workers()
             # Running jobs, all of them: the in-flight sets hold no more than the workers
             # run at once; PostgreSQL says which are running, and whose.
             served = dict.fromkeys([*api.settings.queues, *(q for w in live for q in w.queues)])
             inflight = await api.dispatch.inflight_ids(list(served))
             running = await api.overview.running_jobs(whose, inflight)
-        return overview(api.settings.queues, backlog, finished, live, running, now, minutes,
+        return overview(api.settings.queues, backlog, ended, live, running, now, minutes,
                         BACKLOG_SCAN_LIMIT)
