@@ -16,3 +16,8 @@ CREATE INDEX jobs_tenant_finished ON jobs (tenant, finished_at) WHERE finished_a
 -- (every tenant's: jobs_unfinished). One entry per job while it is unfinished: the
 -- submit inserts it, the update that ends the job is non-HOT already.
 CREATE INDEX jobs_tenant_unfinished ON jobs (tenant, id) WHERE finished_at IS NULL;
+
+-- A workflow's unfinished jobs, so GET /workflows tells a running workflow in one probe
+-- whatever its size. One entry per workflow job while it is unfinished, as above.
+CREATE INDEX jobs_workflow_unfinished ON jobs (workflow_id)
+    WHERE finished_at IS NULL AND workflow_id IS NOT NULL;

@@ -15,6 +15,7 @@ import msgspec
 from taskflow.adapters.observe import Observer
 from taskflow.api.app import create_app
 from taskflow.api.controllers import queues as queues_controller
+from taskflow.api.controllers import workflows as workflows_controller
 from taskflow.ids import uuid7
 from tests.helpers import running_worker, wait_until
 
@@ -208,6 +209,34 @@ async def test_workflow_list_edges_and_job_dependencies(stores, settings):
             await wait_until(lambda: _workflow_state(client, wf, "succeeded"))
         page = await _get(client, "/workflows", ALICE, limit=1)
         assert page["items"][0]["state"] == "succeeded" and page["next_cursor"] is None
+
+
+async def test_workflow_list_counts_each_workflow_up_to_a_cap(stores, settings, monkeypatch):
+    """A page read every job of each listed workflow (50 workflows of 20,000 jobs: 3.8 s);
+    now at most the cap, and the state stays exact while any job is unfinished."""
+    monkeypatch.setattr(workflows_controller, "LIST_COUNT_CAP", 3)
+    async with _api(stores, settings) as client:
+        made = await client.post("/workflows", headers=ALICE, json={
+            "name": "wide", "jobs": [{"name": f"n{i}", "task": "noop"} for i in range(6)]})
+        assert made.status_code == 201, made.text
+        ids = list(made.json()["jobs"].values())
+        pool = stores.store.pool
+        # All ended but one, which the count may miss: still running.
+        await pool.execute("UPDATE jobs SET state = 'succeeded', finished_at = now()"
+                           " WHERE id = ANY($1::uuid[])", ids[:-1])
+        [w] = (await _get(client, "/workflows", ALICE))["items"]
+        assert (w["jobs"], w["more_jobs"], w["state"]) == (3, True, "running")
+        await pool.execute("UPDATE jobs SET state = 'succeeded', finished_at = now()"
+                           " WHERE id = $1", ids[-1])
+        [w] = (await _get(client, "/workflows", ALICE))["items"]
+        assert (w["jobs"], w["unfinished"], w["state"]) == (3, 0, "succeeded")
+        small = await client.post("/workflows", headers=ALICE, json={
+            "name": "small", "jobs": [{"name": "a", "task": "noop"}]})
+        first = (await _get(client, "/workflows", ALICE))["items"][0]
+        assert (first["id"], first["jobs"], first["more_jobs"]) == (
+            small.json()["id"], 1, False)
+        assert (await client.get("/workflows", headers=ALICE,
+                                 params={"limit": 101})).status_code == 422
 
 
 async def _workflow_state(client: httpx.AsyncClient, wf: str, state: str) -> bool:

@@ -42,7 +42,7 @@ class Finished(msgspec.Struct, frozen=True):
 
 
 class WorkflowSummary(msgspec.Struct, frozen=True):
-    """A workflow with its jobs counted: enough for its state in a list."""
+    """A workflow with (up to a cap) its jobs counted: enough for its state in a list."""
 
     id: uuid.UUID
     tenant: str
@@ -52,6 +52,7 @@ class WorkflowSummary(msgspec.Struct, frozen=True):
     unfinished: int
     succeeded: int
     failed: int
+    running: bool  # any job unfinished, counted or not
 
 
 class JobLink(msgspec.Struct, frozen=True):
@@ -88,8 +89,10 @@ class OverviewStore:
         return [Finished(**r) for r in rows]
 
     async def list_workflows(self, tenant: str | None, before: uuid.UUID | None,
-                             limit: int) -> list[WorkflowSummary]:
-        rows = await self.pool.fetch(QUERIES["list_workflows"], tenant, before, limit)
+                             limit: int, count_cap: int) -> list[WorkflowSummary]:
+        """Up to ``limit`` workflows, each with at most ``count_cap`` jobs counted."""
+        rows = await self.pool.fetch(QUERIES["list_workflows"], tenant, before, limit,
+                                     count_cap)
         return [WorkflowSummary(**r) for r in rows]
 
     async def workflow_edges(self, workflow_id: uuid.UUID) -> list[tuple[uuid.UUID, uuid.UUID]]:

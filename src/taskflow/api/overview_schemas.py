@@ -61,6 +61,11 @@ class QueuesOut(Struct, frozen=True):
 
 
 class WorkflowSummaryOut(Struct, frozen=True):
+    """A workflow in a list. Its jobs are counted up to a cap (1,000): beyond it
+    ``more_jobs`` is true and the counts are of that many of its jobs; ``state`` is then
+    ``running`` exactly when any job is unfinished, and once all have ended it follows
+    from the jobs counted (the workflow's own view has the exact state)."""
+
     id: uuid.UUID
     name: str
     tenant: str
@@ -70,6 +75,7 @@ class WorkflowSummaryOut(Struct, frozen=True):
     unfinished: int
     succeeded: int
     failed: int
+    more_jobs: bool
 
 
 class WorkflowPage(Struct, frozen=True):

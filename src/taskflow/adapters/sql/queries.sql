@@ -611,8 +611,14 @@ GROUP BY queue, minute, state;
 
 -- name: list_workflows
 -- Workflows newest first, keyset-paged on the time-ordered id ($1 NULL: every tenant's),
--- each with its jobs counted by state (the workflow's state follows from them).
-SELECT w.id, w.tenant, w.name, w.created_at, c.total, c.unfinished, c.succeeded, c.failed
+-- each with at most $4 of its jobs counted by state, so a page costs at most its size
+-- times $4 rows whatever the workflows' sizes (the caller asks for one more than it
+-- shows, to tell a full count from a capped one), and whether any job is unfinished
+-- (through jobs_workflow_unfinished, migration 0007: one probe).
+SELECT w.id, w.tenant, w.name, w.created_at, c.total, c.unfinished, c.succeeded, c.failed,
+       c.unfinished > 0 OR EXISTS (SELECT 1 FROM jobs AS u
+                                   WHERE u.workflow_id = w.id AND u.finished_at IS NULL)
+           AS running
 FROM (SELECT * FROM workflows
       WHERE ($1::text IS NULL OR tenant = $1) AND ($2::uuid IS NULL OR id < $2)
       ORDER BY id DESC LIMIT $3) AS w
@@ -621,7 +627,7 @@ CROSS JOIN LATERAL (
            count(*) FILTER (WHERE j.finished_at IS NULL)::int AS unfinished,
            count(*) FILTER (WHERE j.state = 'succeeded')::int AS succeeded,
            count(*) FILTER (WHERE j.state = 'failed')::int AS failed
-    FROM jobs AS j WHERE j.workflow_id = w.id) AS c
+    FROM (SELECT state, finished_at FROM jobs WHERE workflow_id = w.id LIMIT $4) AS j) AS c
 ORDER BY w.id DESC;
 
 -- name: workflow_edges
