@@ -16,6 +16,7 @@ from taskflow.adapters.observe import Observer
 from taskflow.api.app import create_app
 from taskflow.api.controllers import queues as queues_controller
 from taskflow.api.controllers import workflows as workflows_controller
+from taskflow import dag
 from taskflow.ids import uuid7
 from tests.helpers import running_worker, wait_until
 
@@ -237,6 +238,17 @@ async def test_workflow_list_counts_each_workflow_up_to_a_cap(stores, settings, 
             small.json()["id"], 1, False)
         assert (await client.get("/workflows", headers=ALICE,
                                  params={"limit": 101})).status_code == 422
+
+
+async def test_a_workflow_with_too_many_edges_is_refused(stores, settings, monkeypatch):
+    """Its edges are read whole (GET /workflows/{id}/edges): their number is bounded."""
+    monkeypatch.setattr(dag, "MAX_EDGES", 2)
+    async with _api(stores, settings) as client:
+        answer = await client.post("/workflows", headers=ALICE, json={"name": "w", "jobs": [
+            {"name": "a", "task": "noop"}, {"name": "b", "task": "noop", "after": ["a"]},
+            {"name": "c", "task": "noop", "after": ["a", "b"]}]})
+        assert answer.status_code == 422 and answer.json()["field"] == "jobs"
+        assert "at most 2 dependencies" in answer.text
 
 
 async def _workflow_state(client: httpx.AsyncClient, wf: str, state: str) -> bool:
