@@ -286,6 +286,9 @@ async def test_the_console_is_served_without_a_token_under_a_strict_csp(stores, 
     async with _api(stores, settings) as client:
         root = await client.get("/")
         assert root.status_code in (301, 302, 307, 308) and root.headers["location"] == "/ui/"
+        # HEAD as GET, for uptime probes.
+        assert (await client.head("/")).status_code == 307
+        assert (await client.head("/ui/")).status_code == 200
         page = await client.get("/ui/")
         assert page.status_code == 200 and "text/html" in page.headers["content-type"]
         csp = page.headers["content-security-policy"]
