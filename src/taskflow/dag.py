@@ -5,6 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 
+MAX_EDGES = 100_000
+"""Dependencies (edges) in one workflow at most: a workflow's edges are read whole (its
+graph in the console, ``GET /workflows/{id}/edges``), so their number is bounded here."""
+
+
 class WorkflowError(ValueError):
     """The graph is not a valid workflow; the message names the offending nodes."""
 
@@ -12,7 +17,12 @@ class WorkflowError(ValueError):
 def check_workflow(edges: Mapping[str, Sequence[str]]) -> list[str]:
     """Validate ``{node: [nodes it runs after]}`` and return the nodes in a topological
     order. Raises :class:`WorkflowError` for an unknown node, a self-edge or a cycle
-    (naming the cycle's nodes in order, e.g. ``a -> b -> c -> a``)."""
+    (naming the cycle's nodes in order, e.g. ``a -> b -> c -> a``), or more than
+    :data:`MAX_EDGES` edges."""
+    total = sum(len(after) for after in edges.values())
+    if total > MAX_EDGES:
+        raise WorkflowError(f"at most {MAX_EDGES} dependencies in a workflow "
+                            f"(\"after\" entries of all its jobs), not {total}")
     for node, after in edges.items():
         unknown = [a for a in after if a not in edges]
         if unknown:

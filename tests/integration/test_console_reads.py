@@ -12,7 +12,12 @@ import httpx
 import jwt
 import msgspec
 
+from taskflow.adapters.observe import Observer
 from taskflow.api.app import create_app
+from taskflow.api.controllers import queues as queues_controller
+from taskflow.api.controllers import workflows as workflows_controller
+from taskflow import dag
+from taskflow.ids import uuid7
 from tests.helpers import running_worker, wait_until
 
 SECRET = "c" * 32
@@ -106,6 +111,60 @@ async def _workers(client: httpx.AsyncClient) -> list[dict]:
     return (await _get(client, "/queues", ALICE))["workers"]
 
 
+async def _insert_jobs(pool, tenant: str, queue: str, n: int, state: str = "queued",
+                       age: float = 0.0, worker: str | None = None) -> list[str]:
+    """``n`` jobs straight into PostgreSQL (ids in creation order), due ``age`` s ago."""
+    ids = [str(uuid7()) for _ in range(n)]
+    await pool.execute(
+        "INSERT INTO jobs (id, tenant, task, queue, run_at, state, max_attempts, worker)"
+        " SELECT i, $2, 'noop', $3, now() - make_interval(secs => $4), $5::job_state, 3, $6"
+        " FROM unnest($1::uuid[]) AS i", ids, tenant, queue, age, state, worker)
+    return ids
+
+
+async def test_queue_figures_sample_the_oldest_waiting_jobs_and_count_every_running_one(
+        stores, settings, monkeypatch):
+    """Beyond the scan limit the figures were a sample of the first rows in (tenant,
+    queue) order: later tenants and queues vanished, running jobs read 0."""
+    monkeypatch.setattr(queues_controller, "BACKLOG_SCAN_LIMIT", 20)
+    pool = stores.store.pool
+    overdue = await _insert_jobs(pool, "zz", "zq", 3, age=86_400)  # oldest: a day overdue
+    await _insert_jobs(pool, "aa", "default", 30)  # first in (tenant, queue) order
+    running = await _insert_jobs(pool, "zz", "default", 4, state="running", worker="w1")
+    running += await _insert_jobs(pool, "aa", "other", 2, state="running", worker="w1")
+    dispatch = stores.dispatch
+    for queue, ids in (("default", running[:4]), ("other", running[4:])):
+        await dispatch.client.zadd(dispatch.keys(queue).inflight,
+                                   {f"{i}|token": 1 for i in ids})
+    await dispatch.client.zadd(dispatch.keys("default").inflight, {f"{overdue[0]}|x": 1})
+    await Observer(dispatch).heartbeat("w1", ["default", "other"], 60)
+    async with _api(stores, settings) as client:
+        body = await _get(client, "/queues", ADMIN)
+        assert body["complete"] is False  # 33 waiting, 21 read (the limit and one more)
+        zq, default = _queue(body, "zq"), _queue(body, "default")
+        assert zq["ready"] == 3 and zq["oldest_ready_age"] >= 86_400
+        assert (default["ready"], default["running"]) == (18, 4)
+        assert _queue(body, "other")["running"] == 2
+        assert [(w["name"], w["running"]) for w in body["workers"]] == [("w1", 6)]
+
+        mine = await _get(client, "/queues", _auth("zz"))
+        assert mine["complete"] is True  # exactly the 3 waiting: counted in full
+        assert (_queue(mine, "zq")["ready"], _queue(mine, "default")["running"]) == (3, 4)
+        assert [(w["name"], w["running"]) for w in mine["workers"]] == [("w1", 4)]
+        # A declared queue is listed even when the sample holds none of its jobs.
+        assert [q["name"] for q in mine["queues"]][:len(settings.queues)] == list(
+            settings.queues)
+
+        monkeypatch.setattr(queues_controller, "BACKLOG_SCAN_LIMIT", 3)
+        assert (await _get(client, "/queues", _auth("zz")))["complete"] is True  # 3 of 3
+
+
+async def test_the_hour_of_ended_jobs_is_read_a_few_minutes_a_request(stores, settings):
+    async with _api(stores, settings) as client:
+        seen = [(await _get(client, "/queues", BOB))["hour_complete"] for _ in range(13)]
+        assert seen[0] is False and seen[-1] is True
+
+
 async def test_queue_figures_reject_bad_input(stores, settings):
     async with _api(stores, settings) as client:
         assert (await client.get("/queues", headers=ALICE,
@@ -153,6 +212,45 @@ async def test_workflow_list_edges_and_job_dependencies(stores, settings):
         assert page["items"][0]["state"] == "succeeded" and page["next_cursor"] is None
 
 
+async def test_workflow_list_counts_each_workflow_up_to_a_cap(stores, settings, monkeypatch):
+    """A page read every job of each listed workflow (50 workflows of 20,000 jobs: 3.8 s);
+    now at most the cap, and the state stays exact while any job is unfinished."""
+    monkeypatch.setattr(workflows_controller, "LIST_COUNT_CAP", 3)
+    async with _api(stores, settings) as client:
+        made = await client.post("/workflows", headers=ALICE, json={
+            "name": "wide", "jobs": [{"name": f"n{i}", "task": "noop"} for i in range(6)]})
+        assert made.status_code == 201, made.text
+        ids = list(made.json()["jobs"].values())
+        pool = stores.store.pool
+        # All ended but one, which the count may miss: still running.
+        await pool.execute("UPDATE jobs SET state = 'succeeded', finished_at = now()"
+                           " WHERE id = ANY($1::uuid[])", ids[:-1])
+        [w] = (await _get(client, "/workflows", ALICE))["items"]
+        assert (w["jobs"], w["more_jobs"], w["state"]) == (3, True, "running")
+        await pool.execute("UPDATE jobs SET state = 'succeeded', finished_at = now()"
+                           " WHERE id = $1", ids[-1])
+        [w] = (await _get(client, "/workflows", ALICE))["items"]
+        assert (w["jobs"], w["unfinished"], w["state"]) == (3, 0, "succeeded")
+        small = await client.post("/workflows", headers=ALICE, json={
+            "name": "small", "jobs": [{"name": "a", "task": "noop"}]})
+        first = (await _get(client, "/workflows", ALICE))["items"][0]
+        assert (first["id"], first["jobs"], first["more_jobs"]) == (
+            small.json()["id"], 1, False)
+        assert (await client.get("/workflows", headers=ALICE,
+                                 params={"limit": 101})).status_code == 422
+
+
+async def test_a_workflow_with_too_many_edges_is_refused(stores, settings, monkeypatch):
+    """Its edges are read whole (GET /workflows/{id}/edges): their number is bounded."""
+    monkeypatch.setattr(dag, "MAX_EDGES", 2)
+    async with _api(stores, settings) as client:
+        answer = await client.post("/workflows", headers=ALICE, json={"name": "w", "jobs": [
+            {"name": "a", "task": "noop"}, {"name": "b", "task": "noop", "after": ["a"]},
+            {"name": "c", "task": "noop", "after": ["a", "b"]}]})
+        assert answer.status_code == 422 and answer.json()["field"] == "jobs"
+        assert "at most 2 dependencies" in answer.text
+
+
 async def _workflow_state(client: httpx.AsyncClient, wf: str, state: str) -> bool:
     return (await _get(client, "/workflows", ALICE))["items"][0]["state"] == state
 
@@ -188,6 +286,9 @@ async def test_the_console_is_served_without_a_token_under_a_strict_csp(stores, 
     async with _api(stores, settings) as client:
         root = await client.get("/")
         assert root.status_code in (301, 302, 307, 308) and root.headers["location"] == "/ui/"
+        # HEAD as GET, for uptime probes.
+        assert (await client.head("/")).status_code == 307
+        assert (await client.head("/ui/")).status_code == 200
         page = await client.get("/ui/")
         assert page.status_code == 200 and "text/html" in page.headers["content-type"]
         csp = page.headers["content-security-policy"]

@@ -37,3 +37,12 @@ def test_cycle_off_the_start_node_names_only_the_cycle():
 def test_long_chain_does_not_recurse():
     edges = {f"n{i}": ([f"n{i - 1}"] if i else []) for i in range(5000)}
     assert check_workflow(edges)[:3] == ["n0", "n1", "n2"]
+
+
+def test_a_workflow_has_at_most_so_many_edges(monkeypatch):
+    from taskflow import dag
+
+    monkeypatch.setattr(dag, "MAX_EDGES", 3)
+    assert dag.check_workflow({"a": [], "b": ["a"], "c": ["a", "b"]}) == ["a", "b", "c"]
+    with pytest.raises(dag.WorkflowError, match="at most 3 dependencies .* not 4"):
+        dag.check_workflow({"a": [], "b": ["a"], "c": ["a", "b"], "d": ["c"]})

@@ -3,7 +3,8 @@
 from datetime import UTC, datetime, timedelta
 
 from taskflow.adapters.observe import LiveWorker
-from taskflow.adapters.overview import Backlog, Finished
+from taskflow.adapters.overview import Backlog, Finished, Running
+from taskflow.api.ended import Hour
 from taskflow.api.overview import overview
 
 NOW = datetime(2030, 1, 1, 12, 30, 40, tzinfo=UTC)
@@ -11,16 +12,16 @@ MINUTE = datetime(2030, 1, 1, 12, 30, tzinfo=UTC)
 
 
 def test_declared_queues_first_then_others_with_a_window_of_whole_minutes():
-    backlog = [Backlog("zeta", 1, 0, 0, 0, NOW - timedelta(seconds=5), 1),
-               Backlog("default", 2, 3, 4, 5, NOW - timedelta(seconds=90), 14)]
+    backlog = [Backlog("zeta", 1, 0, 0, NOW - timedelta(seconds=5), 1),
+               Backlog("default", 2, 3, 5, NOW - timedelta(seconds=90), 10)]
     finished = [Finished("default", MINUTE, "succeeded", 7),
                 Finished("default", MINUTE - timedelta(minutes=2), "failed", 2),
                 Finished("default", MINUTE - timedelta(minutes=40), "failed", 1),
                 Finished("alpha", MINUTE, "cancelled", 1)]
-    out = overview(["default", "empty"], backlog, finished,
+    out = overview(["default", "empty"], backlog, Hour(finished, complete=False),
                    [LiveWorker("w2", ("default",)), LiveWorker("w1", ("default", "zeta"))],
-                   {"w1": 3}, NOW, 3, scan_limit=100)
-    assert [q.name for q in out.queues] == ["default", "empty", "alpha", "zeta"]
+                   Running({"default": 4, "busy": 1}, {"w1": 3}), NOW, 3, scan_limit=100)
+    assert [q.name for q in out.queues] == ["default", "empty", "alpha", "busy", "zeta"]
     default = out.queues[0]
     assert (default.ready, default.scheduled, default.running, default.blocked) == (2, 3, 4, 5)
     assert default.oldest_ready_age == 90.0
@@ -31,12 +32,18 @@ def test_declared_queues_first_then_others_with_a_window_of_whole_minutes():
     empty = out.queues[1]
     assert (empty.ready, empty.oldest_ready_age, empty.failed_last_hour) == (0, None, 0)
     assert [(w.name, w.running) for w in out.workers] == [("w1", 3), ("w2", 0)]
-    assert out.complete is True
+    assert (out.complete, out.hour_complete) == (True, False)
 
 
-def test_a_backlog_counted_up_to_the_scan_limit_is_not_complete():
-    backlog = [Backlog("default", 60, 0, 0, 0, None, 60), Backlog("b", 40, 0, 0, 0, None, 40)]
-    assert overview(["default"], backlog, [], [], {}, NOW, 1, scan_limit=100).complete is False
+def test_a_backlog_counted_beyond_the_scan_limit_is_not_complete():
+    """The store reads one job more than the limit: exactly the limit is a full count."""
+    def complete(counted: int) -> bool:
+        backlog = [Backlog("default", 60, 0, 0, None, 60),
+                   Backlog("b", counted - 60, 0, 0, None, counted - 60)]
+        return overview(["default"], backlog, Hour([], True), [], Running({}, {}), NOW, 1,
+                        scan_limit=100).complete
+
+    assert (complete(99), complete(100), complete(101)) == (True, True, False)
 
 
 def test_a_workflow_list_entry_has_the_state_its_full_view_would_have():

@@ -1,5 +1,5 @@
 """The reads behind the console's views that the job store does not already make: queue
-figures by state (with running jobs per worker) and by minute, the workflow list, a
+figures by state (running jobs by queue and worker apart) and by minute, the workflow list, a
 workflow's edges and a job's direct neighbours. All of them PostgreSQL, the source of
 truth, scoped to a tenant (``None``: every tenant's, for operators)."""
 
@@ -15,15 +15,21 @@ from taskflow.adapters.sql import QUERIES
 
 
 class Backlog(msgspec.Struct, frozen=True):
-    """One queue's unfinished jobs."""
+    """One queue's waiting (unfinished, not running) jobs, as far as they were counted."""
 
     queue: str
     ready: int
     scheduled: int
-    running: int
     blocked: int
     oldest_ready_due: datetime | None
     counted: int
+
+
+class Running(msgspec.Struct, frozen=True):
+    """Running jobs by queue and by worker."""
+
+    by_queue: dict[str, int]
+    by_worker: dict[str, int]
 
 
 class Finished(msgspec.Struct, frozen=True):
@@ -36,7 +42,7 @@ class Finished(msgspec.Struct, frozen=True):
 
 
 class WorkflowSummary(msgspec.Struct, frozen=True):
-    """A workflow with its jobs counted: enough for its state in a list."""
+    """A workflow with (up to a cap) its jobs counted: enough for its state in a list."""
 
     id: uuid.UUID
     tenant: str
@@ -46,6 +52,7 @@ class WorkflowSummary(msgspec.Struct, frozen=True):
     unfinished: int
     succeeded: int
     failed: int
+    running: bool  # any job unfinished, counted or not
 
 
 class JobLink(msgspec.Struct, frozen=True):
@@ -64,23 +71,28 @@ class OverviewStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
-    async def queue_backlog(self, tenant: str | None,
-                            scan_limit: int) -> tuple[list[Backlog], dict[str, int]]:
-        """Unfinished jobs by queue, and running jobs by worker, in one bounded pass."""
+    async def queue_backlog(self, tenant: str | None, scan_limit: int) -> list[Backlog]:
+        """Waiting jobs by queue, the oldest ``scan_limit`` of them at most."""
         rows = await self.pool.fetch(QUERIES["queue_backlog"], tenant, scan_limit)
-        backlog = [Backlog(**{k: v for k, v in r.items() if k not in ("by_worker", "worker")})
-                   for r in rows if not r["by_worker"]]
-        running = {r["worker"]: r["running"] for r in rows
-                   if r["by_worker"] and r["worker"] is not None and r["running"]}
-        return backlog, running
+        return [Backlog(**r) for r in rows]
 
-    async def finished_by_minute(self, tenant: str | None, since: datetime) -> list[Finished]:
-        rows = await self.pool.fetch(QUERIES["finished_by_minute"], tenant, since)
+    async def running_jobs(self, tenant: str | None, ids: list[str]) -> Running:
+        """Which of ``ids`` (jobs in flight) are running, by queue and by worker."""
+        rows = await self.pool.fetch(QUERIES["running_jobs"], tenant, ids) if ids else []
+        return Running({r["queue"]: r["running"] for r in rows if not r["by_worker"]},
+                       {r["worker"]: r["running"] for r in rows
+                        if r["by_worker"] and r["worker"] is not None})
+
+    async def finished_by_minute(self, tenant: str | None, since: datetime,
+                                 until: datetime) -> list[Finished]:
+        rows = await self.pool.fetch(QUERIES["finished_by_minute"], tenant, since, until)
         return [Finished(**r) for r in rows]
 
     async def list_workflows(self, tenant: str | None, before: uuid.UUID | None,
-                             limit: int) -> list[WorkflowSummary]:
-        rows = await self.pool.fetch(QUERIES["list_workflows"], tenant, before, limit)
+                             limit: int, count_cap: int) -> list[WorkflowSummary]:
+        """Up to ``limit`` workflows, each with at most ``count_cap`` jobs counted."""
+        rows = await self.pool.fetch(QUERIES["list_workflows"], tenant, before, limit,
+                                     count_cap)
         return [WorkflowSummary(**r) for r in rows]
 
     async def workflow_edges(self, workflow_id: uuid.UUID) -> list[tuple[uuid.UUID, uuid.UUID]]:

@@ -228,6 +228,15 @@ class RedisDispatch:
             ready, delayed, inflight = await pipe.execute()
         return ready, delayed, inflight
 
+    async def inflight_ids(self, queues: Sequence[str]) -> list[str]:
+        """The ids of the jobs in flight in ``queues`` (claimed, lease not yet settled):
+        no more than the workers run at once."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for queue in queues:
+                pipe.zrange(self.keys(queue).inflight, 0, -1)
+            members = await pipe.execute()
+        return [m.partition("|")[0] for ms in members for m in ms]
+
 
     async def reindex(self, entries: Sequence[DispatchEntry]) -> None:
         """Index jobs that were indexed before (a retry): their old entries and cancel

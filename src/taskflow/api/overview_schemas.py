@@ -31,7 +31,7 @@ class QueueFigures(Struct, frozen=True):
     scheduled: int
     running: int
     blocked: int
-    failed_last_hour: int
+    failed_last_hour: int  # in the 60 whole minutes before the current one, and this one
     oldest_ready_age: float | None  # seconds the oldest ready job has been due; null: none
     throughput: list[Minute]  # oldest first, one per minute of the window, the current last
 
@@ -47,16 +47,25 @@ class WorkerOut(Struct, frozen=True):
 
 class QueuesOut(Struct, frozen=True):
     """Every declared queue (and any other that holds jobs), and the workers alive.
-    ``complete`` is false when the unfinished jobs were too many to count them all: the
-    backlog figures are then lower bounds."""
+    ``complete`` is false when the waiting jobs were too many to count them all: the
+    backlog figures are then lower bounds (the oldest jobs are counted; running jobs are
+    always counted in full). ``hour_complete`` is false while the jobs ended in the last
+    hour are still being read (a few minutes a request, newest first): ``throughput``
+    and ``failed_last_hour`` are then lower bounds."""
 
     at: Timestamp
     queues: list[QueueFigures]
     workers: list[WorkerOut]
     complete: bool
+    hour_complete: bool
 
 
 class WorkflowSummaryOut(Struct, frozen=True):
+    """A workflow in a list. Its jobs are counted up to a cap (1,000): beyond it
+    ``more_jobs`` is true and the counts are of that many of its jobs; ``state`` is then
+    ``running`` exactly when any job is unfinished, and once all have ended it follows
+    from the jobs counted (the workflow's own view has the exact state)."""
+
     id: uuid.UUID
     name: str
     tenant: str
@@ -66,6 +75,7 @@ class WorkflowSummaryOut(Struct, frozen=True):
     unfinished: int
     succeeded: int
     failed: int
+    more_jobs: bool
 
 
 class WorkflowPage(Struct, frozen=True):

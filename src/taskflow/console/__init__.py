@@ -13,7 +13,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from litestar import Response, Router, get
+from litestar import Response, Router, get, head
 from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
 
@@ -55,11 +55,23 @@ def _root() -> Redirect:
     return Redirect(f"{PATH}/")
 
 
+@head("/", include_in_schema=False, sync_to_thread=False)
+def _root_head() -> Response[None]:
+    """As GET (uptime probes send HEAD)."""
+    return Response(None, status_code=307, headers={"Location": f"{PATH}/"})
+
+
+@head(f"{PATH}/", include_in_schema=False, sync_to_thread=False)
+def _page_head() -> Response[None]:
+    """As GET of the page without its body (the static router has no HEAD for it)."""
+    return Response(None, media_type="text/html; charset=utf-8")
+
+
 def console_routes() -> list[Router | object]:
     """The route handlers to add to the API's app."""
     return [create_static_files_router(path=PATH, directories=[static_dir()], html_mode=True,
                                        name="console", after_request=_secure),
-            _root]
+            _root, _root_head, _page_head]
 
 
 def signin_url(api_url: str, token: str) -> str:

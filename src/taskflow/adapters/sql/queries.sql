@@ -562,38 +562,63 @@ FROM (SELECT queue, state FROM jobs WHERE finished_at IS NULL ORDER BY id LIMIT 
 GROUP BY queue;
 
 -- name: queue_backlog
--- Unfinished jobs by queue for GET /queues ($1 NULL: every tenant's), and in the same
--- pass running jobs by worker (the rows of the (worker) grouping set, queue NULL). A
--- scheduled job that is due counts as ready (a worker promotes it when it claims). At most
--- $2 unfinished jobs are counted, so the cost is bounded whatever the backlog; beyond
--- that (the caller is told) the counts are lower bounds.
-SELECT GROUPING(queue) = 1 AS by_worker, queue, worker,
+-- Jobs waiting by queue for GET /queues ($1 NULL: every tenant's): the oldest $2
+-- unfinished jobs that are not running, read oldest first (through jobs_unfinished, or
+-- jobs_tenant_unfinished of migration 0007 for one tenant; the branch whose one-time
+-- filter is false reads nothing), so the oldest ready job is in the sample and queues
+-- get their share by age. A scheduled job that is due counts as ready (a worker promotes
+-- it when it claims). Running jobs are counted apart (running_jobs). The caller asks for
+-- one row more than it reports, to tell a full count from a capped one.
+SELECT queue,
        count(*) FILTER (WHERE state = 'queued'
                         OR (state = 'scheduled' AND run_at <= now()))::int AS ready,
        count(*) FILTER (WHERE state = 'scheduled' AND run_at > now())::int AS scheduled,
-       count(*) FILTER (WHERE state = 'running')::int AS running,
        count(*) FILTER (WHERE state = 'blocked')::int AS blocked,
        min(run_at) FILTER (WHERE state IN ('queued', 'scheduled')
                            AND run_at <= now()) AS oldest_ready_due,
        count(*)::int AS counted
-FROM (SELECT queue, state, run_at, worker FROM jobs
-      WHERE finished_at IS NULL AND ($1::text IS NULL OR tenant = $1) LIMIT $2) AS unfinished
+FROM ((SELECT queue, state, run_at FROM jobs
+       WHERE $1::text IS NULL AND finished_at IS NULL AND state <> 'running'
+       ORDER BY id LIMIT $2)
+      UNION ALL
+      (SELECT queue, state, run_at FROM jobs
+       WHERE tenant = $1 AND finished_at IS NULL AND state <> 'running'
+       ORDER BY tenant, id LIMIT $2)) AS unfinished
+GROUP BY queue;
+
+-- name: running_jobs
+-- Of the jobs $2 (those in the queues' in-flight sets in Redis: no more than the workers
+-- run at once), the running ones by queue and by worker (the rows of the (worker)
+-- grouping set), looked up by primary key; $1 NULL: every tenant's.
+SELECT GROUPING(queue) = 1 AS by_worker, queue, worker, count(*)::int AS running
+FROM jobs
+WHERE id = ANY($2::uuid[]) AND state = 'running' AND ($1::text IS NULL OR tenant = $1)
 GROUP BY GROUPING SETS ((queue), (worker));
 
 -- name: finished_by_minute
--- Jobs that ended since $2, by queue, minute and final state ($1 NULL: every tenant's),
--- through jobs_finished (migration 0007). The API asks for the last few minutes only and
--- keeps the closed ones (taskflow.api.ended), so its cost follows the recent rate.
+-- Jobs that ended in [$2, $3), by queue, minute and final state ($1 NULL: every tenant's),
+-- through jobs_finished, or jobs_tenant_finished for one tenant (migration 0007; the
+-- branch whose one-time filter is false reads nothing). The API reads a few minutes at a
+-- time and keeps the closed ones (taskflow.api.ended), so its cost follows the rate.
 SELECT queue, date_trunc('minute', finished_at) AS minute, state::text AS state,
        count(*)::int AS n
-FROM jobs
-WHERE finished_at >= $2 AND ($1::text IS NULL OR tenant = $1)
+FROM ((SELECT queue, finished_at, state FROM jobs
+       WHERE $1::text IS NULL AND finished_at >= $2 AND finished_at < $3)
+      UNION ALL
+      (SELECT queue, finished_at, state FROM jobs
+       WHERE tenant = $1 AND finished_at >= $2 AND finished_at < $3)) AS ended
 GROUP BY queue, minute, state;
 
 -- name: list_workflows
 -- Workflows newest first, keyset-paged on the time-ordered id ($1 NULL: every tenant's),
--- each with its jobs counted by state (the workflow's state follows from them).
-SELECT w.id, w.tenant, w.name, w.created_at, c.total, c.unfinished, c.succeeded, c.failed
+-- each with at most $4 of its jobs counted by state, so a page costs at most its size
+-- times $4 rows whatever the workflows' sizes (the caller asks for one more than it
+-- shows, to tell a full count from a capped one), and whether any job is unfinished
+-- (through jobs_workflow_unfinished, migration 0007: one probe).
+SELECT w.id, w.tenant, w.name, w.created_at, c.total, c.unfinished, c.succeeded, c.failed,
+       c.unfinished > 0 OR EXISTS (SELECT 1 FROM jobs AS u
+                                   WHERE u.workflow_id = w.id AND u.finished_at IS NULL)
+           AS running
 FROM (SELECT * FROM workflows
       WHERE ($1::text IS NULL OR tenant = $1) AND ($2::uuid IS NULL OR id < $2)
       ORDER BY id DESC LIMIT $3) AS w
@@ -602,7 +627,7 @@ CROSS JOIN LATERAL (
            count(*) FILTER (WHERE j.finished_at IS NULL)::int AS unfinished,
            count(*) FILTER (WHERE j.state = 'succeeded')::int AS succeeded,
            count(*) FILTER (WHERE j.state = 'failed')::int AS failed
-    FROM jobs AS j WHERE j.workflow_id = w.id) AS c
+    FROM (SELECT state, finished_at FROM jobs WHERE workflow_id = w.id LIMIT $4) AS j) AS c
 ORDER BY w.id DESC;
 
 -- name: workflow_edges

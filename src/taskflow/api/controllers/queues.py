@@ -1,7 +1,8 @@
 """``/queues``: each queue's figures and the workers alive, as the caller may see them.
 
 The figures come from PostgreSQL (the source of truth, and the only store that knows
-whose a job is), so a tenant sees its own jobs only; an admin sees every tenant's, or
+whose a job is; the running jobs are found through Redis's in-flight sets and checked
+there), so a tenant sees its own jobs only; an admin sees every tenant's, or
 one tenant's with ``tenant=``. Workers are shared by every tenant: each one shows its
 queues and how many of the caller's jobs it runs.
 """
@@ -22,7 +23,8 @@ from taskflow.api.overview_schemas import QueuesOut
 from taskflow.api.overview import overview
 
 BACKLOG_SCAN_LIMIT = 100_000
-"""Most unfinished jobs one ``GET /queues`` counts (beyond: ``complete`` is false)."""
+"""Most waiting jobs one ``GET /queues`` counts, the oldest first (beyond: ``complete``
+is false). Running jobs are all counted."""
 MAX_MINUTES = 60
 
 
@@ -43,9 +45,15 @@ class QueueController(Controller):
         whose = listed_tenant(request.auth, tenant)
         now = datetime.now(UTC)
         async with api.deadline():
-            backlog, running = await api.overview.queue_backlog(whose, BACKLOG_SCAN_LIMIT)
+            # Waiting jobs: the oldest BACKLOG_SCAN_LIMIT (and one more, to tell).
+            backlog = await api.overview.queue_backlog(whose, BACKLOG_SCAN_LIMIT + 1)
             # failed_last_hour counts whole minutes, from the one an hour ago.
-            finished = await api.ended.last_hour(whose, now)
+            ended = await api.ended.last_hour(whose, now)
             live = await api.observer.live_workers()
-        return overview(api.settings.queues, backlog, finished, live, running, now, minutes,
+            # Running jobs, all of them: the in-flight sets hold no more than the workers
+            # run at once; PostgreSQL says which are running, and whose.
+            served = dict.fromkeys([*api.settings.queues, *(q for w in live for q in w.queues)])
+            inflight = await api.dispatch.inflight_ids(list(served))
+            running = await api.overview.running_jobs(whose, inflight)
+        return overview(api.settings.queues, backlog, ended, live, running, now, minutes,
                         BACKLOG_SCAN_LIMIT)

@@ -34,7 +34,7 @@ from taskflow.api.errors import ApiError, Unavailable
 from taskflow.api.events import StreamPace, workflow_event_id
 from taskflow.api.watch import wait_until
 from taskflow.api.schemas import (
-    DEFAULT_PAGE, MAX_PAGE, WorkflowCreated, WorkflowJobOut, WorkflowOut, WorkflowSpec, WorkflowState,
+    WorkflowCreated, WorkflowJobOut, WorkflowOut, WorkflowSpec, WorkflowState,
 )
 from taskflow.dag import WorkflowError, check_workflow
 from taskflow.models import Workflow, WorkflowMember, WorkflowNode
@@ -50,11 +50,22 @@ WORKFLOW_EVENT_STREAM = {200: ResponseSpec(
                 "after the workflow has ended")}
 
 
+LIST_COUNT_CAP = 1000
+"""Jobs of each listed workflow counted at most (so a page costs at most its size times
+this, whatever the workflows' sizes)."""
+MAX_LIST_PAGE = 100
+
+
 def _summary(w: WorkflowSummary) -> WorkflowSummaryOut:
-    """A list entry, its state from its jobs' counts by the rule of the full view."""
-    state = state_of_counts(w.total, w.unfinished, w.succeeded, w.failed)
-    return WorkflowSummaryOut(w.id, w.name, w.tenant, state, w.created_at, w.total,
-                              w.unfinished, w.succeeded, w.failed)
+    """A list entry, its state from its jobs' counts by the rule of the full view (when
+    they were counted up to the cap only: running if any is unfinished, else from those
+    counted)."""
+    more = w.total > LIST_COUNT_CAP
+    state = (WorkflowState.RUNNING if w.running
+             else state_of_counts(w.total, 0, w.succeeded, w.failed))
+    return WorkflowSummaryOut(w.id, w.name, w.tenant, state, w.created_at,
+                              min(w.total, LIST_COUNT_CAP), w.unfinished, w.succeeded,
+                              w.failed, more)
 
 
 def state_of_counts(total: int, unfinished: int, succeeded: int,
@@ -133,7 +144,8 @@ class WorkflowController(Controller):
          responses=_problems(400, 401, 403, 422, 503))
     async def list_workflows(
         self, request: Request[Any, Principal, Any], state: State,
-        limit: Annotated[int, Parameter(ge=1, le=MAX_PAGE, description="page size")] = DEFAULT_PAGE,
+        limit: Annotated[int, Parameter(ge=1, le=MAX_LIST_PAGE,
+                                        description="page size")] = MAX_LIST_PAGE,
         cursor: Annotated[str | None, Parameter(
             description="next_cursor of the previous page", max_length=64)] = None,
         tenant: Tenant = None,
@@ -142,7 +154,8 @@ class WorkflowController(Controller):
         whose = listed_tenant(request.auth, tenant)
         before = decode_cursor(cursor) if cursor else None
         async with api.deadline():
-            found = await api.overview.list_workflows(whose, before, limit + 1)
+            found = await api.overview.list_workflows(whose, before, limit + 1,
+                                                      LIST_COUNT_CAP + 1)
         page = found[:limit]
         return WorkflowPage([_summary(w) for w in page],
                             encode_cursor(page[-1].id) if len(found) > limit else None)

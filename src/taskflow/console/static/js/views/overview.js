@@ -52,8 +52,7 @@ function drawQueues(section, body, charts) {
   clear(section, h("h2", { id: "queues-h" }, "Queues"),
     table(["Queue", "Ready#", "Scheduled#", "Running#", "Blocked#", "Failed (1 h)#",
            "Oldest ready#", "Ended per minute (15 min)"], rows),
-    body.complete ? null : h("p", { class: "muted" },
-      "More unfinished jobs than one count reads: the backlog figures are lower bounds."),
+    h("p", { class: "muted", "data-figure": "partial" }, ""),
     h("p", { class: "muted" }, "Submit jobs with POST /tasks; a queue's name opens its jobs."));
   for (const q of body.queues) {
     const el = section.querySelector(`[data-chart="${CSS.escape(q.name)}"]`);
@@ -76,6 +75,10 @@ function series(q) {
 }
 
 function updateQueues(section, body, charts) {
+  section.querySelector('[data-figure="partial"]').textContent = [
+    body.complete ? "" : "More waiting jobs than one count reads: the backlog figures are lower bounds.",
+    body.hour_complete ? "" : "The last hour's ended jobs are still being read: their figures are lower bounds.",
+  ].filter(Boolean).join(" ");
   for (const q of body.queues) {
     const row = section.querySelector(`tr[data-queue="${CSS.escape(q.name)}"]`);
     for (const f of FIGURES) row.querySelector(`[data-figure="${f}"]`).textContent = q[f];

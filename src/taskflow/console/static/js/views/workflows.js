@@ -20,7 +20,8 @@ export async function workflows(main, { params, signal }) {
                         ...(who && who.admin ? ["Tenant"] : [])],
     page.items.map((w) => h("tr", { "data-workflow": w.id },
       h("td", {}, h("a", { href: `#/workflows/${w.id}` }, w.name)), h("td", {}, badge(w.state)),
-      h("td", { class: "num" }, w.jobs), h("td", { class: "num" }, w.unfinished),
+      h("td", { class: "num" }, w.more_jobs ? `${w.jobs.toLocaleString("en")}+` : w.jobs),
+      h("td", { class: "num" }, w.more_jobs && w.unfinished ? `${w.unfinished}+` : w.unfinished),
       h("td", { class: "num" }, w.failed), h("td", {}, when(w.created_at)),
       who && who.admin ? h("td", {}, w.tenant) : null))),
     pager("/workflows", params, page.next_cursor));
