@@ -92,7 +92,9 @@ async def test_sigkill_mid_batch_then_restart_loses_nothing(iso, stores, receive
                      TASKFLOW_NOTIFY__WEBHOOK_TIMEOUT="2")
     first = Role(iso, ["notify"], tmp_path / "notify1.log", **env)
     try:
-        await wait_until(lambda: _received_at_least(receiver, 40), timeout=30)
+        # Mid-batch: 50 is two and a half batches of 20, so the third is in its hands (40,
+        # a whole number of batches, could catch it between two and find nothing held).
+        await wait_until(lambda: _received_at_least(receiver, 50), timeout=30)
         first.signal(signal.SIGKILL)
         assert first.wait() == -signal.SIGKILL
     finally:
