@@ -146,6 +146,7 @@ async def observed(servers, tmp_path_factory) -> AsyncIterator[Observed]:
     finally:
         stop(api, worker, notifier)
         broker.stop()
+        shutil.rmtree(broker.data_dir, ignore_errors=True)
         await receiver.close()
         await iso.drop()
 
