@@ -18,8 +18,8 @@ from taskflow.adapters.outbox import DeadLetterQuery, OutboxStore
 from taskflow.api.auth import READ, WRITE, Principal
 from taskflow.api.context import ApiContext
 from taskflow.api.controllers.tasks import (
-    JobId, Tenant, _problems, _readable_job, _timestamp, decode_cursor, encode_cursor,
-    listed_tenant,
+    JobId, Tenant, _problems, _readable_job, _timestamp, decode_cursor, listed_tenant,
+    page_of,
 )
 from taskflow.api.errors import ApiError
 from taskflow.api.notify_schemas import (
@@ -67,10 +67,8 @@ class DeadLetterController(Controller):
         before = decode_cursor(cursor) if cursor else None
         async with api.deadline():
             found = await _outbox(api).list_dead_letters(tenant, query, before, limit + 1)
-        page = found[:limit]
-        more = len(found) > limit
-        return JobPage([JobOut.of(j) for j in page],
-                       encode_cursor(page[-1].id) if more else None)
+        page, cursor = page_of(found, limit)
+        return JobPage([JobOut.of(j) for j in page], cursor)
 
     @post("/redrive", opt={"scope": WRITE}, status_code=200,
           summary="Send dead letters back to work with a fresh attempt budget",
@@ -129,9 +127,8 @@ class SubscriptionController(Controller):
         async with api.deadline():
             found = await _outbox(api).list_subscriptions(request.auth.tenant, before,
                                                           limit + 1)
-        page = found[:limit]
-        return SubscriptionPage([SubscriptionOut.of(s) for s in page],
-                                encode_cursor(page[-1].id) if len(found) > limit else None)
+        page, cursor = page_of(found, limit)
+        return SubscriptionPage([SubscriptionOut.of(s) for s in page], cursor)
 
     @delete("/{subscription_id:uuid}", opt={"scope": SUBSCRIPTIONS}, status_code=204,
             summary="Delete a subscription",

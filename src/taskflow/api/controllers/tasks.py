@@ -10,7 +10,7 @@ import base64
 import binascii
 import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol, TypeVar
 
 import msgspec
 import redis.exceptions
@@ -101,6 +101,21 @@ async def wait_for_job(api: ApiContext, request: Request[Any, Any, Any],
 
 def encode_cursor(job_id: uuid.UUID) -> str:
     return base64.urlsafe_b64encode(job_id.bytes).decode().rstrip("=")
+
+
+class _Keyed(Protocol):
+    @property
+    def id(self) -> uuid.UUID: ...
+
+
+_Row = TypeVar("_Row", bound=_Keyed)
+
+
+def page_of(found: list[_Row], limit: int) -> tuple[list[_Row], str | None]:
+    """A keyset page from ``limit + 1`` rows read newest first: the first ``limit``, and
+    the cursor of the next page (None when the extra row was not there)."""
+    page = found[:limit]
+    return page, encode_cursor(page[-1].id) if len(found) > limit else None
 
 
 def decode_cursor(cursor: str) -> uuid.UUID:
@@ -240,10 +255,8 @@ class TaskController(Controller):
         )
         async with api.deadline():
             found = await api.store.list_jobs(tenant, query)
-        page = found[:limit]
-        more = len(found) > limit
-        return JobPage([JobOut.of(j, extra) for j in page],
-                       encode_cursor(page[-1].id) if more else None)
+        page, cursor = page_of(found, limit)
+        return JobPage([JobOut.of(j, extra) for j in page], cursor)
 
     @get("/{job_id:uuid}", opt={"scope": READ}, summary="A job", responses=_READ_ERRORS)
     async def get_job(self, request: Request[Any, Principal, Any], state: State,

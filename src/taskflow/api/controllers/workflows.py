@@ -24,8 +24,8 @@ from taskflow.api.auth import READ, WRITE, Principal
 from taskflow.api.context import ApiContext
 from taskflow.adapters.overview import WorkflowSummary
 from taskflow.api.controllers.tasks import (
-    RETRY_MS, Include, LastEventId, Tenant, Wait, _problems, decode_cursor, encode_cursor,
-    include_param, listed_tenant, wait_seconds,
+    RETRY_MS, Include, LastEventId, Tenant, Wait, _problems, decode_cursor, include_param,
+    listed_tenant, page_of, wait_seconds,
 )
 from taskflow.api.overview_schemas import (
     Edge, WorkflowEdges, WorkflowPage, WorkflowSummaryOut,
@@ -156,9 +156,8 @@ class WorkflowController(Controller):
         async with api.deadline():
             found = await api.overview.list_workflows(whose, before, limit + 1,
                                                       LIST_COUNT_CAP + 1)
-        page = found[:limit]
-        return WorkflowPage([_summary(w) for w in page],
-                            encode_cursor(page[-1].id) if len(found) > limit else None)
+        page, cursor = page_of(found, limit)
+        return WorkflowPage([_summary(w) for w in page], cursor)
 
     @get("/{workflow_id:uuid}/edges", opt={"scope": READ},
          summary="A workflow's dependency edges, upstream job to dependent job",
