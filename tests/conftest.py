@@ -23,6 +23,7 @@ from taskflow.adapters.embedded import EmbeddedPostgres, EmbeddedRedis
 from taskflow.config import Settings, settings_from_dict
 from taskflow.index import IndexGuard
 from taskflow.runtime import Stores, open_stores
+from tests.notify_servers import Receiver
 
 
 class TestServers:
@@ -126,3 +127,14 @@ async def redis_client(servers: TestServers) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(servers.redis_url, decode_responses=True)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """A webhook receiver on 127.0.0.1 (see tests.notify_servers)."""
+    r = Receiver()
+    await r.start()
+    try:
+        yield r
+    finally:
+        await r.close()

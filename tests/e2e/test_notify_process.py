@@ -46,16 +46,6 @@ async def stores(iso: Isolated) -> AsyncIterator[Stores]:
         yield s
 
 
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = Receiver()
-    await r.start()
-    try:
-        yield r
-    finally:
-        await r.close()
-
-
 def notify_env(iso: Isolated, **extra: str) -> dict[str, str]:
     return {"TASKFLOW_REDIS_PREFIX": iso.prefix,
             "TASKFLOW_OUTBOUND__ALLOWED_NETWORKS": '["127.0.0.0/8"]',

@@ -23,7 +23,7 @@ from tests.conftest import make_settings
 from tests.helpers import running_worker, submit_jobs, wait_for_states, wait_until
 from tests.integration.outbox_helpers import outbox_rows
 from tests.notify_servers import (
-    KafkaBroker, Receiver, SmtpServer, count, free_port, header, read_topic,
+    KafkaBroker, SmtpServer, count, free_port, header, read_topic,
 )
 
 DONE = {"succeeded", "failed", "cancelled"}
@@ -39,16 +39,6 @@ def broker(tmp_path_factory) -> Iterator[KafkaBroker]:
         yield kafka
     finally:
         kafka.stop()
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = Receiver()
-    await r.start()
-    try:
-        yield r
-    finally:
-        await r.close()
 
 
 @pytest.fixture
