@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from taskflow.adapters.embedded import free_port
+from tests.helpers import stop_process
 
 MOTO_SERVER = shutil.which("moto_server", path=str(Path(sys.executable).parent))
 
@@ -58,10 +59,5 @@ def moto_server(tmp: Path, **env: str) -> Iterator[Moto]:
                 time.sleep(0.1)
         yield Moto(url)
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
         log.close()

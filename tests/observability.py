@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from taskflow.adapters.embedded import free_port
+from tests.helpers import stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "helm/taskflow/dashboards/taskflow.json"
@@ -83,12 +84,7 @@ class Prometheus:
         try:
             yield f"http://127.0.0.1:{port}"
         finally:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process)
             log.close()
             self.log = (folder / "prometheus.log").read_text(errors="replace")
             shutil.rmtree(folder, ignore_errors=True)

@@ -7,12 +7,13 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from tests.helpers import stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 # Built once and kept (gitignored): debootstrap takes a minute or two.
@@ -99,12 +100,7 @@ class Docker:
                 ids = self.run("ps", "-aq", check=False, timeout=30).stdout.split()
                 if ids:
                     self.run("rm", "-f", *ids, check=False, timeout=60)
-                self.process.send_signal(signal.SIGTERM)
-                try:
-                    self.process.wait(30)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait()
+                stop_process(self.process, timeout=30)
         finally:
             self.log.close()
             # dockerd leaves its network namespace bind-mounted in the exec root.
