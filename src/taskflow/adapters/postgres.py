@@ -61,7 +61,13 @@ async def create_pool(
         # random_page_cost: the hot rows are cached (or on SSD), so an index lookup is
         # nearly as cheap as a sequential read; with the default of 4 the planner scans
         # all of `jobs` to update a batch of 100 (a DAG layer's flush: 5.7 -> 2.7 ms).
-        server_settings={"plan_cache_mode": "force_custom_plan", "random_page_cost": "1.1"},
+        # jit: PostgreSQL compiles a query once its estimated cost passes jit_above_cost,
+        # and a fan-in lookup planned while a big workflow's statistics lag behind is
+        # estimated at 170,000 for 0.4 ms of work: compiling it took 15 ms, on every
+        # call (a 100 x 100 layered workflow: 11 ms per upstream_results). Our
+        # statements are all short, so JIT never pays here.
+        server_settings={"plan_cache_mode": "force_custom_plan", "random_page_cost": "1.1",
+                         "jit": "off"},
         # asyncpg's default reset on release is one more round trip (RESET ALL, UNLISTEN,
         # advisory unlock) per statement. Pooled connections keep no session state here:
         # queries are single statements or managed transactions, nothing LISTENs, and the
