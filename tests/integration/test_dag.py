@@ -99,6 +99,53 @@ async def test_chain_of_100(stores, settings):
     assert [j.node for j in order] == [f"n{i}" for i in range(100)]
 
 
+async def test_a_released_dependent_never_jumps_a_ready_job_that_outranks_it(
+        stores, settings):
+    """a (holding the only slot) releases b while c, priority 10, waits in the ready set:
+    b, priority 0, runs after c (a worker that started what its flush released, to save
+    the index and claim round trips, must still respect this)."""
+    registry, _ = collector()
+    gate = asyncio.Event()
+    running = asyncio.Event()
+
+    @registry.task("held")
+    async def held(ctx):
+        running.set()
+        await gate.wait()
+
+    workflow, ids = await submit_workflow(stores.store, stores.dispatch, "t", "w", [
+        node("a", task="held", priority=20), node("b", "a")])
+    async with running_worker(stores, settings, registry, concurrency=1):
+        await asyncio.wait_for(running.wait(), 10)
+        [c] = await submit_jobs(stores, {"task": "collect", "priority": 10, "tenant": "t",
+                                         "payload": {"name": "c"}})
+        gate.set()
+        done = {j.id: j for j in await wait_for_states(stores, [ids["b"], c], {"succeeded"})}
+    assert done[c].started_at < done[ids["b"]].started_at
+
+
+async def test_a_fan_out_never_runs_more_than_the_concurrency(stores, settings):
+    """A root releasing 40 dependents into a worker of 4 slots: 4 run at a time."""
+    registry, _ = collector()
+    now = 0
+    peak = 0
+
+    @registry.task("count")
+    async def count(ctx):
+        nonlocal now, peak
+        now += 1
+        peak = max(peak, now)
+        await asyncio.sleep(0.02)
+        now -= 1
+
+    nodes = [node("root", task="count")]
+    nodes += [node(f"d{i}", "root", task="count") for i in range(40)]
+    workflow, ids = await submit_workflow(stores.store, stores.dispatch, "t", "fan", nodes)
+    async with running_worker(stores, settings, registry, concurrency=4):
+        await wait_for_states(stores, list(ids.values()), {"succeeded"})
+    assert peak == 4
+
+
 async def test_depends_on_existing_jobs_by_id(stores, settings):
     registry, seen = collector()
     first = await submit_jobs(stores, {"task": "echo", "payload": {"x": 1}, "tenant": "t1"})
