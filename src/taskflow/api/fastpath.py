@@ -46,8 +46,8 @@ def asgi_app(app: Litestar) -> ASGIApp:
 class FastSubmit:
     """ASGI app: ``POST /tasks`` when all is plain, everything else to ``app``.
 
-    ``served`` counts the submits it answered (the tests' proof that it did), ``handed``
-    those it gave to the app."""
+    ``taskflow_api_fast_submits_total`` counts the submits it answered (``served``: the
+    tests' proof that it did) and those it gave to the app (``handed_over``)."""
 
     def __init__(self, app: Litestar) -> None:
         self.app = app
@@ -55,8 +55,8 @@ class FastSubmit:
         self.max_body = self.api.settings.api.max_body_bytes
         self.decoder = msgspec.json.Decoder(JobSpec)
         self.encoder = msgspec.json.Encoder()
-        self.served = 0
-        self.handed = 0
+        self.served = self.api.metrics.fast_submits.labels("served")
+        self.handed = self.api.metrics.fast_submits.labels("handed_over")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != ROUTE or scope["method"] != "POST":
@@ -75,7 +75,7 @@ class FastSubmit:
         if job is None:
             await self._hand_over(scope, _replay(messages, receive), send)
             return
-        self.served += 1
+        self.served.inc()
         status = 500
         try:
             try:
@@ -115,7 +115,7 @@ class FastSubmit:
         return job
 
     async def _hand_over(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.handed += 1
+        self.handed.inc()
         await self.app(scope, receive, send)
 
     async def _error(self, scope: Scope, receive: Receive, send: Send,

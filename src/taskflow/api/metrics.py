@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from taskflow.metrics import page
 
@@ -39,6 +39,10 @@ class ApiMetrics:
             ["method", "route", "status"], buckets=_BUCKETS, registry=self.registry,
         )
         self._children: dict[tuple[str, str, int], Any] = {}
+        self.fast_submits = Counter(
+            "taskflow_api_fast_submits", "POST /tasks requests the fast path saw, by outcome: "
+            "served (it answered) or handed_over (something was unusual: the route "
+            "answered); see api.fast_submit.", ["outcome"], registry=self.registry)
         self.waiters = Gauge(
             "taskflow_api_waiters", "Requests waiting for a job or workflow to change "
             "(wait= and event streams).", registry=self.registry)
