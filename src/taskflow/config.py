@@ -211,7 +211,7 @@ class ApiSettings(Struct, frozen=True, forbid_unknown_fields=True):
     group_commit: bool = True
     # Group commits in flight at once (per API process); submits arriving meanwhile go
     # together in the next one.
-    group_commits: PositiveInt = 2
+    group_commits: PositiveInt = 1
     # Longest a request waits on PostgreSQL or Redis before answering 503. A submit waits
     # this long for its turn in the group commit; once its INSERT is sent it waits for the
     # answer (bounded by database.command_timeout), so a 503 never hides a created job.
