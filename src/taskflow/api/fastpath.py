@@ -103,6 +103,7 @@ class FastSubmit:
             return None
         try:
             principal = await self.api.verifier.verify(token)
+            logs.bind(tenant=principal.tenant)  # as JwtAuthMiddleware does, at once
             if not principal.may(WRITE):
                 return None
             spec = self.decoder.decode(body)
@@ -111,7 +112,6 @@ class FastSubmit:
                 await self.api.submitter.check_targets([job], [""])
         except Exception:  # noqa: BLE001 - the route gives the answer, and counts it
             return None
-        logs.bind(tenant=principal.tenant)  # as JwtAuthMiddleware does
         return job
 
     async def _hand_over(self, scope: Scope, receive: Receive, send: Send) -> None:
