@@ -7,7 +7,9 @@ Every job is durable in PostgreSQL before its 201. Targets on a 2-core machine: 
 single submits/s, 30,000 batched jobs/s, p50 submit-to-done under 5 ms. ``POST /tasks`` at
 32 connections is measured again with ``taskflow serve --workers 2`` (two API processes
 on one port), alternating with the single process, to say whether a second one helps.
-``BENCH_SECONDS`` sets each throughput run's length (default 8).
+The fast path of ``POST /tasks`` (``api.fast_submit``, issue 11) is measured against the
+Litestar route alone the same way. ``BENCH_SECONDS`` sets each throughput run's length
+(default 8).
 """
 
 from __future__ import annotations
@@ -145,6 +147,22 @@ def main() -> None:
                 rates[connections] = _submits(srv, api.url, token, connections, single, folder,
                                               f"POST /tasks, {connections} connection"
                                               f"{'s' * (connections > 1)}")
+            # The fast path of POST /tasks against the Litestar route alone
+            # (api.fast_submit = false), alternating so that the machine's drift weighs
+            # on both alike.
+            route = ApiProcess(srv, free_port(), TASKFLOW_API__FAST_SUBMIT="false")
+            try:
+                fast_rates, route_rates = [rates[32]], []
+                for _ in range(2):
+                    route_rates.append(_submits(srv, route.url, token, 32, single, folder,
+                                                "POST /tasks, 32 connections, route only"))
+                    fast_rates.append(_submits(srv, api.url, token, 32, single, folder,
+                                               "POST /tasks, 32 connections, fast path"))
+            finally:
+                route.stop()
+            report("POST /tasks at 32, fast path / route only",
+                   statistics.mean(fast_rates) / statistics.mean(route_rates), "x",
+                   "(means of alternating runs)")
             # Then with two API processes, alternating with the one (idle meanwhile) so
             # that drift in the machine's load weighs on both alike.
             two = ApiProcess(srv, free_port(), workers=2)

@@ -204,11 +204,14 @@ class ApiSettings(Struct, frozen=True, forbid_unknown_fields=True):
     unknown_tasks: Literal["reject", "accept"] = "reject"
     # Task names accepted besides the built-ins and worker.handler_modules' handlers.
     known_tasks: tuple[str, ...] = ()
+    # A plain POST /tasks is answered without Litestar's routing and middleware (see
+    # taskflow.api.fastpath); anything unusual still goes through the route.
+    fast_submit: bool = True
     # Single submits that arrive together share one INSERT and one Redis call.
     group_commit: bool = True
     # Group commits in flight at once (per API process); submits arriving meanwhile go
     # together in the next one.
-    group_commits: PositiveInt = 2
+    group_commits: PositiveInt = 1
     # Longest a request waits on PostgreSQL or Redis before answering 503. A submit waits
     # this long for its turn in the group commit; once its INSERT is sent it waits for the
     # answer (bounded by database.command_timeout), so a 503 never hides a created job.

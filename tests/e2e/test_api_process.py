@@ -4,6 +4,7 @@ HTTP: the job lifecycle, idempotency, batches, paging, cancel and retry."""
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 
@@ -174,6 +175,10 @@ async def test_probes_and_metrics(client: Client):
     assert 'taskflow_jobs_submitted_total{queue="metered"} 1.0' in metrics.body
     assert ('taskflow_api_request_duration_seconds_count{method="POST",route="/tasks",'
             'status="2xx"}') in metrics.body
+    # ... answered by the fast path in front of Litestar (api.fast_submit), not the route.
+    served = re.search(r'^taskflow_api_fast_submits_total\{outcome="served"\} (\S+)$',
+                       metrics.body, re.MULTILINE)
+    assert served and float(served.group(1)) >= 1
     schema = await anonymous.get("/schema/openapi.json")
     assert schema.status == 200 and "/tasks/batch" in schema.body["paths"]
     docs = await anonymous.get("/schema/swagger")

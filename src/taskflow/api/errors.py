@@ -193,3 +193,11 @@ EXCEPTION_HANDLERS = {
     HTTPException: on_http_exception,
     Exception: on_unexpected,
 }
+
+
+def exception_handler(exc: Exception) -> Any:
+    """The handler of :data:`EXCEPTION_HANDLERS` Litestar picks for ``exc`` (the first
+    class of its MRO that has one): for code that answers outside Litestar's routing
+    (:mod:`taskflow.api.fastpath`) in exactly the same way."""
+    return next(EXCEPTION_HANDLERS[cls] for cls in type(exc).__mro__
+                if cls in EXCEPTION_HANDLERS)

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from taskflow.metrics import page
 
@@ -39,6 +39,10 @@ class ApiMetrics:
             ["method", "route", "status"], buckets=_BUCKETS, registry=self.registry,
         )
         self._children: dict[tuple[str, str, int], Any] = {}
+        self.fast_submits = Counter(
+            "taskflow_api_fast_submits", "POST /tasks requests the fast path saw, by outcome: "
+            "served (it answered) or handed_over (something was unusual: the route "
+            "answered); see api.fast_submit.", ["outcome"], registry=self.registry)
         self.waiters = Gauge(
             "taskflow_api_waiters", "Requests waiting for a job or workflow to change "
             "(wait= and event streams).", registry=self.registry)
@@ -55,8 +59,7 @@ class ApiMetrics:
     def middleware(self, app: ASGIApp) -> ASGIApp:
         """ASGI middleware timing each request (route = the path template, so ids do not
         make new series)."""
-        children = self._children
-        latency = self.latency
+        observe = self.observe
 
         async def timed(scope: Scope, receive: Receive, send: Send) -> None:
             if scope["type"] != "http":
@@ -74,12 +77,15 @@ class ApiMetrics:
             try:
                 await app(scope, receive, send_wrapper)
             finally:
-                method = scope["method"]
-                key = (method if method in _METHODS else "other",
-                       scope.get("path_template") or "unmatched", status // 100)
-                child = children.get(key)
-                if child is None:
-                    child = children[key] = latency.labels(key[0], key[1], f"{key[2]}xx")
-                child.observe(time.perf_counter() - start)
+                observe(scope["method"], scope.get("path_template") or "unmatched", status,
+                        time.perf_counter() - start)
 
         return timed
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        """One request's latency (the middleware's, and :mod:`taskflow.api.fastpath`'s)."""
+        key = (method if method in _METHODS else "other", route, status // 100)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.latency.labels(key[0], key[1], f"{key[2]}xx")
+        child.observe(seconds)

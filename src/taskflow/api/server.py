@@ -8,9 +8,11 @@ import importlib.util
 import logging
 import socket
 from collections.abc import Iterator
-from typing import Any
 
 import uvicorn
+from litestar import Litestar
+
+from taskflow.api.fastpath import asgi_app
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +51,11 @@ def url_of(sock: socket.socket) -> str:
     return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
 
-async def run_api(app: Any, sock: socket.socket, stop: asyncio.Event) -> None:
-    """Serve ``app`` on ``sock`` until ``stop`` is set, then finish in-flight requests."""
+async def run_api(app: Litestar, sock: socket.socket, stop: asyncio.Event) -> None:
+    """Serve ``app`` (behind :mod:`taskflow.api.fastpath`) on ``sock`` until ``stop`` is
+    set, then finish in-flight requests."""
     config = uvicorn.Config(
-        app,
+        asgi_app(app),
         http="httptools" if importlib.util.find_spec("httptools") else "h11",
         lifespan="on",
         access_log=False,
