@@ -148,9 +148,9 @@ class Submitter:
         """(created, the job): an idempotent replay gives (False, the first job).
 
         A submit waits at most ``api.backend_timeout`` for its turn in the group commit
-        (503 after that, and the job is never sent: see :meth:`_expire`); once its INSERT is on its way it
-        waits for the answer, bounded by ``database.command_timeout``, so that a 503 is
-        never given for a job that was created."""
+        (503 after that, and the job is never sent: see :meth:`_expire`); once its INSERT
+        is on its way it waits for the answer, bounded by ``database.command_timeout``, so
+        that a 503 is never given for a job that was created."""
         # A job with upstreams goes alone: an unknown upstream must fail only its request.
         if job.depends_on:
             created, out = _Answers(await self._insert([job])).of(job)
@@ -168,8 +168,8 @@ class Submitter:
         self._pending.append(waiting)
         if self._inflight < self.max_inflight:
             self._flush()
-        elif self._expiry is None:
-            self._expiry = loop.call_at(waiting.deadline, self._expire)
+        if self._pending and self._expiry is None:  # left waiting (a batch holds 5,000)
+            self._expiry = loop.call_at(self._pending[0].deadline, self._expire)
         try:
             # Every setter of the answer checks done(): a caller that goes away cancels
             # its future, nothing else. Once sent, its INSERT's answer is the truth.
