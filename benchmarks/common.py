@@ -35,30 +35,42 @@ def servers() -> Iterator[Servers]:
     data_dir = Path(tempfile.mkdtemp(prefix="taskflow-bench-"))
     os.chmod(data_dir, 0o755)
     started: list = []
-    admin = os.environ.get("TASKFLOW_DATABASE_URL", "")
-    if not admin:
-        started.append(EmbeddedPostgres(data_dir / "postgres"))
-        admin = started[-1].url
-    redis_url = os.environ.get("TASKFLOW_REDIS_URL", "")
-    if not redis_url:
-        started.append(EmbeddedRedis(data_dir / "redis"))
-        redis_url = started[-1].url
     name = f"taskflow_bench_{uuid.uuid4().hex[:8]}"
+    admin = os.environ.get("TASKFLOW_DATABASE_URL", "")
+    created = False
 
     async def ddl(sql: str) -> None:
         conn = await asyncpg.connect(admin)
         await conn.execute(sql)
         await conn.close()
 
-    asyncio.run(ddl(f'CREATE DATABASE "{name}"'))
-    base, sep, query = admin.partition("?")
+    # A SIGTERM (`timeout`, a CI job cancelled) unwinds through the finally below, so the
+    # embedded servers stop and their folder goes instead of outliving the run.
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
+        if not admin:
+            started.append(EmbeddedPostgres(data_dir / "postgres"))
+            admin = started[-1].url
+        redis_url = os.environ.get("TASKFLOW_REDIS_URL", "")
+        if not redis_url:
+            started.append(EmbeddedRedis(data_dir / "redis"))
+            redis_url = started[-1].url
+        asyncio.run(ddl(f'CREATE DATABASE "{name}"'))
+        created = True
+        base, sep, query = admin.partition("?")
         yield Servers(f"{base.rpartition('/')[0]}/{name}{sep}{query}", redis_url, data_dir)
     finally:
-        asyncio.run(ddl(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the cleanup is not cut short
+        if created:
+            asyncio.run(ddl(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         for server in reversed(started):
             server.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def bench_settings(srv: Servers) -> Settings:
