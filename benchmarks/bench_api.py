@@ -148,35 +148,17 @@ def main() -> None:
                                               f"POST /tasks, {connections} connection"
                                               f"{'s' * (connections > 1)}")
             # The fast path of POST /tasks against the Litestar route alone
-            # (api.fast_submit = false), alternating so that the machine's drift weighs
-            # on both alike.
-            route = ApiProcess(srv, free_port(), TASKFLOW_API__FAST_SUBMIT="false")
-            try:
-                fast_rates, route_rates = [rates[32]], []
-                for _ in range(2):
-                    route_rates.append(_submits(srv, route.url, token, 32, single, folder,
-                                                "POST /tasks, 32 connections, route only"))
-                    fast_rates.append(_submits(srv, api.url, token, 32, single, folder,
-                                               "POST /tasks, 32 connections, fast path"))
-            finally:
-                route.stop()
-            report("POST /tasks at 32, fast path / route only",
-                   statistics.mean(fast_rates) / statistics.mean(route_rates), "x",
+            # (api.fast_submit = false), then one API process against two, each pair
+            # alternating so that drift in the machine's load weighs on both alike.
+            fast, route = _alternating(
+                srv, token, single, folder, (api.url, rates[32], "fast path"),
+                ApiProcess(srv, free_port(), TASKFLOW_API__FAST_SUBMIT="false"), "route only")
+            report("POST /tasks at 32, fast path / route only", fast / route, "x",
                    "(means of alternating runs)")
-            # Then with two API processes, alternating with the one (idle meanwhile) so
-            # that drift in the machine's load weighs on both alike.
-            two = ApiProcess(srv, free_port(), workers=2)
-            try:
-                one_rates, two_rates = [rates[32]], []
-                for _ in range(2):
-                    two_rates.append(_submits(srv, two.url, token, 32, single, folder,
-                                              "POST /tasks, 32 connections, --workers 2"))
-                    one_rates.append(_submits(srv, api.url, token, 32, single, folder,
-                                              "POST /tasks, 32 connections, --workers 1"))
-            finally:
-                two.stop()
-            report("POST /tasks at 32, --workers 2 / --workers 1",
-                   statistics.mean(two_rates) / statistics.mean(one_rates), "x",
+            one, two = _alternating(
+                srv, token, single, folder, (api.url, rates[32], "--workers 1"),
+                ApiProcess(srv, free_port(), workers=2), "--workers 2")
+            report("POST /tasks at 32, --workers 2 / --workers 1", two / one, "x",
                    "(means of alternating runs; the load generator shares the 2 cores)")
             batch = json.dumps({"tasks": [{"task": "noop", "payload": {"n": i}}
                                           for i in range(BATCH)]}).encode()
@@ -188,6 +170,24 @@ def main() -> None:
         finally:
             api.stop()
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alternating(srv, token: str, body: bytes, folder: Path,
+                 first: tuple[str, float, str], other: ApiProcess,
+                 other_name: str) -> tuple[float, float]:
+    """``POST /tasks`` at 32 connections on ``other`` and on the first API (its URL, the
+    rate it already gave, its name), two rounds each in turn; the mean rate of each."""
+    url, rate, name = first
+    first_rates, other_rates = [rate], []
+    try:
+        for _ in range(2):
+            other_rates.append(_submits(srv, other.url, token, 32, body, folder,
+                                        f"POST /tasks, 32 connections, {other_name}"))
+            first_rates.append(_submits(srv, url, token, 32, body, folder,
+                                        f"POST /tasks, 32 connections, {name}"))
+    finally:
+        other.stop()
+    return statistics.mean(first_rates), statistics.mean(other_rates)
 
 
 def _submits(srv, url: str, token: str, connections: int, body: bytes, folder: Path,
