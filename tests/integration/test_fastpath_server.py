@@ -87,3 +87,45 @@ async def test_a_refused_token_is_answered_before_the_body_is_read(
     want = b"403" if token == "read-only" else b"401"
     assert lines[0].startswith(b"HTTP/1.1 " + want), lines
     assert lines[1] == lines[0], f"route: {lines[0]!r}, fast path: {lines[1]!r}"
+
+
+async def test_a_key_server_outage_costs_one_fetch_not_two(stores, settings):
+    # With auth.jwks_url down, the route answers 503 after one attempt to fetch the keys
+    # (up to 5 s); the fast path made its own attempt, then handed over to the route,
+    # which made another: twice the wait and twice the load on the key server.
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    hits = []
+
+    async def jwks(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        return web.Response(status=500)
+
+    web_app = web.Application()
+    web_app.router.add_get("/jwks", jwks)
+    key_server = TestServer(web_app, host="127.0.0.1")
+    await key_server.start_server()
+    key = ec.generate_private_key(ec.SECP256R1())
+    token = jwt.encode({"tenant": "t", "scope": "tasks:write", "sub": "x",
+                        "exp": int(time.time()) + 600}, key, algorithm="ES256",
+                       headers={"kid": "k1"})
+    cfg = msgspec.structs.replace(
+        settings, jwt_secret=SECRET,
+        auth=msgspec.structs.replace(settings.auth, jwks_url=str(key_server.make_url("/jwks"))))
+    body = b'{"task": "noop"}'
+    request = (b"POST /tasks HTTP/1.1\r\nHost: api\r\nContent-Type: application/json\r\n"
+               b"Content-Length: %d\r\nAuthorization: Bearer %s\r\n\r\n%s"
+               % (len(body), token.encode(), body))
+    counts = []
+    try:
+        for fast in (False, True):
+            hits.clear()
+            async with _serving(stores, cfg, fast) as (host, port):
+                line = await _first_line(host, port, request, wait=15)
+            assert line.startswith(b"HTTP/1.1 503"), line
+            counts.append(len(hits))
+    finally:
+        await key_server.close()
+    assert counts == [1, 1], f"key fetches per request: route {counts[0]}, fast {counts[1]}"

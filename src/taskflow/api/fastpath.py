@@ -25,7 +25,7 @@ from litestar import Litestar
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from taskflow import logs
-from taskflow.api.auth import WRITE, Principal
+from taskflow.api.auth import WRITE, InvalidToken, Principal
 from taskflow.api.context import ApiContext
 from taskflow.api.errors import exception_handler
 from taskflow.api.schemas import JobSpec
@@ -74,7 +74,13 @@ class FastSubmit:
         # The token first, as the route does: a refused one is answered before the body
         # is read (no "100 Continue", no body of up to api.max_body_bytes buffered for a
         # client that may not submit).
-        principal = await self._principal(found.get(b"authorization"))
+        try:
+            principal = await self._principal(found.get(b"authorization"))
+        except Exception as exc:  # noqa: BLE001 - the key server: see _principal
+            self.served.inc()
+            status = await self._error(scope, receive, send, exc)
+            self.api.metrics.observe("POST", ROUTE, status, time.perf_counter() - start)
+            return
         if principal is None:
             await self._hand_over(scope, receive, send)
             return
@@ -111,8 +117,11 @@ class FastSubmit:
             return None
         try:
             principal = await self.api.verifier.verify(token)
-        except Exception:  # noqa: BLE001 - the route gives the answer, and counts it
-            return None
+        except InvalidToken:
+            return None  # the route gives the answer, and counts it
+        # Anything else (the keys of auth.jwks_url cannot be fetched: a 503) is raised and
+        # answered here as the route would: handing over would make the route fetch the
+        # keys again, doubling the wait and the load on the key server.
         logs.bind(tenant=principal.tenant)  # as JwtAuthMiddleware does, at once
         return principal if principal.may(WRITE) else None
 
