@@ -127,3 +127,23 @@ async def test_http_batch_and_workflow_are_not_answered_503_after_their_commit(
         answers = [await batch, await flow]
     assert [a.status_code for a in answers] == [201, 201], [a.text for a in answers]
     assert await _count(stores) == 4
+
+
+async def test_close_waits_for_the_commits_it_lets_start_and_leaves_no_timer(
+        stores, settings):
+    # close() awaited the group commits in flight when it was called, but a commit that
+    # ends sends the submits waiting behind it in a new one, which close() did not wait
+    # for (it ran on against stores about to close). And the expiry timer it cancelled
+    # stayed set, so that no later submit ever had one.
+    submitter = _submitter(stores, settings, backend_timeout=30)
+    async with _jobs_locked(stores):
+        first = asyncio.create_task(submitter.submit_one(NewJob(task="noop", max_attempts=1)))
+        await asyncio.sleep(0.05)  # its INSERT is out, and stalls
+        second = asyncio.create_task(submitter.submit_one(NewJob(task="noop", max_attempts=1)))
+        await asyncio.sleep(0.05)  # waiting behind it
+        closing = asyncio.create_task(submitter.close())
+        await asyncio.sleep(0.05)
+    await asyncio.wait_for(closing, 10)
+    assert not submitter._tasks, "close() returned with a group commit still running"
+    assert submitter._expiry is None
+    assert [created for created, _ in await asyncio.gather(first, second)] == [True, True]

@@ -244,9 +244,12 @@ class Submitter:
                 waiting.answer.exception()
 
     async def close(self) -> None:
+        """Waits for the group commits, including those the ones in flight start for the
+        submits waiting behind them (the waiting are sent, not dropped)."""
         if self._expiry is not None:
             self._expiry.cancel()
-        if self._tasks:
+            self._expiry = None
+        while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
