@@ -145,8 +145,11 @@ class FastSubmit:
         """Answer ``exc``, raised by a check whose outcome the route would only repeat
         at a cost (a fetch of the signing keys, a DNS lookup), as the route would."""
         self.served.inc()
-        status = await self._error(scope, receive, send, exc)
-        self.api.metrics.observe("POST", ROUTE, status, time.perf_counter() - start)
+        status = 500
+        try:
+            status = await self._error(scope, receive, send, exc)
+        finally:
+            self.api.metrics.observe("POST", ROUTE, status, time.perf_counter() - start)
 
     async def _hand_over(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.handed.inc()
