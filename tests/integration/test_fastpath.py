@@ -194,3 +194,28 @@ async def test_fast_submit_off_serves_the_route_alone(stores, settings):
         api=msgspec.structs.replace(settings.api, fast_submit=False))
     route = create_app(cfg, stores)
     assert asgi_app(route) is route
+
+
+async def test_a_refused_webhook_is_checked_once(apps):
+    # A webhook the outbound guard refuses is a 422 from check_targets; the fast path
+    # checked it, handed the request over, and the route checked (resolved) it again: up
+    # to twice the resolver's timeout for one answer.
+    route, fast = apps
+    targets = route.state.api.submitter.targets
+    checks = []
+    webhooks = targets.webhooks
+
+    async def counted(urls):
+        checks.append(dict(urls))
+        return await webhooks(urls)
+
+    targets.webhooks = counted
+    body = b'{"task": "noop", "notify": {"webhook": "http://10.1.2.3/hook"}}'
+    by_route = await _call(route, body, token=_token())
+    assert by_route.status == 422, by_route.body
+    assert len(checks) == 1
+    by_fast = await _call(fast, body, token=_token())
+    assert by_fast == by_route
+    assert len(checks) == 2, f"{len(checks) - 1} checks for the fast path's request"
+    assert _paths(route) == (1, 0)  # answered by the fast path, as the route would
+    assert _count(route, "4xx") == 2  # the route's and the fast path's, one series

@@ -127,3 +127,53 @@ async def test_http_batch_and_workflow_are_not_answered_503_after_their_commit(
         answers = [await batch, await flow]
     assert [a.status_code for a in answers] == [201, 201], [a.text for a in answers]
     assert await _count(stores) == 4
+
+
+async def test_close_waits_for_the_commits_it_lets_start_and_leaves_no_timer(
+        stores, settings):
+    # close() awaited the group commits in flight when it was called, but a commit that
+    # ends sends the submits waiting behind it in a new one, which close() did not wait
+    # for (it ran on against stores about to close). And the expiry timer it cancelled
+    # stayed set, so that no later submit ever had one.
+    submitter = _submitter(stores, settings, backend_timeout=30)
+    async with _jobs_locked(stores):
+        first = asyncio.create_task(submitter.submit_one(NewJob(task="noop", max_attempts=1)))
+        await asyncio.sleep(0.05)  # its INSERT is out, and stalls
+        second = asyncio.create_task(submitter.submit_one(NewJob(task="noop", max_attempts=1)))
+        await asyncio.sleep(0.05)  # waiting behind it
+        closing = asyncio.create_task(submitter.close())
+        await asyncio.sleep(0.05)
+    await asyncio.wait_for(closing, 10)
+    assert not submitter._tasks, "close() returned with a group commit still running"
+    assert submitter._expiry is None
+    assert [created for created, _ in await asyncio.gather(first, second)] == [True, True]
+
+
+async def test_a_group_commit_logs_under_no_callers_tenant(stores, settings):
+    # A group commit holds the jobs of many tenants, but its task was started from the
+    # request that flushed it, and so logged with that request's tenant (and every commit
+    # started after it, from its own finally, with the same one).
+    from taskflow import logs
+
+    submitter = _submitter(stores, settings, backend_timeout=30)
+    seen = []
+    insert = submitter._insert
+
+    async def watched(jobs):
+        seen.append(logs.context().get("tenant"))
+        return await insert(jobs)
+
+    submitter._insert = watched
+
+    async def submit(tenant: str):
+        logs.bind(tenant=tenant)  # as the API does for the request's task
+        return await submitter.submit_one(NewJob(task="noop", max_attempts=1, tenant=tenant))
+
+    async with _jobs_locked(stores):
+        first = asyncio.create_task(submit("a"))
+        await asyncio.sleep(0.05)
+        rest = [asyncio.create_task(submit(t)) for t in ("b", "c")]
+        await asyncio.sleep(0.05)
+    await asyncio.gather(first, *rest)
+    await submitter.close()
+    assert seen == [None, None], seen  # two commits: a's, then b's and c's

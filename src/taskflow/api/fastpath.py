@@ -8,12 +8,15 @@ the same body type, :meth:`Submitter.new_job`, ``check_targets`` and ``submit_on
 same encoding and metrics.
 
 The rule that keeps it identical to the route: anything unusual *before* the job is
-handed to ``submit_one`` (no, bad or expired token, missing scope, a query string such as
-``wait=``, another content type, no or too large ``Content-Length``, a body that does not
-decode or validate, a job ``new_job`` or ``check_targets`` refuses) goes to the Litestar
-app unchanged, its body replayed, so every such answer is the route's own. Once
-``submit_one`` is called there is no way back (the job may exist): its errors are answered
-by the app's exception handlers (:mod:`taskflow.api.errors`).
+handed to ``submit_one`` (no, bad or expired token, missing scope -- all checked before
+the body is read, as the route does --, a query string such as ``wait=``, another
+content type, no or too large ``Content-Length``, a body that does not decode or
+validate, a job ``new_job`` refuses) goes to the Litestar app unchanged, its body
+replayed, so every such answer is the route's own. Two refusals the route would only
+repeat at a cost are answered here with the app's exception handlers: the verifier's
+when the signing keys cannot be fetched (503), and a webhook ``check_targets`` refuses
+(422, after a DNS lookup). Once ``submit_one`` is called there is no way back (the job
+may exist): its errors are answered the same way (:mod:`taskflow.api.errors`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from litestar import Litestar
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from taskflow import logs
-from taskflow.api.auth import WRITE
+from taskflow.api.auth import WRITE, InvalidToken, Principal
 from taskflow.api.context import ApiContext
 from taskflow.api.errors import exception_handler
 from taskflow.api.schemas import JobSpec
@@ -70,11 +73,30 @@ class FastSubmit:
                 or scope["query_string"] or scope.get("root_path")):
             await self._hand_over(scope, receive, send)
             return
+        # The token first, as the route does: a refused one is answered before the body
+        # is read (no "100 Continue", no body of up to api.max_body_bytes buffered for a
+        # client that may not submit).
+        try:
+            principal = await self._principal(found.get(b"authorization"))
+        except Exception as exc:  # noqa: BLE001 - the key server: see _principal
+            await self._refuse(scope, receive, send, exc, start)
+            return
+        if principal is None:
+            await self._hand_over(scope, receive, send)
+            return
         messages, body = await _body(receive, int(length))
-        job = None if body is None else await self._new_job(found.get(b"authorization"), body)
+        job = None if body is None else self._new_job(principal, body)
         if job is None:
             await self._hand_over(scope, _replay(messages, receive), send)
             return
+        if job.notify is not None and job.notify.webhook is not None:
+            try:
+                await self.api.submitter.check_targets([job], [""])
+            except Exception as exc:  # noqa: BLE001 - answered as the route would
+                # Not handed over: the route would resolve the webhook's host again
+                # (up to twice the resolver's timeout for one 422).
+                await self._refuse(scope, receive, send, exc, start)
+                return
         self.served.inc()
         status = 500
         try:
@@ -93,8 +115,8 @@ class FastSubmit:
         finally:
             self.api.metrics.observe("POST", ROUTE, status, time.perf_counter() - start)
 
-    async def _new_job(self, authorization: bytes | None, body: bytes) -> NewJob | None:
-        """The job to submit, or None when anything is unusual (the route answers)."""
+    async def _principal(self, authorization: bytes | None) -> Principal | None:
+        """The caller, if the token is good and may write; None: the route answers."""
         if authorization is None:
             return None
         scheme, _, token = authorization.decode("latin-1").partition(" ")
@@ -103,16 +125,31 @@ class FastSubmit:
             return None
         try:
             principal = await self.api.verifier.verify(token)
-            logs.bind(tenant=principal.tenant)  # as JwtAuthMiddleware does, at once
-            if not principal.may(WRITE):
-                return None
-            spec = self.decoder.decode(body)
-            job = self.api.submitter.new_job(spec, principal.tenant)
-            if job.notify is not None and job.notify.webhook is not None:
-                await self.api.submitter.check_targets([job], [""])
+        except InvalidToken:
+            return None  # the route gives the answer, and counts it
+        # Anything else (the keys of auth.jwks_url cannot be fetched: a 503) is raised and
+        # answered here as the route would: handing over would make the route fetch the
+        # keys again, doubling the wait and the load on the key server.
+        logs.bind(tenant=principal.tenant)  # as JwtAuthMiddleware does, at once
+        return principal if principal.may(WRITE) else None
+
+    def _new_job(self, principal: Principal, body: bytes) -> NewJob | None:
+        """The job to submit, or None when anything is unusual (the route answers)."""
+        try:
+            return self.api.submitter.new_job(self.decoder.decode(body), principal.tenant)
         except Exception:  # noqa: BLE001 - the route gives the answer, and counts it
             return None
-        return job
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, exc: Exception,
+                      start: float) -> None:
+        """Answer ``exc``, raised by a check whose outcome the route would only repeat
+        at a cost (a fetch of the signing keys, a DNS lookup), as the route would."""
+        self.served.inc()
+        status = 500
+        try:
+            status = await self._error(scope, receive, send, exc)
+        finally:
+            self.api.metrics.observe("POST", ROUTE, status, time.perf_counter() - start)
 
     async def _hand_over(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.handed.inc()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import logging
 import re
 import uuid
@@ -18,6 +19,7 @@ from typing import Any
 
 import msgspec
 
+from taskflow import logs
 from taskflow.adapters.postgres import InsertResult
 from taskflow.api.errors import BACKEND_ERRORS, ApiError, Unavailable, located
 from taskflow.api.quotas import Quotas
@@ -207,7 +209,11 @@ class Submitter:
         if not batch:
             return
         self._inflight += 1
-        task = asyncio.create_task(self._commit(batch))
+        # Not in the context of the request that happens to flush (nor of the commit
+        # before it): the batch holds many tenants' jobs, its logs belong to none.
+        context = contextvars.copy_context()
+        context.run(logs.bind, tenant=None)
+        task = asyncio.create_task(self._commit(batch), context=context)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -244,9 +250,12 @@ class Submitter:
                 waiting.answer.exception()
 
     async def close(self) -> None:
+        """Waits for the group commits, including those the ones in flight start for the
+        submits waiting behind them (the waiting are sent, not dropped)."""
         if self._expiry is not None:
             self._expiry.cancel()
-        if self._tasks:
+            self._expiry = None
+        while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
