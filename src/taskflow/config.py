@@ -87,7 +87,6 @@ class WorkerSettings(Struct, frozen=True, forbid_unknown_fields=True):
     # worker is the process; 0 or "auto": one per core). See taskflow.processes.
     processes: int | str = 1
 
-
     def __post_init__(self) -> None:
         check_process_count(self.processes, "worker.processes")
 

@@ -237,7 +237,6 @@ class RedisDispatch:
             members = await pipe.execute()
         return [m.partition("|")[0] for ms in members for m in ms]
 
-
     async def reindex(self, entries: Sequence[DispatchEntry]) -> None:
         """Index jobs that were indexed before (a retry): their old entries and cancel
         markers go, the new entries come (for jobs that are dispatchable now: a blocked
@@ -256,6 +255,7 @@ class RedisDispatch:
                 if ready:
                     await self.enqueue(ready, pipe)
                 await pipe.execute()
+
 
 class WakeListener:
     """Wakes waiting workers when jobs are indexed in any of their queues (pub/sub), so

@@ -14,18 +14,17 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from taskflow.ops_http import Render
 from taskflow.processes import merge
 
 log = logging.getLogger(__name__)
-
-Render = Callable[[], Awaitable[bytes]]
 
 
 def socket_path(folder: str | Path, slot: int) -> str:
