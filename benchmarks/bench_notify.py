@@ -158,7 +158,7 @@ async def dead_letters(srv: Servers, s, drain_seconds: float) -> None:
            "noop drain)")
     await s.store.pool.execute(RESET)
 
-    folder = Path(tempfile.mkdtemp(prefix="taskflow-bench-kafka-"))
+    folder = Path(tempfile.mkdtemp(prefix="kafka-", dir=srv.data_dir))  # removed with it
     broker, bootstrap = start_broker(folder)
     notifier = NotifierProcess(srv, TASKFLOW_DLQ__BACKEND="kafka",
                                TASKFLOW_DLQ__KAFKA__BOOTSTRAP_SERVERS=bootstrap,

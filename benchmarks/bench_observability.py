@@ -141,7 +141,7 @@ def submits(srv) -> dict[str, float]:
     import benchmarks.bench_api as bench_api
 
     bench_api.SECONDS = SECONDS
-    folder = Path(tempfile.mkdtemp(prefix="taskflow-bench-obs-"))
+    folder = Path(tempfile.mkdtemp(prefix="obs-", dir=srv.data_dir))  # removed with it
     best: dict[str, float] = {}
     for round_ in range(ROUNDS):
         for label, module in _order(round_):
