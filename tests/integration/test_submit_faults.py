@@ -157,13 +157,13 @@ async def test_a_group_commit_logs_under_no_callers_tenant(stores, settings):
 
     submitter = _submitter(stores, settings, backend_timeout=30)
     seen = []
-    insert = submitter._insert
+    answer = submitter._answer
 
-    async def watched(jobs):
+    async def watched(batch):
         seen.append(logs.context().get("tenant"))
-        return await insert(jobs)
+        return await answer(batch)
 
-    submitter._insert = watched
+    submitter._answer = watched
 
     async def submit(tenant: str):
         logs.bind(tenant=tenant)  # as the API does for the request's task
@@ -177,3 +177,97 @@ async def test_a_group_commit_logs_under_no_callers_tenant(stores, settings):
     await asyncio.gather(first, *rest)
     await submitter.close()
     assert seen == [None, None], seen  # two commits: a's, then b's and c's
+
+
+async def _behind_a_stalled_commit(submitter, stores, jobs: list[NewJob]) -> list:
+    """Submit ``jobs`` while a first submit's INSERT stalls, so that they all go in the
+    one group commit after it; their answers (or exceptions), in order."""
+    async with _jobs_locked(stores):
+        first = asyncio.create_task(submitter.submit_one(NewJob(task="noop", max_attempts=1)))
+        await asyncio.sleep(0.05)  # its INSERT is out, and stalls
+        tasks = [asyncio.create_task(submitter.submit_one(j)) for j in jobs]
+        await asyncio.sleep(0.05)  # all waiting behind it
+    await first
+    answers = await asyncio.gather(*tasks, return_exceptions=True)
+    await submitter.close()
+    return answers
+
+
+async def test_a_tenant_over_its_quota_fails_only_its_own_submits_in_a_group_commit(
+        stores, settings, servers):
+    # A batch that broke a tenant's quota failed as a whole and then went again as single
+    # inserts, each counted alone (so a tenant's submits committed together all passed a
+    # quota they broke together), all at once.
+    from taskflow.api.quotas import QuotaExceeded
+    from tests.conftest import make_settings
+
+    cfg = make_settings(servers, queues=["default", "shared"],
+                        queue_limits={"shared": {"max_active": 2}})
+    submitter = _submitter(stores, cfg, backend_timeout=30)
+    jobs = [NewJob(task="noop", max_attempts=1, queue="shared", tenant=t)
+            for t in ("a", "b", "a", "a", "b", "a")]
+    answers = await _behind_a_stalled_commit(submitter, stores, jobs)
+    refused = [isinstance(a, QuotaExceeded) for a in answers]
+    assert refused == [False, False, False, True, False, True], answers
+    assert all(a[0] for a, r in zip(answers, refused) if not r)
+    assert "this tenant has 0 unfinished jobs in queue 'shared'; at most 2" in \
+        answers[3].detail
+    assert await stores.store.pool.fetch(
+        "SELECT tenant, count(*) FROM jobs WHERE queue = 'shared' GROUP BY 1 ORDER BY 1"
+    ) == [("a", 2), ("b", 2)]
+
+
+async def test_a_submit_that_breaks_the_shared_insert_fails_alone_in_a_few_statements(
+        stores, settings, monkeypatch):
+    # Such a batch went again as one INSERT per submit, all at once: up to 5,000 holding
+    # every pooled connection while the submits behind them waited for their turn.
+    import asyncpg
+
+    import taskflow.api.submit as submit_module
+
+    calls, inflight, most = [], 0, 0
+    real = submit_module.submit
+
+    async def counted(store, dispatch, jobs):
+        nonlocal inflight, most
+        calls.append(len(jobs))
+        inflight += 1
+        most = max(most, inflight)
+        try:
+            return await real(store, dispatch, jobs)
+        finally:
+            inflight -= 1
+
+    monkeypatch.setattr(submit_module, "submit", counted)
+    submitter = _submitter(stores, settings, backend_timeout=30)
+    jobs = [NewJob(task="noop", max_attempts=1) for _ in range(64)]
+    # Past the API's own checks (it refuses a NUL), not past PostgreSQL's: jsonb cannot
+    # hold \u0000.
+    jobs[37] = NewJob(task="noop", max_attempts=1, payload={"text": "a\x00b"})
+    answers = await _behind_a_stalled_commit(submitter, stores, jobs)
+    assert isinstance(answers[37], asyncpg.DataError), answers[37]
+    assert all(a[0] for i, a in enumerate(answers) if i != 37), answers
+    assert await _count(stores) == 64  # the stalled first one and 63 of these
+    assert most == 1, "the halves went at once"
+    assert calls[:2] == [1, 64] and len(calls) <= 2 + 2 * 6, calls
+
+
+async def test_a_submit_whose_answer_cannot_be_made_is_answered_with_the_error(
+        stores, settings, monkeypatch):
+    # Only an ApiError from making an answer was given to its request; anything else
+    # left that submit and the rest of its batch waiting for ever.
+    from taskflow.api import submit as submit_module
+
+    jobs = [NewJob(task="noop", max_attempts=1) for _ in range(3)]
+    real = submit_module._Answers.of
+
+    def of(self, job):
+        if job.id == jobs[1].id:
+            raise RuntimeError("cannot make this answer")
+        return real(self, job)
+
+    monkeypatch.setattr(submit_module._Answers, "of", of)
+    submitter = _submitter(stores, settings, backend_timeout=30)
+    answers = await asyncio.wait_for(_behind_a_stalled_commit(submitter, stores, jobs), 10)
+    assert isinstance(answers[1], RuntimeError)
+    assert answers[0][0] and answers[2][0]

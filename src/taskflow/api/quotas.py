@@ -13,7 +13,7 @@ add at once, which bounds a flood all the same.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
 from taskflow.adapters.postgres import PostgresStore
@@ -75,21 +75,52 @@ class Quotas:
     async def check_active(self, jobs: Sequence[NewJob]) -> None:
         """429 when a batch would take a tenant past ``max_active`` in a queue."""
         adding = Counter((j.tenant, j.queue) for j in jobs)
-        bounds = {key: self.settings.limits_for(key[1]).max_active for key in adding}
-        bounded = [key for key, bound in bounds.items() if bound]
-        if not bounded:
+        bounds = self._bounds(adding)
+        if not bounds:
             return
-        for key in bounded:
-            if adding[key] > bounds[key]:  # never fits: waiting would not help
+        for key, bound in bounds.items():
+            if adding[key] > bound:  # never fits: waiting would not help
                 raise ApiError(422, f"queue: {adding[key]} jobs for queue {key[1]!r} in one "
-                               f"request; a tenant may have at most {bounds[key]} unfinished "
+                               f"request; a tenant may have at most {bound} unfinished "
                                "jobs there", field="queue")
-        counts = await self.store.count_active_jobs(bounded, max(bounds.values()))
-        for key in bounded:
-            tenant, queue = key
-            bound = bounds[key]
+        counts = await self._counts(bounds)
+        for key, bound in bounds.items():
             if counts.get(key, 0) + adding[key] > bound:
-                raise QuotaExceeded(
-                    f"queue: this tenant has {counts.get(key, 0)} unfinished jobs in queue "
-                    f"{queue!r}; at most {bound} (adding {adding[key]}); retry when some "
-                    "have finished", field="queue")
+                raise _exceeded(key, counts.get(key, 0), bound, adding[key])
+
+    async def refusals(self, jobs: Sequence[NewJob]) -> list[QuotaExceeded | None]:
+        """For single submits committed together (each its own request): the 429 of each
+        job that would take its tenant past ``max_active`` in its queue, ``None`` for the
+        others. A tenant's jobs are admitted in the order given while they fit, so one
+        tenant over its quota fails only its own requests, and the batch never holds
+        more of a tenant's jobs than its quota has room for."""
+        bounds = self._bounds({(j.tenant, j.queue) for j in jobs})
+        if not bounds:
+            return [None] * len(jobs)
+        counts = await self._counts(bounds)
+        room = {key: bound - counts.get(key, 0) for key, bound in bounds.items()}
+        out: list[QuotaExceeded | None] = []
+        for job in jobs:
+            key = (job.tenant, job.queue)
+            if key not in room:
+                out.append(None)
+            elif room[key] > 0:
+                room[key] -= 1
+                out.append(None)
+            else:
+                out.append(_exceeded(key, counts.get(key, 0), bounds[key], 1))
+        return out
+
+    def _bounds(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """The (tenant, queue) keys whose queue bounds ``max_active``, with the bound."""
+        bounds = {key: self.settings.limits_for(key[1]).max_active for key in keys}
+        return {key: bound for key, bound in bounds.items() if bound}
+
+    async def _counts(self, bounds: dict[tuple[str, str], int]) -> dict[tuple[str, str], int]:
+        return await self.store.count_active_jobs(list(bounds), max(bounds.values()))
+
+
+def _exceeded(key: tuple[str, str], count: int, bound: int, adding: int) -> QuotaExceeded:
+    return QuotaExceeded(
+        f"queue: this tenant has {count} unfinished jobs in queue {key[1]!r}; at most "
+        f"{bound} (adding {adding}); retry when some have finished", field="queue")

@@ -191,11 +191,9 @@ class Submitter:
         while pending and pending[0].deadline <= now:
             waiting = pending.popleft()
             waiting.dropped = True
-            if not waiting.answer.done():
-                waiting.answer.set_exception(Unavailable(
-                    f"PostgreSQL did not take the job within {self.timeout:g}s "
-                    "(api.backend_timeout); it was not created, retry"))
-                waiting.answer.exception()  # retrieved: a gone client must not warn
+            _fail([waiting], Unavailable(
+                f"PostgreSQL did not take the job within {self.timeout:g}s "
+                "(api.backend_timeout); it was not created, retry"))
         if pending:
             self._expiry = loop.call_at(pending[0].deadline, self._expire)
 
@@ -226,28 +224,46 @@ class Submitter:
                 self._flush()
 
     async def _answer(self, batch: list[_Waiting]) -> None:
-        """Insert the batch and settle each request's future with its answer."""
+        """Insert the batch and settle each request's future with its answer. A tenant
+        over its quota fails only its own submits (see :meth:`Quotas.refusals`)."""
         try:
-            answers = _Answers(await self._insert([w.job for w in batch]))
+            refusals = await self.quotas.refusals([w.job for w in batch])
+        except Exception as exc:  # PostgreSQL away: nobody's job was sent
+            _fail(batch, exc)
+            return
+        admitted = []
+        for waiting, refused in zip(batch, refusals):
+            if refused is None:
+                admitted.append(waiting)
+            else:
+                _fail([waiting], refused)
+        if admitted:
+            await self._send(admitted)
+
+    async def _send(self, batch: list[_Waiting]) -> None:
+        try:
+            answers = _Answers(await submit(self.stores.store, self.stores.dispatch,
+                                            [w.job for w in batch]))
         except Exception as exc:
             if len(batch) > 1 and not isinstance(exc, BACKEND_ERRORS):
-                # Something in one request broke the shared statement: each goes alone,
-                # so that only that request fails.
-                await asyncio.gather(*(self._answer([item]) for item in batch))
+                # Something in one request broke the shared statement: halve the batch
+                # until it goes alone, so that only it fails. One half after the other:
+                # a few statements per request that breaks it (2 log2 n), where one
+                # statement per request all at once would take every pooled connection
+                # from the submits waiting behind this commit.
+                half = len(batch) // 2
+                await self._send(batch[:half])
+                await self._send(batch[half:])
                 return
-            for waiting in batch:
-                if not waiting.answer.done():
-                    waiting.answer.set_exception(exc)
-                    waiting.answer.exception()  # retrieved: a gone client must not warn
+            _fail(batch, exc)
             return
         for waiting in batch:
             if waiting.answer.done():
                 continue
             try:
                 waiting.answer.set_result(answers.of(waiting.job))
-            except ApiError as err:
-                waiting.answer.set_exception(err)
-                waiting.answer.exception()
+            except Exception as err:  # noqa: BLE001 - its request answers it (ApiError, or a 500)
+                _fail([waiting], err)
 
     async def close(self) -> None:
         """Waits for the group commits, including those the ones in flight start for the
@@ -257,6 +273,13 @@ class Submitter:
             self._expiry = None
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _fail(batch: Sequence[_Waiting], exc: BaseException) -> None:
+    for waiting in batch:
+        if not waiting.answer.done():
+            waiting.answer.set_exception(exc)
+            waiting.answer.exception()  # retrieved: a gone client must not warn
 
 
 def _notify(spec: NotifySpec | None) -> JobNotify | None:
