@@ -9,6 +9,7 @@ client that sends the same token again costs a dictionary lookup.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import secrets
 import time
@@ -27,6 +28,8 @@ from taskflow import logs, metrics
 from taskflow.api.errors import ApiError, Unavailable
 from taskflow.api.scopes import ADMIN, READ, SUBSCRIPTIONS, WRITE
 from taskflow.config import AuthSettings, ConfigError, Settings
+
+log = logging.getLogger(__name__)
 
 MIN_SECRET_BYTES = 32
 
@@ -164,43 +167,58 @@ _KEY_TYPES = {"RS256": rsa.RSAPublicKey, "ES256": ec.EllipticCurvePublicKey}
 
 class JwksCache:
     """The keys of a JWKS URL by ``kid``, refetched after ``ttl`` seconds or when asked
-    for an unknown ``kid`` (at most every ``min_refetch`` seconds)."""
+    for an unknown ``kid``: at most one fetch every ``min_refetch`` seconds, whether it
+    succeeded or not. While the key server is down, requests are answered from the keys
+    already fetched (an unknown ``kid`` is unknown), or with the 503 of the last failed
+    fetch when there are none: an outage costs the key server one fetch per
+    ``min_refetch``, not one per request, and no request waits out another's timeout."""
 
     def __init__(self, url: str, ttl: float, min_refetch: float = 5.0) -> None:
         self.url = url
         self.ttl = ttl
         self.min_refetch = min_refetch
         self.keys: dict[str | None, jwt.PyJWK] = {}
-        self._fetched = float("-inf")
+        self._fetched = float("-inf")  # the last fetch that succeeded
+        self._tried = float("-inf")  # the last fetch, when it ended
+        self._failure: str | None = None  # why the last fetch failed
         self._lock = asyncio.Lock()
         self._session: aiohttp.ClientSession | None = None
 
     async def get(self, kid: str | None) -> list[jwt.PyJWK]:
-        age = time.monotonic() - self._fetched
-        if age > self.ttl or (kid not in self.keys and age > self.min_refetch):
+        now = time.monotonic()
+        if ((now - self._fetched > self.ttl or kid not in self.keys)
+                and now - self._tried > self.min_refetch):
             await self._refresh()
+        if not self.keys and self._failure is not None:
+            raise Unavailable(self._failure)
         if kid is not None:
             return [self.keys[kid]] if kid in self.keys else []
         return list(self.keys.values())
 
     async def _refresh(self) -> None:
         async with self._lock:
-            if time.monotonic() - self._fetched <= self.min_refetch:
-                return  # another request refreshed meanwhile
+            if time.monotonic() - self._tried <= self.min_refetch:
+                return  # fetched (or tried) while this request waited for the lock
             if self._session is None:
                 self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
             try:
                 async with self._session.get(self.url) as resp:
                     resp.raise_for_status()
                     data = await resp.json(content_type=None)
+                if not isinstance(data, dict):
+                    raise ValueError(f"a JSON {type(data).__name__}, not a JWK set")
                 keyset = jwt.PyJWKSet.from_dict(data)
             except (aiohttp.ClientError, TimeoutError, ValueError, jwt.PyJWKSetError) as exc:
-                if self.keys:
-                    self._fetched = time.monotonic() - self.ttl + self.min_refetch
-                    return  # keep serving the keys we have; try again shortly
-                raise Unavailable(f"cannot fetch signing keys from auth.jwks_url: {exc!r}")
+                self._failure = f"cannot fetch signing keys from auth.jwks_url: {exc!r}"
+                log.warning("%s; %s", self._failure,
+                            f"serving the {len(self.keys)} keys fetched before" if self.keys
+                            else "no keys to serve meanwhile")
+                return
+            finally:
+                self._tried = time.monotonic()
             self.keys = {k.key_id: k for k in keyset.keys}
-            self._fetched = time.monotonic()
+            self._fetched = self._tried
+            self._failure = None
 
     async def close(self) -> None:
         if self._session is not None:

@@ -1,0 +1,106 @@
+"""The JWKS cache against a real key server on loopback: while it is down, requests are
+answered from what was fetched before, and the key server sees one fetch per
+``min_refetch``, not one per request."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from cryptography.hazmat.primitives.asymmetric import ec
+from jwt.algorithms import ECAlgorithm
+
+from taskflow.api.auth import JwksCache
+from taskflow.api.errors import Unavailable
+
+
+class KeyServer:
+    def __init__(self) -> None:
+        public = ECAlgorithm.to_jwk(ec.generate_private_key(ec.SECP256R1()).public_key(),
+                                    as_dict=True)
+        self.keys = {"keys": [{**public, "kid": "k1", "alg": "ES256", "use": "sig"}]}
+        self.up = True
+        self.hits = 0
+        self.server: TestServer | None = None
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.hits += 1
+        if not self.up:
+            return web.Response(status=503)
+        return web.json_response(self.keys)
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return str(self.server.make_url("/jwks"))
+
+
+@pytest.fixture
+async def key_server() -> AsyncIterator[KeyServer]:
+    keys = KeyServer()
+    app = web.Application()
+    app.router.add_get("/jwks", keys.handle)
+    keys.server = TestServer(app, host="127.0.0.1")
+    await keys.server.start_server()
+    yield keys
+    await keys.server.close()
+
+
+async def test_unknown_kids_during_an_outage_cost_one_fetch(key_server):
+    # A failed fetch was remembered only as "fetched a while ago": every token naming an
+    # unknown kid (anyone can make one) fetched again, one after the other under the
+    # lock, each up to the fetch timeout.
+    cache = JwksCache(key_server.url, ttl=300, min_refetch=1.0)
+    try:
+        assert [k.key_id for k in await cache.get("k1")] == ["k1"]
+        assert [] == await cache.get("forged")  # fetched just now: not again
+        assert key_server.hits == 1
+        key_server.up = False
+        await asyncio.sleep(1.1)  # an unknown kid may fetch again
+        answers = await asyncio.gather(*(cache.get(f"forged-{i}") for i in range(20)))
+        assert answers == [[]] * 20  # unknown kids are unknown: a 401, not a 503
+        assert [k.key_id for k in await cache.get("k1")] == ["k1"]  # still served
+        assert key_server.hits == 2, key_server.hits  # the first fetch and one retry
+    finally:
+        await cache.close()
+
+
+async def test_with_no_keys_an_outage_answers_every_request_from_one_failed_fetch(
+        key_server):
+    key_server.up = False
+    cache = JwksCache(key_server.url, ttl=300, min_refetch=60)
+    try:
+        answers = await asyncio.gather(*(cache.get("k1") for _ in range(10)),
+                                       return_exceptions=True)
+        assert all(isinstance(a, Unavailable) for a in answers), answers
+        assert "cannot fetch signing keys from auth.jwks_url" in answers[0].detail
+        assert key_server.hits == 1, key_server.hits
+    finally:
+        await cache.close()
+
+
+async def test_keys_come_back_after_the_outage(key_server):
+    key_server.up = False
+    cache = JwksCache(key_server.url, ttl=300, min_refetch=0.05)
+    try:
+        with pytest.raises(Unavailable):
+            await cache.get("k1")
+        key_server.up = True
+        await asyncio.sleep(0.1)
+        assert [k.key_id for k in await cache.get("k1")] == ["k1"]
+    finally:
+        await cache.close()
+
+
+async def test_a_key_set_that_is_not_an_object_is_a_failed_fetch(key_server):
+    key_server.keys = ["not", "a", "set"]  # type: ignore[assignment]
+    cache = JwksCache(key_server.url, ttl=300, min_refetch=60)
+    try:
+        with pytest.raises(Unavailable) as caught:
+            await cache.get("k1")
+        assert "not a JWK set" in caught.value.detail
+    finally:
+        await cache.close()
