@@ -17,6 +17,7 @@ import pytest
 
 from taskflow.api.app import create_app
 from taskflow.api.fastpath import FastSubmit, asgi_app
+from tests.helpers import wait_until
 
 SECRET = "s" * 32
 
@@ -151,6 +152,10 @@ _EXPIRED = _token(exp=int(time.time()) - 3600)
     ("form body", {"body": b"task=noop", "token": _token(),
                    "content_type": b"application/x-www-form-urlencoded"}, 400),
     ("bad wait", {"body": b'{"task": "noop"}', "token": _token(), "query": b"wait=0"}, 422),
+    ("wait too long", {"body": b'{"task": "noop"}', "token": _token(), "query": b"wait=61"},
+     422),
+    ("wait not a number", {"body": b'{"task": "noop"}', "token": _token(),
+                           "query": b"wait=soon"}, 422),
 ])
 async def test_refused_requests_are_the_routes_answers(apps, name, kw, status):
     route, fast = apps
@@ -219,3 +224,42 @@ async def test_a_refused_webhook_is_checked_once(apps):
     assert len(checks) == 2, f"{len(checks) - 1} checks for the fast path's request"
     assert _paths(route) == (1, 0)  # answered by the fast path, as the route would
     assert _count(route, "4xx") == 2  # the route's and the fast path's, one series
+
+
+async def test_a_waiting_submit_whose_client_goes_away_is_answered_at_once(apps):
+    # Served by the fast path (it waits as the route does), and dropped from the change
+    # feed as soon as the client hangs up.
+    route, fast = apps
+    body = b'{"task": "noop"}'
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": "/tasks", "raw_path": b"/tasks",
+             "query_string": b"wait=30", "root_path": "",
+             "headers": [(b"host", b"api"), (b"content-type", b"application/json"),
+                         (b"content-length", b"%d" % len(body)),
+                         (b"authorization", b"Bearer " + _token().encode())],
+             "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000), "state": {}}
+    feed = route.state.api.feed
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    hung_up = asyncio.Event()
+
+    async def receive() -> dict:
+        if messages:
+            return messages.pop(0)
+        await hung_up.wait()
+        return {"type": "http.disconnect"}
+
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    answering = asyncio.create_task(fast(scope, receive, send))
+    await wait_until(lambda: asyncio.sleep(0, len(feed) == 1))  # waiting (no worker)
+    began = time.monotonic()
+    hung_up.set()
+    await asyncio.wait_for(answering, 5)
+    assert time.monotonic() - began < 2
+    assert sent[0]["status"] == 201
+    assert msgspec.json.decode(sent[1]["body"])["state"] == "queued"
+    assert len(feed) == 0
+    assert _paths(route) == (1, 0)

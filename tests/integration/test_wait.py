@@ -15,6 +15,7 @@ import msgspec
 import pytest
 
 from taskflow.api.app import create_app
+from taskflow.api.server import asgi_app
 from tests.helpers import running_worker, wait_until
 
 SECRET = "s" * 32
@@ -27,7 +28,10 @@ def _headers(tenant: str = "t") -> dict[str, str]:
 
 
 @contextlib.asynccontextmanager
-async def _api(stores, settings, **api) -> AsyncIterator[tuple[httpx.AsyncClient, object]]:
+async def _api(stores, settings, fast: bool = True,
+               **api) -> AsyncIterator[tuple[httpx.AsyncClient, object, object]]:
+    """A client of the app as ``taskflow serve`` runs it: behind the ``POST /tasks`` fast
+    path, or (``fast=False``) the Litestar app alone."""
     cfg = msgspec.structs.replace(settings, jwt_secret=SECRET,
                                   api=msgspec.structs.replace(settings.api, **api))
     app = create_app(cfg, stores)
@@ -35,10 +39,10 @@ async def _api(stores, settings, **api) -> AsyncIterator[tuple[httpx.AsyncClient
         feed = app.state.api.feed
         # Subscribed: the first (re)subscription wakes nobody, there is nobody yet.
         await wait_until(lambda: _subscribed(stores, feed.channel))
-        transport = httpx.ASGITransport(app=app)
+        transport = httpx.ASGITransport(app=asgi_app(app) if fast else app)
         async with httpx.AsyncClient(transport=transport, base_url="http://api",
                                      headers=_headers(), timeout=30) as client:
-            yield client, feed
+            yield client, feed, app
 
 
 async def _subscribed(stores, channel: str) -> bool:
@@ -52,8 +56,16 @@ async def _submit(client: httpx.AsyncClient, **spec) -> str:
     return answer.json()["id"]
 
 
-async def test_post_with_wait_answers_with_the_outcome(stores, settings):
-    async with _api(stores, settings) as (client, feed), running_worker(stores, settings):
+def _served_fast(app) -> float:
+    """POST /tasks the fast path answered so far."""
+    return app.state.api.metrics.registry.get_sample_value(
+        "taskflow_api_fast_submits_total", {"outcome": "served"}) or 0.0
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast path", "route"])
+async def test_post_with_wait_answers_with_the_outcome(stores, settings, fast):
+    async with (_api(stores, settings, fast) as (client, feed, app),
+                running_worker(stores, settings)):
         answer = await client.post("/tasks?wait=20",
                                    json={"task": "echo", "payload": {"x": 1}})
         assert answer.status_code == 201, answer.text
@@ -66,11 +78,16 @@ async def test_post_with_wait_answers_with_the_outcome(stores, settings):
         assert (first.status_code, replay.status_code) == (201, 200)
         assert replay.json()["id"] == first.json()["id"]
         assert replay.json()["state"] == "succeeded"
+        # POST ?wait= answers at S with the job as it is then.
+        answer = await client.post("/tasks?wait=0.3",
+                                   json={"task": "sleep", "payload": {"seconds": 5}})
+        assert answer.status_code == 201 and answer.json()["state"] in ("queued", "running")
+        assert _served_fast(app) == (4 if fast else 0)
     assert len(feed) == 0
 
 
 async def test_get_with_wait_answers_when_the_job_ends(stores, settings):
-    async with _api(stores, settings) as (client, feed):
+    async with _api(stores, settings) as (client, feed, _):
         job_id = await _submit(client, task="noop")
         waiting = asyncio.create_task(client.get(f"/tasks/{job_id}?wait=30"))
         await wait_until(lambda: asyncio.sleep(0, len(feed) == 1))
@@ -86,7 +103,7 @@ async def test_get_with_wait_answers_when_the_job_ends(stores, settings):
 
 
 async def test_get_with_wait_answers_the_current_state_after_s(stores, settings):
-    async with _api(stores, settings) as (client, feed):
+    async with _api(stores, settings) as (client, feed, _):
         job_id = await _submit(client, task="noop")  # no worker: it stays queued
         began = time.monotonic()
         answer = await client.get(f"/tasks/{job_id}?wait=0.3")
@@ -96,7 +113,7 @@ async def test_get_with_wait_answers_the_current_state_after_s(stores, settings)
 
 
 async def test_a_lost_notification_costs_at_most_s(stores, settings):
-    async with _api(stores, settings) as (client, feed):
+    async with _api(stores, settings) as (client, feed, _):
         job_id = await _submit(client, task="noop")
         waiting = asyncio.create_task(client.get(f"/tasks/{job_id}?wait=1.5"))
         await wait_until(lambda: asyncio.sleep(0, len(feed) == 1))
@@ -108,7 +125,7 @@ async def test_a_lost_notification_costs_at_most_s(stores, settings):
 
 
 async def test_a_resubscription_wakes_every_waiter(stores, settings):
-    async with _api(stores, settings) as (client, feed):
+    async with _api(stores, settings) as (client, feed, _):
         job_id = await _submit(client, task="noop")
         waiting = asyncio.create_task(client.get(f"/tasks/{job_id}?wait=30"))
         await wait_until(lambda: asyncio.sleep(0, len(feed) == 1))
@@ -122,7 +139,7 @@ async def test_a_resubscription_wakes_every_waiter(stores, settings):
 
 
 async def test_another_tenants_job_is_404_before_any_wait(stores, settings):
-    async with _api(stores, settings) as (client, feed):
+    async with _api(stores, settings) as (client, feed, _):
         job_id = await _submit(client, task="noop")
         created = await client.post("/workflows", json={"name": "w", "jobs": [
             {"name": "a", "task": "noop"}]})
@@ -139,7 +156,7 @@ async def test_another_tenants_job_is_404_before_any_wait(stores, settings):
 
 @pytest.mark.parametrize("value", ["0", "-1", "61", "nan", "inf", "soon"])
 async def test_a_bad_wait_is_a_422_naming_it(stores, settings, value):
-    async with _api(stores, settings) as (client, _):
+    async with _api(stores, settings) as (client, _, _):
         job_id = await _submit(client, task="noop")
         for answer in (await client.get(f"/tasks/{job_id}?wait={value}"),
                        await client.post(f"/tasks?wait={value}", json={"task": "noop"})):
@@ -148,7 +165,7 @@ async def test_a_bad_wait_is_a_422_naming_it(stores, settings, value):
 
 
 async def test_a_client_that_goes_away_is_dropped_at_once(stores, settings):
-    async with _api(stores, settings) as (client, feed):
+    async with _api(stores, settings) as (client, feed, _):
         job_id = await _submit(client, task="noop")
         waiting = [asyncio.create_task(client.get(f"/tasks/{job_id}?wait=30")),
                    asyncio.create_task(client.get(f"/tasks/{job_id}/events"))]
@@ -176,7 +193,7 @@ def _events(text: str) -> list[dict]:
 
 
 async def test_events_arrive_in_order_and_resume_without_gaps(stores, settings):
-    async with _api(stores, settings) as (client, feed):
+    async with _api(stores, settings) as (client, feed, _):
         job_id = await _submit(client, task="fail", max_attempts=3, payload={"times": 2})
         stream = asyncio.create_task(client.get(f"/tasks/{job_id}/events"))
         await wait_until(lambda: asyncio.sleep(0, len(feed) == 1))
@@ -207,7 +224,7 @@ async def test_events_arrive_in_order_and_resume_without_gaps(stores, settings):
 
 
 async def test_workflow_wait_and_events(stores, settings):
-    async with _api(stores, settings) as (client, feed):
+    async with _api(stores, settings) as (client, feed, _):
         created = await client.post("/workflows", json={"name": "w", "jobs": [
             {"name": "a", "task": "noop"}, {"name": "b", "task": "noop", "after": ["a"]}]})
         assert created.status_code == 201, created.text
@@ -232,7 +249,7 @@ async def test_workflow_wait_and_events(stores, settings):
 async def test_an_idle_stream_gets_comment_heartbeats_and_ends_after_its_lifetime(
         stores, settings):
     async with _api(stores, settings, events_heartbeat=0.2, events_max_seconds=1.0) as (
-            client, feed):
+            client, feed, _):
         job_id = await _submit(client, task="noop")  # no worker: it stays queued
         answer = await client.get(f"/tasks/{job_id}/events")
         blocks = [b for b in answer.text.split("\r\n\r\n") if b]

@@ -9,19 +9,23 @@ same encoding and metrics.
 
 The rule that keeps it identical to the route: anything unusual *before* the job is
 handed to ``submit_one`` (no, bad or expired token, missing scope -- all checked before
-the body is read, as the route does --, a query string such as ``wait=``, another
-content type, no or too large ``Content-Length``, a body that does not decode or
+the body is read, as the route does --, a query string other than a plain ``wait=S``
+within ``api.max_wait``, another content type, no or too large ``Content-Length``, a body that does not decode or
 validate, a job ``new_job`` refuses) goes to the Litestar app unchanged, its body
 replayed, so every such answer is the route's own. Two refusals the route would only
 repeat at a cost are answered here with the app's exception handlers: the verifier's
 when the signing keys cannot be fetched (503), and a webhook ``check_targets`` refuses
 (422, after a DNS lookup). Once ``submit_one`` is called there is no way back (the job
-may exist): its errors are answered the same way (:mod:`taskflow.api.errors`).
+may exist): its errors are answered the same way (:mod:`taskflow.api.errors`). With
+``wait=S`` it waits for the job's end as the route does (``wait_for_job``: the same
+change feed, the same reads, dropped when the client goes away).
 """
 
 from __future__ import annotations
 
+import re
 import time
+
 import msgspec
 from litestar import Litestar
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
@@ -29,14 +33,19 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from taskflow import logs
 from taskflow.api.auth import WRITE, InvalidToken, Principal
 from taskflow.api.context import ApiContext
+from taskflow.api.controllers.tasks import wait_for_job
 from taskflow.api.errors import exception_handler
-from taskflow.api.schemas import JobSpec
+from taskflow.api.schemas import JobOut, JobSpec
 from taskflow.models import NewJob
+from taskflow.states import TERMINAL
 
 ROUTE = "/tasks"  # the path template Litestar gives the route (the metrics' label)
 _JSON = frozenset({b"application/json", b"application/json; charset=utf-8"})
 _WANTED = frozenset({b"authorization", b"content-type", b"content-length",
                      b"transfer-encoding"})
+# The one query string served here; any other form (and a value the route refuses) is
+# the route's to answer.
+_WAIT = re.compile(rb"wait=([0-9]{1,5}(?:\.[0-9]{1,6})?)")
 
 
 def asgi_app(app: Litestar) -> ASGIApp:
@@ -56,6 +65,7 @@ class FastSubmit:
         self.app = app
         self.api: ApiContext = app.state.api
         self.max_body = self.api.settings.api.max_body_bytes
+        self.max_wait = self.api.settings.api.max_wait
         self.decoder = msgspec.json.Decoder(JobSpec)
         self.encoder = msgspec.json.Encoder()
         self.served = self.api.metrics.fast_submits.labels("served")
@@ -68,9 +78,10 @@ class FastSubmit:
         start = time.perf_counter()
         found = _headers(scope)
         length = found.get(b"content-length") if found is not None else None
+        seconds = self._wait(scope["query_string"])
         if (length is None or not length.isdigit() or int(length) > self.max_body
                 or b"transfer-encoding" in found or found.get(b"content-type") not in _JSON
-                or scope["query_string"] or scope.get("root_path")):
+                or seconds == -1 or scope.get("root_path")):
             await self._hand_over(scope, receive, send)
             return
         # The token first, as the route does: a refused one is answered before the body
@@ -103,6 +114,9 @@ class FastSubmit:
             try:
                 # As in the route: no deadline around the write (see TaskController.submit).
                 created, out = await self.api.submitter.submit_one(job)
+                if seconds is not None and out.state not in TERMINAL:
+                    out = JobOut.of(await wait_for_job(self.api, receive, out.id, out.tenant,
+                                                       seconds))
             except Exception as exc:  # noqa: BLE001 - answered as the app's handlers do
                 status = await self._error(scope, receive, send, exc)
                 return
@@ -114,6 +128,16 @@ class FastSubmit:
             await send({"type": "http.response.body", "body": body, "more_body": False})
         finally:
             self.api.metrics.observe("POST", ROUTE, status, time.perf_counter() - start)
+
+    def _wait(self, query: bytes) -> float | None:
+        """Seconds to wait (None: no query string); -1 when the route should answer."""
+        if not query:
+            return None
+        found = _WAIT.fullmatch(query)
+        if found is None:
+            return -1
+        seconds = float(found[1])
+        return seconds if 0 < seconds <= self.max_wait else -1
 
     async def _principal(self, authorization: bytes | None) -> Principal | None:
         """The caller, if the token is good and may write; None: the route answers."""

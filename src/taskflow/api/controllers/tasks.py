@@ -19,6 +19,7 @@ from litestar.datastructures import State
 from litestar.openapi import ResponseSpec
 from litestar.params import HeaderParameter, Parameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
+from litestar.types import Receive
 
 from taskflow import jobs
 from taskflow.adapters.postgres import JobQuery
@@ -83,8 +84,8 @@ def wait_seconds(api: ApiContext, wait: float | None) -> float | None:
     return wait
 
 
-async def wait_for_job(api: ApiContext, request: Request[Any, Any, Any],
-                       job_id: uuid.UUID, reader: str | None, seconds: float) -> Job:
+async def wait_for_job(api: ApiContext, receive: Receive, job_id: uuid.UUID,
+                       reader: str | None, seconds: float) -> Job:
     """The job once it has ended, or as it is after ``seconds`` (see ``api/watch.py``);
     a 404 unless ``reader`` (None: any tenant) may read it, before any waiting."""
 
@@ -96,7 +97,7 @@ async def wait_for_job(api: ApiContext, request: Request[Any, Any, Any],
         return job
 
     return await wait_until(api.feed, [job_id], read, lambda j: j.state in TERMINAL,
-                            seconds, request.receive)
+                            seconds, receive)
 
 
 def encode_cursor(job_id: uuid.UUID) -> str:
@@ -204,7 +205,7 @@ class TaskController(Controller):
         # job that exists. The submitter bounds its own wait (see submit_one).
         created, out = await api.submitter.submit_one(job)
         if seconds is not None and out.state not in TERMINAL:
-            out = JobOut.of(await wait_for_job(api, request, out.id, out.tenant, seconds))
+            out = JobOut.of(await wait_for_job(api, request.receive, out.id, out.tenant, seconds))
         return Response(out, status_code=201 if created else 200)
 
     @post("/batch", opt={"scope": WRITE}, status_code=201, summary="Submit jobs, all or none",
@@ -264,7 +265,7 @@ class TaskController(Controller):
         api: ApiContext = state.api
         seconds = wait_seconds(api, wait)
         if seconds is not None:  # registers, then reads: the one read checks the tenant
-            return JobOut.of(await wait_for_job(api, request, job_id,
+            return JobOut.of(await wait_for_job(api, request.receive, job_id,
                                                 _reader(request.auth), seconds))
         async with api.deadline():
             job = await _readable_job(api, request.auth, job_id)
