@@ -154,8 +154,8 @@ def _parameter_name(request: Request[Any, Any, Any], key: str) -> str:
         kwarg = request.route_handler.parsed_fn_signature.parameters[key].kwarg_definition
     except (AttributeError, KeyError):
         return key
-    alias = (getattr(kwarg, "query", None) or getattr(kwarg, "header", None)
-             or getattr(kwarg, "cookie", None))
+    alias = (getattr(kwarg, "name", None) or getattr(kwarg, "query", None)
+             or getattr(kwarg, "header", None) or getattr(kwarg, "cookie", None))
     return alias or key
 
 

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from litestar import Controller, Request, delete, get, post
 from litestar.datastructures import State
-from litestar.params import Parameter
+from litestar.params import JSONBody, Parameter
 
 from taskflow import deadletters
 from taskflow.adapters.outbox import DeadLetterQuery, OutboxStore
@@ -74,7 +74,7 @@ class DeadLetterController(Controller):
           summary="Send dead letters back to work with a fresh attempt budget",
           responses=_problems(400, 401, 403, 413, 422, 503))
     async def redrive(self, request: Request[Any, Principal, Any], state: State,
-                      data: RedriveSpec) -> RedriveResult:
+                      data: JSONBody[RedriveSpec]) -> RedriveResult:
         api: ApiContext = state.api
         tenant = request.auth.tenant
         outbox = _outbox(api)
@@ -103,7 +103,7 @@ class SubscriptionController(Controller):
           summary="Subscribe a webhook or email addresses to events",
           responses=_problems(400, 401, 403, 413, 422, 503))
     async def create(self, request: Request[Any, Principal, Any], state: State,
-                     data: SubscriptionSpec) -> SubscriptionCreated:
+                     data: JSONBody[SubscriptionSpec]) -> SubscriptionCreated:
         api: ApiContext = state.api
         if data.webhook is not None:
             await api.submitter.targets.webhook(data.webhook, "webhook")

@@ -17,7 +17,7 @@ import redis.exceptions
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.openapi import ResponseSpec
-from litestar.params import HeaderParameter, Parameter
+from litestar.params import HeaderParameter, JSONBody, Parameter, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.types import Receive
 
@@ -196,7 +196,7 @@ class TaskController(Controller):
                                        "with this idempotency_key; nothing was created"),
                      **_SUBMIT_ERRORS})
     async def submit(self, request: Request[Any, Principal, Any], state: State,
-                     data: JobSpec, wait: Wait = None) -> Response[JobOut]:
+                     data: JSONBody[JobSpec], wait: Wait = None) -> Response[JobOut]:
         api: ApiContext = state.api
         seconds = wait_seconds(api, wait)
         job = api.submitter.new_job(data, request.auth.tenant)
@@ -211,7 +211,7 @@ class TaskController(Controller):
     @post("/batch", opt={"scope": WRITE}, status_code=201, summary="Submit jobs, all or none",
           responses=_SUBMIT_ERRORS)
     async def submit_batch(self, request: Request[Any, Principal, Any], state: State,
-                           data: BatchSpec) -> BatchCreated:
+                           data: JSONBody[BatchSpec]) -> BatchCreated:
         api: ApiContext = state.api
         tenant = request.auth.tenant
         new = [api.submitter.new_job(spec, tenant, f"tasks[{i}].")
@@ -228,8 +228,8 @@ class TaskController(Controller):
         limit: Annotated[int, Parameter(ge=1, le=MAX_PAGE, description="page size")] = DEFAULT_PAGE,
         cursor: Annotated[str | None, Parameter(
             description="next_cursor of the previous page", max_length=64)] = None,
-        job_state: Annotated[list[JobState] | None, Parameter(
-            query="state", description="repeatable: any of these states")] = None,
+        job_state: Annotated[list[JobState] | None, QueryParameter(
+            name="state", description="repeatable: any of these states")] = None,
         queue: Annotated[str | None, Parameter(max_length=128)] = None,
         task: Annotated[str | None, Parameter(max_length=200)] = None,
         label: Annotated[list[str] | None, Parameter(

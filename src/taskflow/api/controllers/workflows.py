@@ -15,7 +15,7 @@ import redis.exceptions
 from litestar import Controller, Request, get, post
 from litestar.datastructures import State
 from litestar.openapi import ResponseSpec
-from litestar.params import Parameter
+from litestar.params import JSONBody, Parameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from msgspec import UNSET
 
@@ -108,7 +108,7 @@ class WorkflowController(Controller):
     @post("/", opt={"scope": WRITE}, status_code=201, summary="Submit a workflow",
           responses=_problems(400, 401, 403, 413, 422, 429, 503))
     async def submit(self, request: Request[Any, Principal, Any], state: State,
-                     data: WorkflowSpec) -> WorkflowCreated:
+                     data: JSONBody[WorkflowSpec]) -> WorkflowCreated:
         api: ApiContext = state.api
         tenant = request.auth.tenant
         duplicates = sorted(n for n, c in Counter(j.name for j in data.jobs).items() if c > 1)
