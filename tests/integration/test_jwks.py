@@ -5,6 +5,7 @@ answered from what was fetched before, and the key server sees one fetch per
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -24,10 +25,12 @@ class KeyServer:
         self.keys = {"keys": [{**public, "kid": "k1", "alg": "ES256", "use": "sig"}]}
         self.up = True
         self.hits = 0
+        self.delay = 0.0  # seconds before each answer (a slow key server)
         self.server: TestServer | None = None
 
     async def handle(self, request: web.Request) -> web.Response:
         self.hits += 1
+        await asyncio.sleep(self.delay)
         if not self.up:
             return web.Response(status=503)
         return web.json_response(self.keys)
@@ -102,5 +105,54 @@ async def test_a_key_set_that_is_not_an_object_is_a_failed_fetch(key_server):
         with pytest.raises(Unavailable) as caught:
             await cache.get("k1")
         assert "not a JWK set" in caught.value.detail
+    finally:
+        await cache.close()
+
+
+async def test_a_slow_refetch_does_not_hold_up_tokens_with_a_known_kid(key_server):
+    # Once the keys were ttl old, every request waited (under the lock) for the refetch,
+    # up to its 5 s timeout, although the keys it needed were at hand.
+    cache = JwksCache(key_server.url, ttl=0.3, min_refetch=0.05)
+    try:
+        assert [k.key_id for k in await cache.get("k1")] == ["k1"]
+        await asyncio.sleep(0.4)  # the keys are due for a refetch
+        key_server.delay = 1.5
+        rotated = {**key_server.keys["keys"][0], "kid": "k2"}
+        key_server.keys = {"keys": [key_server.keys["keys"][0], rotated]}
+        began = time.monotonic()
+        answers = await asyncio.gather(*(cache.get("k1") for _ in range(5)))
+        assert time.monotonic() - began < 0.5, "waited for the refetch"
+        assert [[k.key_id for k in a] for a in answers] == [["k1"]] * 5
+        # An unknown kid waits for that same refetch, which brings it.
+        assert [k.key_id for k in await cache.get("k2")] == ["k2"]
+        assert key_server.hits == 2, key_server.hits
+    finally:
+        await cache.close()
+
+
+async def test_a_request_that_gives_up_during_the_first_fetch_leaves_it_to_the_next(
+        key_server):
+    # The request that fetched was cancelled (its client went away, a deadline): the
+    # fetch counted as tried without a failure, so for min_refetch every request found
+    # no keys and no failure, and a good token was a 401 (no key).
+    key_server.delay = 0.5
+    cache = JwksCache(key_server.url, ttl=300, min_refetch=60)
+    try:
+        first = asyncio.create_task(cache.get("k1"))
+        await asyncio.sleep(0.1)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert [k.key_id for k in await asyncio.wait_for(cache.get("k1"), 10)] == ["k1"]
+    finally:
+        await cache.close()
+
+
+async def test_a_key_whose_kid_is_not_a_string_is_skipped_not_a_500(key_server):
+    good = key_server.keys["keys"][0]
+    key_server.keys = {"keys": [{**good, "kid": ["k0"]}, good]}
+    cache = JwksCache(key_server.url, ttl=300, min_refetch=60)
+    try:
+        assert [k.key_id for k in await cache.get("k1")] == ["k1"]
     finally:
         await cache.close()

@@ -271,3 +271,29 @@ async def test_a_submit_whose_answer_cannot_be_made_is_answered_with_the_error(
     answers = await asyncio.wait_for(_behind_a_stalled_commit(submitter, stores, jobs), 10)
     assert isinstance(answers[1], RuntimeError)
     assert answers[0][0] and answers[2][0]
+
+
+async def test_idempotent_replays_in_a_group_commit_take_no_room_from_the_quota(
+        stores, settings, servers):
+    # Every submit in the batch took one place of its tenant's room, replays too (of a
+    # job that exists, or of one earlier in the same batch): they create nothing, yet a
+    # new job behind them was refused 429 although the tenant had room for it.
+    from tests.conftest import make_settings
+
+    cfg = make_settings(servers, queues=["default", "shared"],
+                        queue_limits={"shared": {"max_active": 3}})
+    submitter = _submitter(stores, cfg, backend_timeout=30)
+    created, first = await submitter.submit_one(
+        NewJob(task="noop", max_attempts=1, queue="shared", tenant="a", idempotency_key="k"))
+    assert created  # the tenant has room for 2 more
+    jobs = [NewJob(task="noop", max_attempts=1, queue="shared", tenant="a", **kw)
+            for kw in ({"idempotency_key": "k"}, {"idempotency_key": "d"},
+                       {"idempotency_key": "d"}, {})]
+    answers = await _behind_a_stalled_commit(submitter, stores, jobs)
+    assert all(isinstance(a, tuple) for a in answers), answers
+    assert answers[0] == (False, first)
+    assert sorted([answers[1][0], answers[2][0]]) == [False, True]
+    assert answers[1][1].id == answers[2][1].id
+    assert answers[3][0]
+    assert await stores.store.pool.fetchval(
+        "SELECT count(*) FROM jobs WHERE tenant = 'a' AND queue = 'shared'") == 3

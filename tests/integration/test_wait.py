@@ -262,3 +262,25 @@ async def test_an_idle_stream_gets_comment_heartbeats_and_ends_after_its_lifetim
         resumed = await client.get(f"/tasks/{job_id}/events", headers={"Last-Event-ID": last})
         assert _events(resumed.text) == []
     assert len(feed) == 0
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast path", "route"])
+async def test_post_with_wait_answers_the_created_job_when_the_wait_fails(
+        stores, settings, monkeypatch, fast):
+    # A read of the waited job that failed after the commit (PostgreSQL slower than
+    # api.backend_timeout) was answered 503 "retry": the client submits again, and
+    # there are two jobs.
+    real = stores.store.get_jobs
+
+    async def slow(ids):
+        await stores.store.pool.execute("SELECT pg_sleep(2)")
+        return await real(ids)
+
+    async with _api(stores, settings, fast, backend_timeout=0.5) as (client, feed, app):
+        monkeypatch.setattr(stores.store, "get_jobs", slow)
+        answer = await client.post("/tasks?wait=5", json={"task": "noop"})
+        assert answer.status_code == 201, answer.text
+        assert answer.json()["state"] == "queued"
+        assert _served_fast(app) == (1 if fast else 0)
+    assert await stores.store.pool.fetchval("SELECT count(*) FROM jobs") == 1
+    assert len(feed) == 0

@@ -513,6 +513,11 @@ class PostgresStore:
                                      with_payload, with_result)
         return [WorkflowMember(**{**r, "state": JobState(r["state"])}) for r in rows]
 
+    async def idempotency_keys_taken(self, tenant: str, keys: Sequence[str]) -> set[str]:
+        """Those of ``keys`` that name a job of ``tenant``."""
+        rows = await self.pool.fetch(QUERIES["jobs_by_idempotency_key"], tenant, list(keys))
+        return {r["idempotency_key"] for r in rows}
+
     async def count_active_jobs(
         self, keys: Sequence[tuple[str, str]], limit: int
     ) -> dict[tuple[str, str], int]:

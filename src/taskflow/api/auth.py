@@ -9,6 +9,7 @@ client that sends the same token again costs a dictionary lookup.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import secrets
@@ -171,7 +172,9 @@ class JwksCache:
     succeeded or not. While the key server is down, requests are answered from the keys
     already fetched (an unknown ``kid`` is unknown), or with the 503 of the last failed
     fetch when there are none: an outage costs the key server one fetch per
-    ``min_refetch``, not one per request, and no request waits out another's timeout."""
+    ``min_refetch``, not one per request, and no request waits out another's timeout.
+    A request whose key is at hand never waits for a refetch (it runs in the background);
+    one that needs it waits for the fetch under way, which its giving up does not end."""
 
     def __init__(self, url: str, ttl: float, min_refetch: float = 5.0) -> None:
         self.url = url
@@ -181,46 +184,61 @@ class JwksCache:
         self._fetched = float("-inf")  # the last fetch that succeeded
         self._tried = float("-inf")  # the last fetch, when it ended
         self._failure: str | None = None  # why the last fetch failed
-        self._lock = asyncio.Lock()
+        # The fetch under way: its own task, so that a request that gives up (cancelled)
+        # does not end it, and a request whose key is at hand need not wait for it.
+        self._fetch: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
 
     async def get(self, kid: str | None) -> list[jwt.PyJWK]:
         now = time.monotonic()
         if ((now - self._fetched > self.ttl or kid not in self.keys)
                 and now - self._tried > self.min_refetch):
-            await self._refresh()
+            fetch = self._start_fetch()
+            if not (kid in self.keys if kid is not None else self.keys):
+                await asyncio.shield(fetch)  # nothing to answer with meanwhile
         if not self.keys and self._failure is not None:
             raise Unavailable(self._failure)
         if kid is not None:
             return [self.keys[kid]] if kid in self.keys else []
         return list(self.keys.values())
 
+    def _start_fetch(self) -> asyncio.Task[None]:
+        """The fetch under way, or a new one (at most one at a time)."""
+        if self._fetch is None or self._fetch.done():
+            context = contextvars.copy_context()
+            context.run(logs.bind, tenant=None)  # the cache's, not the caller's
+            self._fetch = asyncio.create_task(self._refresh(), name="jwks-fetch",
+                                              context=context)
+        return self._fetch
+
     async def _refresh(self) -> None:
-        async with self._lock:
-            if time.monotonic() - self._tried <= self.min_refetch:
-                return  # fetched (or tried) while this request waited for the lock
-            if self._session is None:
-                self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
-            try:
-                async with self._session.get(self.url) as resp:
-                    resp.raise_for_status()
-                    data = await resp.json(content_type=None)
-                if not isinstance(data, dict):
-                    raise ValueError(f"a JSON {type(data).__name__}, not a JWK set")
-                keyset = jwt.PyJWKSet.from_dict(data)
-            except (aiohttp.ClientError, TimeoutError, ValueError, jwt.PyJWKSetError) as exc:
-                self._failure = f"cannot fetch signing keys from auth.jwks_url: {exc!r}"
-                log.warning("%s; %s", self._failure,
-                            f"serving the {len(self.keys)} keys fetched before" if self.keys
-                            else "no keys to serve meanwhile")
-                return
-            finally:
-                self._tried = time.monotonic()
-            self.keys = {k.key_id: k for k in keyset.keys}
-            self._fetched = self._tried
-            self._failure = None
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+        try:
+            async with self._session.get(self.url) as resp:
+                resp.raise_for_status()
+                data = await resp.json(content_type=None)
+            if not isinstance(data, dict):
+                raise ValueError(f"a JSON {type(data).__name__}, not a JWK set")
+            keyset = jwt.PyJWKSet.from_dict(data)
+            # A kid that is not a string names no token's key (and may not be hashable).
+            keys = {k.key_id: k for k in keyset.keys
+                    if k.key_id is None or isinstance(k.key_id, str)}
+        except Exception as exc:  # noqa: BLE001 - whatever the key server sent: a failed fetch
+            self._tried = time.monotonic()
+            self._failure = f"cannot fetch signing keys from auth.jwks_url: {exc!r}"
+            log.warning("%s; %s", self._failure,
+                        f"serving the {len(self.keys)} keys fetched before" if self.keys
+                        else "no keys to serve meanwhile")
+            return
+        self.keys = keys
+        self._fetched = self._tried = time.monotonic()
+        self._failure = None
 
     async def close(self) -> None:
+        if self._fetch is not None:
+            self._fetch.cancel()
+            await asyncio.gather(self._fetch, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
 

@@ -33,11 +33,10 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from taskflow import logs
 from taskflow.api.auth import WRITE, InvalidToken, Principal
 from taskflow.api.context import ApiContext
-from taskflow.api.controllers.tasks import wait_for_job
+from taskflow.api.controllers.tasks import wait_for_submitted
 from taskflow.api.errors import exception_handler
-from taskflow.api.schemas import JobOut, JobSpec
+from taskflow.api.schemas import JobSpec
 from taskflow.models import NewJob
-from taskflow.states import TERMINAL
 
 ROUTE = "/tasks"  # the path template Litestar gives the route (the metrics' label)
 _JSON = frozenset({b"application/json", b"application/json; charset=utf-8"})
@@ -114,9 +113,7 @@ class FastSubmit:
             try:
                 # As in the route: no deadline around the write (see TaskController.submit).
                 created, out = await self.api.submitter.submit_one(job)
-                if seconds is not None and out.state not in TERMINAL:
-                    out = JobOut.of(await wait_for_job(self.api, receive, out.id, out.tenant,
-                                                       seconds))
+                out = await wait_for_submitted(self.api, receive, out, seconds)
             except Exception as exc:  # noqa: BLE001 - answered as the app's handlers do
                 status = await self._error(scope, receive, send, exc)
                 return

@@ -13,7 +13,7 @@ add at once, which bounds a flood all the same.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Set
 from datetime import UTC, datetime
 
 from taskflow.adapters.postgres import PostgresStore
@@ -93,23 +93,25 @@ class Quotas:
         job that would take its tenant past ``max_active`` in its queue, ``None`` for the
         others. A tenant's jobs are admitted in the order given while they fit, so one
         tenant over its quota fails only its own requests, and the batch never holds
-        more of a tenant's jobs than its quota has room for."""
+        more of a tenant's jobs than its quota has room for. An idempotent replay (of a
+        job that exists, or of one admitted before it in the batch) creates nothing: it
+        takes no room and is not refused (its answer is the first job)."""
         bounds = self._bounds({(j.tenant, j.queue) for j in jobs})
         if not bounds:
             return [None] * len(jobs)
         counts = await self._counts(bounds)
-        room = {key: bound - counts.get(key, 0) for key, bound in bounds.items()}
-        out: list[QuotaExceeded | None] = []
+        out = _admitted(jobs, bounds, counts, frozenset())
+        # Only when some are refused: are keyed jobs of theirs replays of existing jobs?
+        keys: dict[str, set[str]] = {}
+        refused = {(j.tenant, j.queue) for j, r in zip(jobs, out) if r is not None}
         for job in jobs:
-            key = (job.tenant, job.queue)
-            if key not in room:
-                out.append(None)
-            elif room[key] > 0:
-                room[key] -= 1
-                out.append(None)
-            else:
-                out.append(_exceeded(key, counts.get(key, 0), bounds[key], 1))
-        return out
+            if (job.tenant, job.queue) in refused and job.idempotency_key is not None:
+                keys.setdefault(job.tenant, set()).add(job.idempotency_key)
+        if not keys:
+            return out
+        taken = {(tenant, key) for tenant, wanted in keys.items()
+                 for key in await self.store.idempotency_keys_taken(tenant, sorted(wanted))}
+        return _admitted(jobs, bounds, counts, taken) if taken else out
 
     def _bounds(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
         """The (tenant, queue) keys whose queue bounds ``max_active``, with the bound."""
@@ -118,6 +120,29 @@ class Quotas:
 
     async def _counts(self, bounds: dict[tuple[str, str], int]) -> dict[tuple[str, str], int]:
         return await self.store.count_active_jobs(list(bounds), max(bounds.values()))
+
+
+def _admitted(jobs: Sequence[NewJob], bounds: dict[tuple[str, str], int],
+              counts: dict[tuple[str, str], int],
+              taken: Set[tuple[str, str]]) -> list[QuotaExceeded | None]:
+    """See :meth:`Quotas.refusals`; ``taken``: the (tenant, idempotency key) of jobs that
+    exist."""
+    room = {key: bound - counts.get(key, 0) for key, bound in bounds.items()}
+    admitted: set[tuple[str, str]] = set()  # (tenant, idempotency key) admitted here
+    out: list[QuotaExceeded | None] = []
+    for job in jobs:
+        key = (job.tenant, job.queue)
+        idem = None if job.idempotency_key is None else (job.tenant, job.idempotency_key)
+        if key not in room or (idem is not None and (idem in taken or idem in admitted)):
+            out.append(None)
+        elif room[key] > 0:
+            room[key] -= 1
+            if idem is not None:
+                admitted.add(idem)
+            out.append(None)
+        else:
+            out.append(_exceeded(key, counts.get(key, 0), bounds[key], 1))
+    return out
 
 
 def _exceeded(key: tuple[str, str], count: int, bound: int, adding: int) -> QuotaExceeded:

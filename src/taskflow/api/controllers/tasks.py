@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Protocol, TypeVar
@@ -35,6 +36,8 @@ from taskflow.api.schemas import (
 )
 from taskflow.models import Job
 from taskflow.states import TERMINAL, JobState
+
+log = logging.getLogger(__name__)
 
 
 def _problems(*codes: int) -> dict[int, ResponseSpec]:
@@ -98,6 +101,21 @@ async def wait_for_job(api: ApiContext, receive: Receive, job_id: uuid.UUID,
 
     return await wait_until(api.feed, [job_id], read, lambda j: j.state in TERMINAL,
                             seconds, receive)
+
+
+async def wait_for_submitted(api: ApiContext, receive: Receive, out: JobOut,
+                             seconds: float | None) -> JobOut:
+    """``out``, a job just submitted (or replayed), once it has ended or as it is after
+    ``seconds`` (None: at once). Should the wait fail (a read times out), ``out`` as the
+    submit gave it: the job exists, and an error would have its client submit it again."""
+    if seconds is None or out.state in TERMINAL:
+        return out
+    try:
+        return JobOut.of(await wait_for_job(api, receive, out.id, out.tenant, seconds))
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        log.warning("POST /tasks: waiting for job %s failed (%r); answering it as "
+                    "submitted", out.id, exc)
+        return out
 
 
 def encode_cursor(job_id: uuid.UUID) -> str:
@@ -204,8 +222,7 @@ class TaskController(Controller):
         # No deadline around a write: it could fire after the commit and answer 503 for a
         # job that exists. The submitter bounds its own wait (see submit_one).
         created, out = await api.submitter.submit_one(job)
-        if seconds is not None and out.state not in TERMINAL:
-            out = JobOut.of(await wait_for_job(api, request.receive, out.id, out.tenant, seconds))
+        out = await wait_for_submitted(api, request.receive, out, seconds)
         return Response(out, status_code=201 if created else 200)
 
     @post("/batch", opt={"scope": WRITE}, status_code=201, summary="Submit jobs, all or none",
