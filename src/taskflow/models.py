@@ -98,10 +98,6 @@ class StartedJob(Struct, frozen=True):
     tenant: str
     upstream_count: int
     run_at: datetime | None = None  # the attempt's due time (queue wait = start - run_at)
-    # Results of the direct upstream jobs, keyed by node name in a workflow and by job id
-    # otherwise; None when it has no upstreams or when theirs are over the budget.
-    upstream_results: dict[str, Any] | None = None
-    upstream_bytes: int = 0  # their total, JSON-encoded (what the budget is checked on)
 
 
 class Outcome(Struct, frozen=True):

@@ -124,42 +124,6 @@ async def test_a_released_dependent_never_jumps_a_ready_job_that_outranks_it(
     assert done[c].started_at < done[ids["b"]].started_at
 
 
-async def test_the_start_brings_the_upstream_results_within_the_budget(stores):
-    """start_jobs loads each started job's upstream results in the same statement (one
-    round trip per serial hop of a DAG, not two), keyed by node name, with their total
-    size; past the budget it loads none and says how much they add up to."""
-    from taskflow.models import Claim, Outcome
-
-    nodes = [node("p0", task="noop"), node("p1", task="noop"), node("solo", task="noop"),
-             node("both", "p0", "p1", task="noop"), node("one", "p0", task="noop")]
-    _, ids = await submit_workflow(stores.store, stores.dispatch, "t", "w", nodes)
-    claims = (await stores.dispatch.claim("default", 10, 10_000)).claims
-    roots = await stores.store.start_jobs(claims, "w", 1_000)
-    assert {j.id for j in roots} == {ids["p0"], ids["p1"], ids["solo"]}
-    assert all(j.upstream_results is None and j.upstream_bytes == 0 for j in roots)
-    results = {ids["p0"]: '"abcd"', ids["p1"]: "null", ids["solo"]: "1"}  # 6 + 4 bytes
-    await stores.store.finish_jobs([
-        Outcome(j.id, j.lease_token, JobState.SUCCEEDED, "succeeded", 0.0,
-                result=results[j.id]) for j in roots])
-
-    def start(budget: int, attempt: int):
-        fresh = [Claim(str(ids[n]), f"tok{attempt}") for n in ("both", "one")]
-        return stores.store.start_jobs(fresh, "w", budget)
-
-    # At the budget: loaded. Just over it: `both` (10 bytes) gets nothing, `one` (6) does.
-    for attempt, budget in enumerate((10, 9)):
-        started = {j.id: j for j in await start(budget, attempt)}
-        both, one = started[ids["both"]], started[ids["one"]]
-        assert (both.upstream_bytes, one.upstream_bytes) == (10, 6)
-        assert one.upstream_results == {"p0": "abcd"}
-        if budget == 10:
-            assert both.upstream_results == {"p0": "abcd", "p1": None}
-        else:
-            assert both.upstream_results is None
-        await stores.store.hand_back_jobs(
-            [Claim(str(j.id), j.lease_token) for j in started.values()])
-
-
 async def test_a_fan_out_never_runs_more_than_the_concurrency(stores, settings):
     """A root releasing 40 dependents into a worker of 4 slots: 4 run at a time."""
     registry, _ = collector()

@@ -64,7 +64,7 @@ async def create_pool(
         # jit: PostgreSQL compiles a query once its estimated cost passes jit_above_cost,
         # and a fan-in lookup planned while a big workflow's statistics lag behind is
         # estimated at 170,000 for 0.4 ms of work: compiling it took 15 ms, on every
-        # call (a 100 x 100 layered workflow: 11 ms per upstream-results lookup). Our
+        # call (a 100 x 100 layered workflow: 11 ms per upstream_results). Our
         # statements are all short, so JIT never pays here.
         server_settings={"plan_cache_mode": "force_custom_plan", "random_page_cost": "1.1",
                          "jit": "off"},
@@ -74,21 +74,6 @@ async def create_pool(
         # migration lock has a pool of its own.
         reset=_keep_session,
     )
-
-
-_NO_BUDGET = 2**63 - 1  # start_jobs without a budget for upstream results
-
-
-def _started(row: asyncpg.Record, max_upstream_bytes: int) -> StartedJob:
-    upstream: dict[str, Any] | None = None
-    if row["upstream_count"] and row["upstream_bytes"] <= max_upstream_bytes:
-        upstream = {key: None if text is None else _decode(text)
-                    for key, text in zip(row["upstream_keys"] or (),
-                                         row["upstream_results"] or (), strict=True)}
-    return StartedJob(row["id"], row["task"], row["queue"], row["payload"], row["priority"],
-                      row["attempts"], row["max_attempts"], row["retry_policy"],
-                      row["timeout"], row["lease_token"], row["tenant"],
-                      row["upstream_count"], row["run_at"], upstream, row["upstream_bytes"])
 
 
 def _entry(row: asyncpg.Record) -> DispatchEntry:
@@ -329,6 +314,26 @@ class PostgresStore:
     async def workflow_jobs(self, workflow_id: uuid.UUID | str) -> list[Job]:
         return [_job(r) for r in await self.pool.fetch(QUERIES["workflow_jobs"], workflow_id)]
 
+    async def upstream_results(
+        self, job_ids: Sequence[uuid.UUID], max_bytes: int
+    ) -> tuple[dict[uuid.UUID, dict[str, Any]], dict[uuid.UUID, int]]:
+        """Results of each job's direct upstream jobs, keyed by node name in a workflow
+        and by job id otherwise, and the jobs whose upstream results add up to more than
+        ``max_bytes`` (JSON), with how much: theirs are not loaded. One query for the
+        whole batch."""
+        out: dict[uuid.UUID, dict[str, Any]] = {j: {} for j in job_ids}
+        too_large: dict[uuid.UUID, int] = {}
+        rows = await self.pool.fetch(QUERIES["upstream_results"], list(job_ids), max_bytes)
+        for r in rows:
+            if r["over"]:
+                too_large[r["job_id"]] = max(too_large.get(r["job_id"], 0), r["loaded"])
+                continue
+            key = r["node"] or str(r["id"])
+            out[r["job_id"]][key] = None if r["result"] is None else _decode(r["result"])
+        for job_id in too_large:
+            del out[job_id]
+        return out, too_large
+
     async def _with_existing(
         self, jobs: Sequence[NewJob], rows: list[asyncpg.Record]
     ) -> InsertResult:
@@ -379,18 +384,11 @@ class PostgresStore:
                         r["duration"], r["outcome"], r["error"]))
         return found
 
-    async def start_jobs(
-        self, claims: Sequence[Claim], worker: str, max_upstream_bytes: int = _NO_BUDGET
-    ) -> list[StartedJob]:
-        """Move claimed jobs to running (those no longer queued are absent) and load the
-        results of their direct upstream jobs in the same statement: a job whose
-        upstreams' results add up to more than ``max_upstream_bytes`` (JSON) gets none,
-        and its ``upstream_bytes`` says how much they are."""
+    async def start_jobs(self, claims: Sequence[Claim], worker: str) -> list[StartedJob]:
         rows = await self.pool.fetch(
-            QUERIES["start_jobs"], [c.id for c in claims], [c.token for c in claims], worker,
-            max_upstream_bytes,
+            QUERIES["start_jobs"], [c.id for c in claims], [c.token for c in claims], worker
         )
-        return [_started(r, max_upstream_bytes) for r in rows]
+        return [StartedJob(*r.values()) for r in rows]
 
     async def finish_jobs(self, outcomes: Sequence[Outcome]) -> list[DispatchEntry]:
         """End attempts; returns the jobs that moved (those a token guard refused are

@@ -1,12 +1,11 @@
 """The worker: claims jobs in batches, runs them, records outcomes in batches.
 
 Flow of one job: ``claim.lua`` takes its lease in Redis -> ``start_jobs`` moves it to
-running in PostgreSQL and loads its upstream jobs' results (one statement per claim
-batch) -> the runner executes the handler -> its outcome waits in a buffer that the
-flusher writes with ``finish_jobs`` (one statement for everything that finished
-meanwhile: group commit) -> the leases are given back and retries indexed in one Redis
-round trip. Leases are heartbeated from claim until the outcome is durable, so a slow
-flush never lets a finished job be rescued.
+running in PostgreSQL (one statement per claim batch) -> the runner executes the handler
+-> its outcome waits in a buffer that the flusher writes with ``finish_jobs`` (one
+statement for everything that finished meanwhile: group commit) -> the leases are given
+back and retries indexed in one Redis round trip. Leases are heartbeated from claim until
+the outcome is durable, so a slow flush never lets a finished job be rescued.
 """
 
 from __future__ import annotations
@@ -194,8 +193,7 @@ class Worker:
         for c in claims:
             self.held[c.id] = _Held(c, queue)
         try:
-            started = await self.store.start_jobs(claims, self.name,
-                                                  self.cfg.max_upstream_bytes)
+            started = await self.store.start_jobs(claims, self.name)
         except BaseException:
             # PostgreSQL failed: whether start_jobs committed is unknown, and the jobs
             # left the ready set with the claim. Keep their leases (heartbeated, so nobody
@@ -209,20 +207,33 @@ class Worker:
             await self._release_unstarted(
                 queue, [c for c in claims if c.id not in started_ids]
             )
+        upstream: dict = {}
+        too_large: dict = {}
+        fan_in = [j.id for j in started if j.upstream_count]
+        if fan_in:
+            try:
+                upstream, too_large = await self.store.upstream_results(
+                    fan_in, self.cfg.max_upstream_bytes)
+            except BaseException:
+                # Running in PostgreSQL but never run: handed back, no attempt spent.
+                self._unstarted.setdefault(queue, []).extend(
+                    self.held[str(job.id)].claim for job in started)
+                raise
         now = time.time()
         for job in started:
             if job.run_at is not None:
                 metrics.JOB_WAIT.labels(queue).observe(max(0.0, now - job.run_at.timestamp()))
             held = self.held[str(job.id)]
-            if job.upstream_bytes > self.cfg.max_upstream_bytes:
+            if job.id in too_large:
                 self._refuse(job, f"its upstream jobs' results add up to more than "
                              f"{self.cfg.max_upstream_bytes} bytes "
-                             f"({job.upstream_bytes} loaded before stopping; "
+                             f"({too_large[job.id]} loaded before stopping; "
                              "worker.max_upstream_bytes)")
                 continue
             self.running += 1
             metrics.JOBS_STARTED.labels(queue, job.task).inc()
-            held.task = asyncio.create_task(self._run(job, held), name=f"job {job.id}")
+            held.task = asyncio.create_task(self._run(job, held, upstream.get(job.id)),
+                                            name=f"job {job.id}")
         return len(started)
 
     def _refuse(self, job: StartedJob, why: str) -> None:
@@ -267,14 +278,13 @@ class Worker:
             log.exception("could not give back %d leases; they expire by themselves",
                           len(claims))
 
-    async def _run(self, job: StartedJob, held: _Held) -> None:
+    async def _run(self, job: StartedJob, held: _Held, upstream: dict | None) -> None:
         # This task's own context: every record logged while the job runs carries these.
         logs.bind_job(job.id, job.task, job.queue, job.attempts, job.tenant)
         began = time.perf_counter()
         try:
             outcome = await self.runner.execute(
-                job, ctx_hook=lambda ctx: setattr(held, "ctx", ctx),
-                upstream=job.upstream_results)
+                job, ctx_hook=lambda ctx: setattr(held, "ctx", ctx), upstream=upstream)
         except asyncio.CancelledError:
             if not held.cancel_requested:
                 return  # lease lost or shutdown: no outcome of ours to record

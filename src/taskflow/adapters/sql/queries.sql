@@ -96,6 +96,27 @@ SELECT * FROM jobs WHERE workflow_id = $1 ORDER BY id;
 SELECT id, queue, priority, run_at, state FROM jobs
 WHERE workflow_id = $1 AND state IN ('queued', 'scheduled');
 
+-- name: upstream_results
+-- Results of the direct upstream jobs of a batch of started jobs, in one query, within a
+-- budget of $2 bytes per job: once a job's running total passes it, its rows say so
+-- (over) and carry no result, so a fan-in of thousands of large results is never loaded.
+-- Every row is reached by key: the OFFSET 0 fences keep the planner from flattening the
+-- lateral lookups into a join that it would hash over whole scans of both tables when
+-- their statistics lag behind a big workflow just inserted (3 ms instead of 0.2 for the
+-- 100 jobs of one layer at 10,000 jobs, growing with the tables).
+SELECT job_id, id, node, CASE WHEN NOT over THEN result END AS result, over, loaded
+FROM (
+    SELECT s.job_id, u.id, u.node, u.text AS result,
+           coalesce(sum(octet_length(u.text)) OVER w, 0) AS loaded,
+           coalesce(sum(octet_length(u.text)) OVER w, 0) > $2 AS over
+    FROM unnest($1::uuid[]) AS s(job_id)
+    CROSS JOIN LATERAL (SELECT d.upstream_id FROM job_dependencies AS d
+                        WHERE d.job_id = s.job_id OFFSET 0) AS d
+    CROSS JOIN LATERAL (SELECT u.id, u.node, u.result::text AS text FROM jobs AS u
+                        WHERE u.id = d.upstream_id OFFSET 0) AS u
+    WINDOW w AS (PARTITION BY s.job_id ORDER BY u.id)
+) AS s;
+
 -- name: jobs_by_idempotency_key
 SELECT * FROM jobs WHERE tenant = $1 AND idempotency_key = ANY($2::text[]);
 
@@ -116,44 +137,14 @@ SELECT * FROM job_attempts WHERE job_id = ANY($1::uuid[]) ORDER BY job_id, id;
 -- queued|scheduled -> running for a batch of claims, each with its own lease token.
 -- Jobs that left those states since Redis indexed them (cancelled, already done) are not
 -- returned; the worker gives their leases back.
---
--- Each started job comes with the results of its direct upstream jobs (keyed by node
--- name in a workflow, by job id otherwise) in the same round trip: on a DAG's serial
--- hops a second statement was 0.6 ms of every hop. Within a budget of $4 bytes per job:
--- `upstream_bytes` is the total of its upstreams' results (JSON), and past the budget
--- no result is returned, nor aggregated beyond it, so a fan-in of thousands of large
--- results is never loaded. The SELECT sees the snapshot from before the UPDATE, which
--- is right: a job's upstreams committed their results before it was released. Every
--- row is reached by key: the OFFSET 0 fences keep the planner from flattening the
--- lateral lookups into a join that it would hash over whole scans of both tables when
--- their statistics lag behind a big workflow just inserted (3 ms instead of 0.2 for the
--- 100 jobs of one layer at 10,000 jobs, growing with the tables).
-WITH started AS (
-    UPDATE jobs AS j
-    SET state = 'running', attempts = j.attempts + 1, lease_token = c.token,
-        worker = $3, started_at = now()
-    FROM unnest($1::uuid[], $2::text[]) AS c(id, token)
-    WHERE j.id = c.id AND j.state IN ('queued', 'scheduled') AND NOT j.cancel_requested
-    RETURNING j.id, j.task, j.queue, j.payload::text AS payload, j.priority, j.attempts,
-              j.max_attempts, j.retry_policy::text AS retry_policy, j.timeout,
-              j.lease_token, j.tenant, j.upstream_count, j.run_at
-)
-SELECT s.*, u.keys AS upstream_keys, u.results AS upstream_results,
-       coalesce(u.total, 0) AS upstream_bytes
-FROM started AS s
-LEFT JOIN LATERAL (
-    SELECT max(r.loaded) AS total,
-           array_agg(r.key ORDER BY r.id) FILTER (WHERE r.loaded <= $4) AS keys,
-           array_agg(r.text ORDER BY r.id) FILTER (WHERE r.loaded <= $4) AS results
-    FROM (
-        SELECT u.id, coalesce(nullif(u.node, ''), u.id::text) AS key, u.text,
-               coalesce(sum(octet_length(u.text)) OVER (ORDER BY u.id), 0) AS loaded
-        FROM (SELECT d.upstream_id FROM job_dependencies AS d
-              WHERE d.job_id = s.id AND s.upstream_count > 0 OFFSET 0) AS d
-        CROSS JOIN LATERAL (SELECT u.id, u.node, u.result::text AS text FROM jobs AS u
-                            WHERE u.id = d.upstream_id OFFSET 0) AS u
-    ) AS r
-) AS u ON true;
+UPDATE jobs AS j
+SET state = 'running', attempts = j.attempts + 1, lease_token = c.token,
+    worker = $3, started_at = now()
+FROM unnest($1::uuid[], $2::text[]) AS c(id, token)
+WHERE j.id = c.id AND j.state IN ('queued', 'scheduled') AND NOT j.cancel_requested
+RETURNING j.id, j.task, j.queue, j.payload::text AS payload, j.priority, j.attempts,
+          j.max_attempts, j.retry_policy::text AS retry_policy, j.timeout, j.lease_token,
+          j.tenant, j.upstream_count, j.run_at;
 
 -- name: finish_jobs
 -- Ends a batch of running attempts in one round trip (taskflow_finish_jobs, migration
