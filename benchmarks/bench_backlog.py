@@ -1,5 +1,5 @@
 """Cost must not grow with the backlog (issue 11): the drain rate of one worker with a
-10,000-job backlog against the same worker's first 10,000 jobs of a large backlog, Redis
+10,000-job backlog against the same worker's first 10,000 jobs of a large backlog (each twice), Redis
 memory per waiting job, and the time to rebuild a truly lost index while the drain goes
 on; and, over HTTP against one ``taskflow serve``, the latency of ``GET /tasks/{id}`` (a
 random waiting job) and of ``POST /tasks`` with each backlog. ``BENCH_BACKLOG`` sets the large backlog (default 1,000,000; batch-submitted through
@@ -42,16 +42,23 @@ async def fill(s, n: int) -> None:
 
 async def first_jobs_rate(srv, s) -> float:
     """Jobs/s over the first FIRST jobs a new worker process drains from what waits."""
+    base = await s.store.pool.fetchval(COUNT_SUCCEEDED)
     worker = WorkerProcess(srv, **FAST_WORKER)
     try:
-        while await s.store.pool.fetchval(COUNT_SUCCEEDED) < 1:
+        while await s.store.pool.fetchval(COUNT_SUCCEEDED) < base + 1:
             await asyncio.sleep(0.01)
         began = time.perf_counter()
-        while await s.store.pool.fetchval(COUNT_SUCCEEDED) < FIRST:
+        while await s.store.pool.fetchval(COUNT_SUCCEEDED) < base + FIRST:
             await asyncio.sleep(0.02)
         return (FIRST - 1) / (time.perf_counter() - began)
     finally:
         worker.stop()
+
+
+async def small_backlog_rate(srv, s) -> float:
+    await reset(s)
+    await fill(s, FIRST)
+    return await first_jobs_rate(srv, s)
 
 
 async def api_latencies(api: ApiProcess, s) -> dict[str, list[float]]:
@@ -100,8 +107,8 @@ async def main(srv, api: ApiProcess) -> None:
         await reset(s)
         await fill(s, FIRST)
         small_latency = await api_latencies(api, s)
-        small = await first_jobs_rate(srv, s)
-        report(f"drain, backlog of {FIRST:,}", small, "jobs/s")
+        smalls = [await first_jobs_rate(srv, s)]
+        report(f"drain, backlog of {FIRST:,}", smalls[0], "jobs/s")
 
         await reset(s)
         before = (await s.dispatch.client.info("memory"))["used_memory"]
@@ -114,10 +121,17 @@ async def main(srv, api: ApiProcess) -> None:
         # Let the system settle (confirmations, autovacuum of the new rows) before the
         # drain; BENCH_SETTLE=0 starts the worker at once, as an impatient user would.
         await asyncio.sleep(SETTLE)
+        vacuuming = await s.store.pool.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'")
+        if vacuuming:
+            print(f"  ({vacuuming} autovacuum workers still busy after the "
+                  f"{SETTLE:g} s settle)", flush=True)
         large_latency = await api_latencies(api, s)
-        large = await first_jobs_rate(srv, s)
-        report(f"drain, first {FIRST:,} of a backlog of {BACKLOG:,}", large, "jobs/s",
-               f"ratio {large / small:.2f} (goal >= 0.80)")
+        # Twice each (the second large window is the next FIRST jobs, from what is left;
+        # the second small one comes at the end): one window of about a second is noisy.
+        larges = [await first_jobs_rate(srv, s), await first_jobs_rate(srv, s)]
+        report(f"drain, first {FIRST:,} of a backlog of {BACKLOG:,}", larges[0], "jobs/s",
+               f"then the next {FIRST:,}: {larges[1]:,.0f} jobs/s")
         report_latencies(small_latency, large_latency)
 
         # A truly lost index: Redis emptied under the backlog, a worker started.
@@ -140,6 +154,13 @@ async def main(srv, api: ApiProcess) -> None:
             worker.stop()
         report(f"rebuild a lost index of {waiting:,} jobs", seconds, "s",
                f"({done:,} jobs drained meanwhile, {done / seconds:,.0f} jobs/s)")
+
+        smalls.append(await small_backlog_rate(srv, s))
+        report(f"drain, backlog of {FIRST:,}, again", smalls[1], "jobs/s")
+        small, large = sum(smalls) / 2, sum(larges) / 2
+        report(f"drain, backlog of {BACKLOG:,} / of {FIRST:,}", large / small, "x",
+               f"(means of two windows each: {large:,.0f} / {small:,.0f} jobs/s; the "
+               f"first {FIRST:,} alone: {larges[0] / small:.2f}x; goal >= 0.80)")
 
 
 async def migrated(srv) -> None:
