@@ -81,3 +81,28 @@ async def test_only_unconfirmed_enqueues_are_reindexed(stores, settings):
     assert await maintenance.reconcile_unconfirmed() == 0
     assert {e.id for e in lost.created} <= {
         r["id"] for r in await stores.store.pool.fetch("SELECT id FROM jobs")}
+
+
+async def test_confirmed_notes_are_vacuumed_as_they_pile_up(stores):
+    # Every submit writes a note in jobs_unindexed and its confirmation deletes it. A
+    # bulk submit left one dead row per job there for autovacuum (a minute apart at
+    # best), and the reconciler's next pass pruned them all at once, in the middle of
+    # the drain it coincided with (bench_backlog: its first 10,000 jobs at ~0.6x).
+    store = stores.store
+    store.vacuum_notes_every = 2_000
+
+    async def vacuums() -> int:
+        return await store.pool.fetchval(
+            "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'jobs_unindexed'")
+
+    async def settled(count: int) -> bool:
+        left = await store.pool.fetchval("SELECT count(*) FROM jobs_unindexed")
+        return left == 0 and await vacuums() >= count
+
+    before = await vacuums()
+    for _ in range(3):  # 3,000 confirmations: one vacuum, at 2,000
+        await submit(store, stores.dispatch,
+                     [NewJob(task="noop", max_attempts=1) for _ in range(1_000)])
+    await wait_until(lambda: settled(before + 1))
+    await asyncio.sleep(0.2)  # any further confirmation has gone by now
+    assert await vacuums() == before + 1

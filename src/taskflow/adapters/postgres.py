@@ -175,6 +175,11 @@ class InsertResult(msgspec.Struct, frozen=True):
     created_at: dict[uuid.UUID, datetime] = {}  # of each created job
 
 
+# Notes confirmed by one process between its vacuums of jobs_unindexed (see
+# PostgresStore._vacuum_notes).
+VACUUM_NOTES_EVERY = 100_000
+
+
 class PostgresStore:
     """Every read and guarded state change taskflow makes in PostgreSQL.
 
@@ -186,6 +191,8 @@ class PostgresStore:
         self.pool = pool
         self._confirmed: list[uuid.UUID] = []
         self._confirming: asyncio.Task[None] | None = None
+        self.vacuum_notes_every = VACUUM_NOTES_EVERY
+        self._confirmed_since_vacuum = 0
 
     async def close(self) -> None:
         if self._confirming is not None:
@@ -209,6 +216,24 @@ class PostgresStore:
             except Exception as exc:  # noqa: BLE001 - see the docstring
                 log.warning("could not confirm %d indexed jobs (%r); the reconciler will "
                             "check them", len(ids), exc)
+                continue
+            self._confirmed_since_vacuum += len(ids)
+            if self._confirmed_since_vacuum >= self.vacuum_notes_every:
+                self._confirmed_since_vacuum = 0
+                await self._vacuum_notes()
+
+    async def _vacuum_notes(self) -> None:
+        """Every submit writes a row in jobs_unindexed and its confirmation deletes it, so
+        a bulk submit of a million jobs leaves a million dead rows there. Autovacuum (a
+        minute apart at best) may leave them to the reconciler's next pass, which then
+        reads and prunes them all at once: ~0.5 s of two PostgreSQL processes and ~50 MB
+        of WAL here, slowing the drain that pass coincides with to 0.5-0.8x. Vacuumed
+        every ``vacuum_notes_every`` confirmations, the table stays small and its
+        upkeep is spread over the submits that cause it (~30 ms per 100,000 rows)."""
+        try:
+            await self.pool.execute(QUERIES["vacuum_unindexed"])
+        except Exception as exc:  # noqa: BLE001 - autovacuum does it later
+            log.warning("could not vacuum jobs_unindexed (%r); autovacuum will", exc)
 
     async def ping(self) -> None:
         await self.pool.fetchval("SELECT 1")

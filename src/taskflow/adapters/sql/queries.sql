@@ -273,6 +273,10 @@ SELECT coalesce((SELECT generation FROM made), (SELECT generation FROM dispatch_
 -- The submitter's confirmation: only the note its own insert wrote (noted = 0).
 DELETE FROM jobs_unindexed WHERE job_id = ANY($1::uuid[]) AND noted = 0;
 
+-- name: vacuum_unindexed
+-- Dead notes go (see PostgresStore._vacuum_notes); a vacuum already at it is not waited for.
+VACUUM (SKIP_LOCKED) jobs_unindexed;
+
 -- name: note_unindexed
 INSERT INTO jobs_unindexed (job_id, noted) SELECT unnest($1::uuid[]), 1
 ON CONFLICT (job_id) DO UPDATE SET noted = jobs_unindexed.noted + 1, since = now();
