@@ -1,10 +1,12 @@
 """Cost must not grow with the backlog (issue 11): the drain rate of one worker with a
-10,000-job backlog against the same worker's first 10,000 jobs of a large backlog (each twice), Redis
-memory per waiting job, and the time to rebuild a truly lost index while the drain goes
-on; and, over HTTP against one ``taskflow serve``, the latency of ``GET /tasks/{id}`` (a
-random waiting job) and of ``POST /tasks`` with each backlog. ``BENCH_BACKLOG`` sets the large backlog (default 1,000,000; batch-submitted through
-the library, as the API does); ``BENCH_SETTLE`` the seconds between the fill and the drain
+10,000-job backlog against the same worker's first 10,000 jobs of a large backlog (each
+measured twice), Redis memory per waiting job, and the time to rebuild a truly lost index
+while the drain goes on; and, over HTTP against one ``taskflow serve``, the latency of
+``GET /tasks/{id}`` (a random waiting job) and of ``POST /tasks`` with each backlog.
+``BENCH_BACKLOG`` sets the large backlog (default 1,000,000; batch-submitted through the
+library, as the API does); ``BENCH_SETTLE`` the seconds between the fill and the drain
 (default 15: right after a bulk insert, autovacuum of the new rows competes with it).
+Both backlogs are checkpointed before their drain (see ``aged``).
 """
 
 from __future__ import annotations

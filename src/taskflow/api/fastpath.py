@@ -10,15 +10,16 @@ same encoding and metrics.
 The rule that keeps it identical to the route: anything unusual *before* the job is
 handed to ``submit_one`` (no, bad or expired token, missing scope -- all checked before
 the body is read, as the route does --, a query string other than a plain ``wait=S``
-within ``api.max_wait``, another content type, no or too large ``Content-Length``, a body that does not decode or
-validate, a job ``new_job`` refuses) goes to the Litestar app unchanged, its body
-replayed, so every such answer is the route's own. Two refusals the route would only
-repeat at a cost are answered here with the app's exception handlers: the verifier's
-when the signing keys cannot be fetched (503), and a webhook ``check_targets`` refuses
-(422, after a DNS lookup). Once ``submit_one`` is called there is no way back (the job
-may exist): its errors are answered the same way (:mod:`taskflow.api.errors`). With
-``wait=S`` it waits for the job's end as the route does (``wait_for_job``: the same
-change feed, the same reads, dropped when the client goes away).
+within ``api.max_wait``, another content type, no or too large ``Content-Length``, a body
+that does not decode or validate, a job ``new_job`` refuses) goes to the Litestar app
+unchanged, its body replayed, so every such answer is the route's own. Two refusals the
+route would only repeat at a cost are answered here with the app's exception handlers:
+the verifier's when the signing keys cannot be fetched (503), and a webhook
+``check_targets`` refuses (422, after a DNS lookup). Once ``submit_one`` is called there
+is no way back (the job may exist): its errors are answered the same way
+(:mod:`taskflow.api.errors`). With ``wait=S`` it waits for the job's end as the route
+does (``wait_for_submitted``: the same change feed, the same reads, dropped when the
+client goes away).
 """
 
 from __future__ import annotations
