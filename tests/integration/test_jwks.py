@@ -1,6 +1,6 @@
 """The JWKS cache against a real key server on loopback: while it is down, requests are
 answered from what was fetched before, and the key server sees one fetch per
-``min_refetch``, not one per request."""
+``min_refetch``, not one per request; a key taken out of the set stops its tokens."""
 
 from __future__ import annotations
 
@@ -8,25 +8,41 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 
+import jwt
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
-from taskflow.api.auth import JwksCache
+from taskflow.api.auth import InvalidToken, JwksCache, TokenVerifier
 from taskflow.api.errors import Unavailable
+from taskflow.config import AuthSettings
+from tests.helpers import wait_until
 
 
 class KeyServer:
     def __init__(self) -> None:
-        public = ECAlgorithm.to_jwk(ec.generate_private_key(ec.SECP256R1()).public_key(),
-                                    as_dict=True)
-        self.keys = {"keys": [{**public, "kid": "k1", "alg": "ES256", "use": "sig"}]}
+        self.private: dict[str, ec.EllipticCurvePrivateKey] = {}
+        self.keys: dict = {"keys": []}
+        self.publish("k1")
         self.up = True
         self.hits = 0
         self.delay = 0.0  # seconds before each answer (a slow key server)
         self.server: TestServer | None = None
+
+    def publish(self, *kids: str) -> None:
+        """The set holds exactly these keys (made on first use)."""
+        for kid in kids:
+            self.private.setdefault(kid, ec.generate_private_key(ec.SECP256R1()))
+        self.keys = {"keys": [
+            {**ECAlgorithm.to_jwk(self.private[kid].public_key(), as_dict=True), "kid": kid,
+             "alg": "ES256", "use": "sig"} for kid in kids]}
+
+    def token(self, kid: str) -> str:
+        return jwt.encode({"tenant": "t", "scope": "tasks:read", "sub": "x",
+                           "exp": int(time.time()) + 600}, self.private[kid],
+                          algorithm="ES256", headers={"kid": kid})
 
     async def handle(self, request: web.Request) -> web.Response:
         self.hits += 1
@@ -156,3 +172,28 @@ async def test_a_key_whose_kid_is_not_a_string_is_skipped_not_a_500(key_server):
         assert [k.key_id for k in await cache.get("k1")] == ["k1"]
     finally:
         await cache.close()
+
+
+async def test_a_key_taken_out_of_the_set_stops_its_cached_tokens(key_server):
+    # The verified-token cache answered a token it had seen from memory until the token
+    # expired, so a key the key server stopped publishing (rotated out, revoked) kept its
+    # tokens working for their whole lifetime.
+    key_server.publish("k1", "k2")
+    verifier = TokenVerifier(AuthSettings(jwks_url=key_server.url, jwks_cache_seconds=0.2),
+                             secret="")
+    assert verifier.jwks is not None
+    verifier.jwks.min_refetch = 0.05
+    old, new = key_server.token("k1"), key_server.token("k2")
+    try:
+        assert (await verifier.verify(old)).tenant == "t"
+        assert (await verifier.verify(new)).tenant == "t"
+        key_server.publish("k2")  # k1 revoked
+        await asyncio.sleep(0.3)  # the cached set is stale
+        await verifier.verify(new)  # answered at once; the refetch runs meanwhile
+        await wait_until(lambda: asyncio.sleep(0, "k1" not in verifier.jwks.keys))
+        with pytest.raises(InvalidToken) as refused:
+            await verifier.verify(old)
+        assert refused.value.reason == "unknown_key"
+        assert (await verifier.verify(new)).tenant == "t"  # its key is still published
+    finally:
+        await verifier.close()

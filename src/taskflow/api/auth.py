@@ -3,7 +3,9 @@
 HS256 tokens are checked with ``jwt_secret``; RS256/ES256 tokens with the configured
 public keys or the keys of a JWKS URL (fetched with aiohttp, cached, refetched when a
 token names an unknown ``kid``). A verified token is remembered until it expires, so a
-client that sends the same token again costs a dictionary lookup.
+client that sends the same token again costs a dictionary lookup -- or, for a token a
+JWKS key verified, until that key leaves the published set (see
+``TokenVerifier._still_published``).
 """
 
 from __future__ import annotations
@@ -257,7 +259,8 @@ class TokenVerifier:
             raise ConfigError("no way to verify tokens: set jwt_secret (TASKFLOW_JWT_SECRET), "
                               "auth.public_keys or auth.jwks_url")
         self.cache_size = cache_size
-        self._cache: dict[str, tuple[Principal, float, float]] = {}
+        # token -> (principal, nbf, exp, the JWKS key that verified it or None)
+        self._cache: dict[str, tuple[Principal, float, float, jwt.PyJWK | None]] = {}
         self._options = {"require": ["exp"], "verify_aud": bool(auth.audience),
                          "verify_iss": bool(auth.issuer)}
 
@@ -268,20 +271,32 @@ class TokenVerifier:
     async def verify(self, token: str) -> Principal:
         cached = self._cache.get(token)
         if cached is not None:
-            principal, nbf, exp = cached
+            principal, nbf, exp, jwk = cached
             now = time.time()
-            if nbf - self.auth.leeway <= now <= exp + self.auth.leeway:
+            if (nbf - self.auth.leeway <= now <= exp + self.auth.leeway
+                    and (jwk is None or await self._still_published(jwk))):
                 return principal
             del self._cache[token]
-        claims = await self._decode(token)
+        claims, jwk = await self._decode(token)
         principal = self._principal(claims)
         if self.cache_size:
             if len(self._cache) >= self.cache_size:
                 self._cache.clear()  # simple bound; a cold cache only costs verification
-            self._cache[token] = (principal, float(claims.get("nbf", 0)), float(claims["exp"]))
+            self._cache[token] = (principal, float(claims.get("nbf", 0)),
+                                  float(claims["exp"]), jwk)
         return principal
 
-    async def _decode(self, token: str) -> dict[str, Any]:
+    async def _still_published(self, jwk: jwt.PyJWK) -> bool:
+        """Whether the JWKS key that verified a cached token is still the one the key
+        server publishes under its kid (asking the cache refetches the set when it is
+        stale): a key taken out of the set, revoked, stops its tokens within
+        ``auth.jwks_cache_seconds``, not only when they expire. A refetched set holds new
+        key objects, so its tokens are verified again once."""
+        assert self.jwks is not None
+        return any(k is jwk for k in await self.jwks.get(jwk.key_id))
+
+    async def _decode(self, token: str) -> tuple[dict[str, Any], jwt.PyJWK | None]:
+        """The token's claims, and the JWKS key that verified it (None: another key)."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError as exc:
@@ -297,13 +312,13 @@ class TokenVerifier:
         if not keys:
             raise InvalidToken(f"no key to verify a {alg} token"
                                + (f" with kid {_shown(kid)}" if kid else ""), reason="unknown_key")
-        for i, key in enumerate(keys):
+        for i, (key, jwk) in enumerate(keys):
             try:
                 return jwt.decode(
                     token, key, algorithms=[alg], audience=self.auth.audience or None,
                     issuer=self.auth.issuer or None, leeway=self.auth.leeway,
                     options=self._options,
-                )
+                ), jwk
             except jwt.InvalidSignatureError:
                 if i == len(keys) - 1:
                     raise InvalidToken("token signature is invalid", reason="signature") from None
@@ -319,13 +334,17 @@ class TokenVerifier:
                 raise InvalidToken(f"invalid token: {exc}") from None
         raise AssertionError("unreachable")
 
-    async def _keys(self, alg: str, kid: str | None) -> list[Any]:
+    async def _keys(self, alg: str, kid: str | None) -> list[tuple[Any, jwt.PyJWK | None]]:
+        """The keys that may verify the token, each with its JWKS entry (None: the secret
+        or a configured public key)."""
         if alg == "HS256":
-            return [self.secret] if self.secret else []
+            return [(self.secret, None)] if self.secret else []
         wanted = _KEY_TYPES[alg]
-        keys = [k for k in self.public_keys if isinstance(k, wanted)] if kid is None else []
+        keys: list[tuple[Any, jwt.PyJWK | None]] = (
+            [(k, None) for k in self.public_keys if isinstance(k, wanted)] if kid is None
+            else [])
         if self.jwks is not None:
-            keys += [k.key for k in await self.jwks.get(kid) if isinstance(k.key, wanted)]
+            keys += [(k.key, k) for k in await self.jwks.get(kid) if isinstance(k.key, wanted)]
         return keys
 
     def _principal(self, claims: dict[str, Any]) -> Principal:
