@@ -210,7 +210,7 @@ async def test_a_tenant_over_its_quota_fails_only_its_own_submits_in_a_group_com
     refused = [isinstance(a, QuotaExceeded) for a in answers]
     assert refused == [False, False, False, True, False, True], answers
     assert all(a[0] for a, r in zip(answers, refused) if not r)
-    assert "this tenant has 0 unfinished jobs in queue 'shared'; at most 2" in \
+    assert "this tenant has 2 unfinished jobs in queue 'shared'; at most 2" in \
         answers[3].detail
     assert await stores.store.pool.fetch(
         "SELECT tenant, count(*) FROM jobs WHERE queue = 'shared' GROUP BY 1 ORDER BY 1"

@@ -141,7 +141,8 @@ def _admitted(jobs: Sequence[NewJob], bounds: dict[tuple[str, str], int],
                 admitted.add(idem)
             out.append(None)
         else:
-            out.append(_exceeded(key, counts.get(key, 0), bounds[key], 1))
+            # What it has once the submits admitted before it in this batch are in.
+            out.append(_exceeded(key, bounds[key] - room[key], bounds[key], 1))
     return out
 
 
