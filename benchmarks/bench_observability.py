@@ -23,7 +23,8 @@ import urllib.request
 from pathlib import Path
 
 from benchmarks.common import (
-    COUNT_SUCCEEDED, FAST_WORKER, RESET, RUN_WINDOW, percentile, report, servers, stores,
+    COUNT_SUCCEEDED, FAST_WORKER, RESET, RUN_WINDOW, cpu_seconds, percentile, report, servers,
+    stores,
 )
 from taskflow.jobs import submit
 from taskflow.models import NewJob
@@ -53,12 +54,6 @@ def _stop(process: subprocess.Popen) -> None:
             process.wait()
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def _drain_once(srv, s, module: str) -> tuple[float, float]:
     """(jobs/s from first start to last finish, worker CPU microseconds per job). The CPU
     time is counted from the first finished job (start-up is over) to the last: unlike
@@ -72,9 +67,9 @@ async def _drain_once(srv, s, module: str) -> tuple[float, float]:
     try:
         while (done := await s.store.pool.fetchval(COUNT_SUCCEEDED)) < N:
             if first is None and done:
-                first = (done, _cpu_seconds(worker.pid))
+                first = (done, cpu_seconds(worker.pid))
             await asyncio.sleep(0.02)
-        last = _cpu_seconds(worker.pid)
+        last = cpu_seconds(worker.pid)
     finally:
         _stop(worker)
     seconds = float(await s.store.pool.fetchval(RUN_WINDOW))

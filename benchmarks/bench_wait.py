@@ -24,7 +24,9 @@ import aiohttp
 import asyncpg
 
 from benchmarks.bench_api import SECRET, ApiProcess, _migrate
-from benchmarks.common import WorkerProcess, percentile, report, servers, stores
+from benchmarks.common import (
+    WorkerProcess, cpu_seconds, percentile, report, servers, stores,
+)
 from taskflow.adapters.embedded import free_port
 from taskflow.api.auth import mint_token
 from taskflow.api.scopes import READ, WRITE
@@ -115,13 +117,6 @@ async def _latency(api: ApiProcess, headers: dict) -> None:
                    f"(notification, read, answer; p99 {_ms(got['lag'], 99):.1f} ms)")
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User and system CPU time of a process so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def _fast_vs_route(api: ApiProcess, route: ApiProcess, headers: dict) -> None:
     """``POST /tasks?wait=`` back to back on the fast path (``api``) and on the Litestar
     route alone (``api.fast_submit = false``), three rounds each in turn: latency, and
@@ -132,9 +127,9 @@ async def _fast_vs_route(api: ApiProcess, route: ApiProcess, headers: dict) -> N
     async with aiohttp.ClientSession() as http:
         for _ in range(3):
             for name, server in (("route", route), ("fast", api)):
-                before = _cpu_seconds(server.process.pid)
+                before = cpu_seconds(server.process.pid)
                 rtt[name] += (await _submit_and_wait(server.url, headers, 0.0, n, http))["rtt"]
-                cpu[name] += _cpu_seconds(server.process.pid) - before
+                cpu[name] += cpu_seconds(server.process.pid) - before
     per = {name: cpu[name] / (3 * (n + 20)) * 1e6 for name in cpu}  # with the warm-up
     report("POST /tasks?wait= p50, back to back, fast path", _ms(rtt["fast"], 50), "ms",
            f"(route only: {_ms(rtt['route'], 50):.1f} ms, alternating in the same run; "

@@ -196,7 +196,8 @@ class JwksCache:
         if ((now - self._fetched > self.ttl or kid not in self.keys)
                 and now - self._tried > self.min_refetch):
             fetch = self._start_fetch()
-            if not (kid in self.keys if kid is not None else self.keys):
+            at_hand = kid in self.keys if kid is not None else bool(self.keys)
+            if not at_hand:
                 await asyncio.shield(fetch)  # nothing to answer with meanwhile
         if not self.keys and self._failure is not None:
             raise Unavailable(self._failure)
