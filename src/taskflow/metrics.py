@@ -342,6 +342,9 @@ WORKER_FREE = Gauge("taskflow_worker_free_slots",
                     "Concurrency slots of this worker not running a handler")
 FLUSH_BATCH = Histogram("taskflow_outcome_batch_size", "Outcomes stored per statement",
                         buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000))
+FLUSH_STARTS = Counter(
+    "taskflow_worker_flush_starts", "Released dependents a worker started in the outcome "
+    "flush that released them, without a claim round")
 # -- supervised processes (worker.processes, api.workers; see taskflow.processes) ----------
 PROCESSES_UP = Gauge("taskflow_supervised_processes",
                      "Child processes running under this supervisor (0 without one)")

@@ -98,6 +98,8 @@ class StartedJob(Struct, frozen=True):
     tenant: str
     upstream_count: int
     run_at: datetime | None = None  # the attempt's due time (queue wait = start - run_at)
+    has_dependents: bool = False  # its success may release jobs (see Worker._flush)
+    node: str | None = None  # its name in its workflow (its results' key downstream)
 
 
 class Outcome(Struct, frozen=True):

@@ -342,7 +342,8 @@ async def test_an_outcome_postgresql_refuses_is_recorded_as_a_failure_alone(stor
                         result='"\\u0000"'),
                 Outcome(good.id, good.lease_token, JobState.SUCCEEDED, "succeeded", 0.0,
                         result='"fine"')]
-    moved = await worker._record(outcomes)
+    moved, started, _ = await worker._record(outcomes)
+    assert started == []
     assert {e.id for e in moved} == {bad.id, good.id}
     jobs = {j.id: j for j in await stores.store.get_jobs(ids)}
     assert jobs[good.id].state is JobState.SUCCEEDED and jobs[good.id].result == "fine"

@@ -431,6 +431,51 @@ class PostgresStore:
         )
         return [_entry(r) for r in rows]
 
+    async def finish_and_start(
+        self, outcomes: Sequence[Outcome], queues: Sequence[str], seats: int, worker: str,
+        token_prefix: str,
+    ) -> tuple[list[DispatchEntry], list[StartedJob], dict[uuid.UUID, list[uuid.UUID]]]:
+        """:meth:`finish_jobs`, starting up to ``seats`` of the dependents it releases in
+        ``queues`` for ``worker`` in the same statement (tokens ``token_prefix`` + n):
+        returns the jobs that moved (started ones included, in state running), the jobs
+        started, and for each of those its upstream jobs among ``outcomes``."""
+        rows = await self.pool.fetch(
+            QUERIES["finish_and_start"],
+            [o.id for o in outcomes],
+            [o.token for o in outcomes],
+            [o.state.value for o in outcomes],
+            [o.result for o in outcomes],
+            [o.error for o in outcomes],
+            [o.delay for o in outcomes],
+            [o.outcome for o in outcomes],
+            [o.duration for o in outcomes],
+            list(queues), seats, worker, token_prefix,
+        )
+        started = [
+            StartedJob(r["id"], r["task"], r["queue"], r["payload"], r["priority"],
+                       r["attempts"], r["max_attempts"], r["retry_policy"], r["timeout"],
+                       r["lease_token"], r["tenant"], r["upstream_count"], r["run_at"],
+                       r["has_dependents"], r["node"])
+            for r in rows if r["lease_token"] is not None
+        ]
+        in_batch = {r["id"]: r["batch_upstreams"] for r in rows if r["lease_token"] is not None}
+        return [_entry(r) for r in rows], started, in_batch
+
+    async def started_by_flush(
+        self, upstreams: Sequence[uuid.UUID], token_prefix: str
+    ) -> list[Claim]:
+        """Jobs a flush (of ``upstreams``, tokens ``token_prefix`` + n) started, if its
+        commit, unconfirmed, happened."""
+        rows = await self.pool.fetch(QUERIES["started_by_flush"], list(upstreams),
+                                     token_prefix)
+        return [Claim(str(r["id"]), r["lease_token"]) for r in rows]
+
+    async def unstart_jobs(self, claims: Sequence[Claim]) -> list[DispatchEntry]:
+        """Put jobs started but never run back in line, no attempt spent."""
+        rows = await self.pool.fetch(QUERIES["unstart_jobs"], [c.id for c in claims],
+                                     [c.token for c in claims])
+        return [_entry(r) for r in rows]
+
     async def hand_back_jobs(self, claims: Sequence[Claim]) -> list[DispatchEntry]:
         """Requeue unfinished attempts at shutdown (cancel them, if asked to)."""
         return await self._end_running("hand_back_jobs", claims)

@@ -16,7 +16,7 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
-from taskflow.models import Claim, DispatchEntry
+from taskflow.models import Claim, DispatchEntry, StartedJob
 from taskflow.states import DISPATCHABLE
 
 
@@ -67,6 +67,7 @@ class RedisDispatch:
         self._reap = client.register_script(_load("reap"))
         self._cancel = client.register_script(_load("cancel"))
         self._forget = client.register_script(_load("forget"))
+        self._adopt = client.register_script(_load("adopt"))
         self.epoch_key = f"{prefix}:epoch"
         self.changed_channel = f"{prefix}:changed"
 
@@ -150,15 +151,24 @@ class RedisDispatch:
 
     async def settle(
         self, released: dict[str, list[Claim]], requeued: Sequence[DispatchEntry],
-        changed: Iterable[object] = (),
+        changed: Iterable[object] = (), started: Sequence[StartedJob] = (),
+        lease_ms: int = 0,
     ) -> None:
-        """After PostgreSQL recorded outcomes: give the leases back, then index the jobs
-        that run again, and tell API processes which jobs ``changed`` (see
+        """After PostgreSQL recorded outcomes: give the leases back, take those of the
+        jobs the flush ``started`` for this worker (see ``adopt.lua``), then index the
+        jobs that run again, and tell API processes which jobs ``changed`` (see
         :meth:`publish_changed`). One round trip; releases come first so a retry is not
         mistaken for a running job by enqueue."""
+        by_queue: dict[str, list[str]] = {}
+        for job in started:
+            by_queue.setdefault(job.queue, []).extend((str(job.id), job.lease_token))
         async with self.client.pipeline(transaction=False) as pipe:
             for queue, claims in released.items():
                 await self.release(queue, claims, pipe)
+            for queue, pairs in by_queue.items():
+                k = self.keys(queue)
+                await self._adopt(keys=[k.inflight], args=[k.lease_prefix, lease_ms, *pairs],
+                                  client=pipe)
             if requeued:
                 await self.enqueue(requeued, pipe)
             if changed:

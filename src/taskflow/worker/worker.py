@@ -15,10 +15,13 @@ import logging
 import os
 import socket
 import time
+import uuid
 from collections.abc import Sequence
+from typing import Any
 from concurrent.futures import ThreadPoolExecutor
 
 import asyncpg
+import msgspec
 
 from taskflow import logs, metrics
 from taskflow.adapters.observe import Observer
@@ -42,11 +45,14 @@ def worker_name() -> str:
 class _Held:
     """A lease this worker holds: while the handler runs and until its outcome is stored."""
 
-    __slots__ = ("claim", "queue", "task", "ctx", "cancel_requested")
+    __slots__ = ("claim", "queue", "task", "ctx", "cancel_requested", "has_dependents",
+                 "node")
 
     def __init__(self, claim: Claim, queue: str) -> None:
         self.claim = claim
         self.queue = queue
+        self.has_dependents = False  # its success may release jobs
+        self.node: str | None = None  # its name in its workflow
         self.task: asyncio.Task[None] | None = None
         self.ctx: JobContext | None = None
         self.cancel_requested = False
@@ -95,6 +101,18 @@ class Worker:
         self._next_queue = 0
         self._round: asyncio.Future[tuple[int, int, int | None]] | None = None
         self._unstarted: dict[str, list[Claim]] = {}  # claims whose start_jobs failed
+        # Seats promised to a claim round or a flush in flight (see _flush): counted as
+        # taken until the jobs they start are running.
+        self._reserved = 0
+        # Queues whose last claim emptied their ready set: a flush may start the
+        # dependents it releases there (nothing ready would outrank them, see adopt.lua).
+        self._drained: set[str] = set()
+        # Flushes that offered seats and failed without knowing whether they committed:
+        # (their jobs, their token prefix); see _return_unconfirmed_starts.
+        self._maybe_started: list[tuple[list[uuid.UUID], str]] = []
+        self._stopping = False
+        self._next_due: float | None = None  # of the delayed jobs, as the last claim saw
+        self._settling: asyncio.Future[None] | None = None  # the last flush's Redis part
         self.presence = Observer(dispatch)
         metrics.WORKER_RUNNING.set_function(lambda: self.running)
         metrics.WORKER_SLOTS.set(self.concurrency)
@@ -122,6 +140,7 @@ class Worker:
             try:
                 await stop.wait()
             finally:
+                self._stopping = True  # flushes start nothing from now on
                 claimer.cancel()
                 await asyncio.gather(claimer, return_exceptions=True)
                 if self._round is not None:
@@ -142,15 +161,20 @@ class Worker:
 
     async def _claim_forever(self) -> None:
         while True:
-            free = self.concurrency - self.running
+            free = self._free()
             if free <= 0 or len(self.outcomes) >= self._max_buffered:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
             self.wake.event.clear()
-            claimed, next_due = await self._claim(min(free, self.cfg.claim_batch))
-            if claimed:
-                continue
+            left, next_due = await self._claim(min(free, self.cfg.claim_batch))
+            self._next_due = next_due
+            if not left:
+                continue  # the round filled its seats: more may be ready
+            # The round emptied every ready set it served. What is indexed from now on
+            # wakes us (enqueue.lua publishes after its ZADD, and the event was cleared
+            # before the claim), so an empty round right after it would find nothing; it
+            # would only hold the free seats away from a flush starting what it releases.
             wait = self.cfg.max_idle_wait
             if next_due is not None:
                 wait = min(wait, max(0.0, next_due / 1000 - time.time()))
@@ -160,11 +184,13 @@ class Worker:
                 except TimeoutError:
                     pass
 
+    def _free(self) -> int:
+        return self.concurrency - self.running - self._reserved
+
     async def _claim(self, limit: int) -> tuple[int, float | None]:
         """One claim round over the queues, starting where the last one stopped (so no
-        queue starves another). Returns (jobs started, next delayed due ms)."""
+        queue starves another). Returns (seats it left unfilled, next delayed due ms)."""
         next_due: float | None = None
-        total = 0
         n = len(self.queues)
         for i in range(n):
             if limit <= 0:
@@ -178,15 +204,30 @@ class Worker:
             started, claimed, due = await asyncio.shield(self._round)
             if due is not None:
                 next_due = min(next_due or due, due)
-            total += started
             limit -= claimed
         self._next_queue = (self._next_queue + 1) % n
-        return total, next_due
+        return limit, next_due
 
     async def _claim_queue(self, queue: str, limit: int) -> tuple[int, int, int | None]:
         """(jobs started, jobs claimed, next delayed due ms) of one queue."""
-        result = await self.dispatch.claim(queue, limit, self.lease_ms)
-        started = await self._start(queue, result.claims) if result.claims else 0
+        # The seats are held from the claim until its jobs run (or go back), so that a
+        # flush does not give them to the jobs it releases meanwhile.
+        self._reserved += limit
+        try:
+            result = await self.dispatch.claim(queue, limit, self.lease_ms)
+        finally:
+            self._reserved -= limit
+        if len(result.claims) < limit:
+            self._drained.add(queue)
+        else:
+            self._drained.discard(queue)
+        if not result.claims:
+            return 0, 0, result.next_due_ms
+        self._reserved += len(result.claims)
+        try:
+            started = await self._start(queue, result.claims)
+        finally:
+            self._reserved -= len(result.claims)
         return started, len(result.claims), result.next_due_ms
 
     async def _start(self, queue: str, claims: list[Claim]) -> int:
@@ -207,23 +248,35 @@ class Worker:
             await self._release_unstarted(
                 queue, [c for c in claims if c.id not in started_ids]
             )
-        upstream: dict = {}
-        too_large: dict = {}
+        upstream, too_large = await self._upstreams(started)
+        self._launch(started, upstream, too_large)
+        return len(started)
+
+    async def _upstreams(self, started: list[StartedJob]) -> tuple[dict, dict]:
+        """The upstream results of the started jobs that have upstreams (see
+        PostgresStore.upstream_results). If PostgreSQL fails, the jobs are running there
+        but will not run here: they are handed back (no attempt spent)."""
         fan_in = [j.id for j in started if j.upstream_count]
-        if fan_in:
-            try:
-                upstream, too_large = await self.store.upstream_results(
-                    fan_in, self.cfg.max_upstream_bytes)
-            except BaseException:
-                # Running in PostgreSQL but never run: handed back, no attempt spent.
-                self._unstarted.setdefault(queue, []).extend(
-                    self.held[str(job.id)].claim for job in started)
-                raise
+        if not fan_in:
+            return {}, {}
+        try:
+            return await self.store.upstream_results(fan_in, self.cfg.max_upstream_bytes)
+        except BaseException:
+            for job in started:
+                held = self.held[str(job.id)]
+                self._unstarted.setdefault(held.queue, []).append(held.claim)
+            raise
+
+    def _launch(self, started: list[StartedJob], upstream: dict, too_large: dict) -> None:
+        """Run the started jobs (each holds an entry in ``held``)."""
         now = time.time()
         for job in started:
+            queue = job.queue
             if job.run_at is not None:
                 metrics.JOB_WAIT.labels(queue).observe(max(0.0, now - job.run_at.timestamp()))
             held = self.held[str(job.id)]
+            held.has_dependents = job.has_dependents
+            held.node = job.node
             if job.id in too_large:
                 self._refuse(job, f"its upstream jobs' results add up to more than "
                              f"{self.cfg.max_upstream_bytes} bytes "
@@ -234,7 +287,6 @@ class Worker:
             metrics.JOBS_STARTED.labels(queue, job.task).inc()
             held.task = asyncio.create_task(self._run(job, held, upstream.get(job.id)),
                                             name=f"job {job.id}")
-        return len(started)
 
     def _refuse(self, job: StartedJob, why: str) -> None:
         """End an attempt without running its handler (for good: it would not change)."""
@@ -321,42 +373,103 @@ class Worker:
             batch, self.outcomes = self.outcomes, []
             if not batch:
                 return
+            seats, queues = self._seats_for(batch)
+            prefix = os.urandom(8).hex() + "."
+            self._reserved += seats
             try:
-                moved = await self._record(batch)
-            except BaseException:
-                # Keep them: the leases are still heartbeated, the next flush retries.
-                self.outcomes[:0] = batch
-                self._outcomes_ready.set()
-                raise
-            await self._settle(batch, moved)
+                try:
+                    moved, started, in_batch = await self._record(batch, queues, seats, prefix)
+                except BaseException:
+                    # Keep them: the leases are still heartbeated, the next flush retries.
+                    self.outcomes[:0] = batch
+                    self._outcomes_ready.set()
+                    if seats:
+                        self._maybe_started.append(([o.id for o in batch], prefix))
+                    raise
+                at_hand = self._results_at_hand(batch) if started else {}
+                released, requeued = self._recorded(batch, moved)
+                if started:
+                    # They run before their leases are in Redis: PostgreSQL holds their
+                    # tokens, so no other worker can claim them (they were never
+                    # indexed) nor record their outcome; if this process dies first, the
+                    # rescuer's sweep finds them running without a lease.
+                    loading = self._begin(started, in_batch, at_hand)
+                    if loading is not None:
+                        await loading
+                # Redis is settled behind this flush, in flush order, while the next
+                # batch runs and is written.
+                self._settling = asyncio.ensure_future(self._settle(
+                    self._settling, released, requeued,
+                    {o.id for o in batch} | {e.id for e in moved}, started))
+            finally:
+                if seats:
+                    self._reserved -= seats
+                    self._slot_freed.set()
 
-    async def _record(self, batch: list[Outcome]) -> list[DispatchEntry]:
+    def _seats_for(self, batch: list[Outcome]) -> tuple[int, list[str]]:
+        """How many of the dependents a flush releases it may start itself, in the same
+        statement (a DAG's next hop then needs no claim round and no start statement of
+        its own), and from which queues.
+
+        Only when a job of the batch succeeded with dependents, not while stopping, and
+        only in queues where no ready job could outrank them: the last claim emptied
+        their ready set, no delayed job has come due since, and nothing was indexed since
+        (the wake event is clear: enqueue.lua publishes after its ZADD, and the claimer
+        clears the event before it claims). The flush then claims for this worker as its
+        claimer would at that moment. The seats are held against the claimer until the
+        started jobs run."""
+        if (self._stopping or self.wake.event.is_set()
+                or not any(self._may_release(o) for o in batch)):
+            return 0, []
+        if self._next_due is not None and self._next_due <= time.time() * 1000:
+            return 0, []
+        queues = [q for q in self.queues if q in self._drained]
+        seats = min(self._free(), self.cfg.claim_batch) if queues else 0
+        return (seats, queues) if seats > 0 else (0, [])
+
+    def _may_release(self, outcome: Outcome) -> bool:
+        held = self.held.get(str(outcome.id))
+        return (outcome.state is JobState.SUCCEEDED and held is not None
+                and held.has_dependents)
+
+    async def _record(
+        self, batch: list[Outcome], queues: Sequence[str] = (), seats: int = 0,
+        prefix: str = "",
+    ) -> tuple[list[DispatchEntry], list[StartedJob], dict[uuid.UUID, list[uuid.UUID]]]:
+        """Store outcomes: (jobs that moved, jobs started for this worker, each started
+        job's upstreams among ``batch``); see PostgresStore.finish_and_start."""
         try:
-            return await self.store.finish_jobs(batch)
+            if seats:
+                return await self.store.finish_and_start(batch, queues, seats, self.name,
+                                                         prefix)
+            return await self.store.finish_jobs(batch), [], {}
         except asyncpg.DataError as exc:
             # A value PostgreSQL refuses (an untranslatable character, an interval out of
             # range) must not hold up the other outcomes: record them one by one, and a
-            # refused one as a failure that says why.
+            # refused one as a failure that says why. (If the refused statement would have
+            # started dependents, it did not: nothing committed.)
             if len(batch) > 1:
                 moved = []
                 for outcome in batch:
-                    moved += await self._record([outcome])
-                return moved
+                    moved += (await self._record([outcome]))[0]
+                return moved, [], {}
             [bad] = batch
             log.error("job %s: PostgreSQL refused its outcome: %s", bad.id, exc)
             failed = Outcome(bad.id, bad.token, JobState.FAILED, "failed", bad.duration,
                              error=f"the attempt's outcome could not be stored: {exc}"
                              .replace("\x00", "\\x00"))
             try:
-                return await self.store.finish_jobs([failed])
+                return await self.store.finish_jobs([failed]), [], {}
             except asyncpg.DataError:
                 log.exception("job %s: dropping an outcome PostgreSQL refuses twice; the "
                               "job runs again when its lease expires", bad.id)
-                return []
+                return [], [], {}
 
-    async def _settle(self, batch: list[Outcome], moved: list[DispatchEntry]) -> None:
-        """Give back the leases of recorded (or fenced) attempts and index what runs
-        again."""
+    def _recorded(
+        self, batch: list[Outcome], moved: list[DispatchEntry],
+    ) -> tuple[dict[str, list[Claim]], list[DispatchEntry]]:
+        """The batch is in PostgreSQL: its leases to give back, by queue, and the jobs to
+        index again (retries, released dependents not started here)."""
         metrics.FLUSH_BATCH.observe(len(batch))
         own = {o.id for o in batch}
         fenced = len(batch) - sum(1 for e in moved if e.id in own)
@@ -372,16 +485,24 @@ class Worker:
                 del self.held[key]
                 released.setdefault(held.queue, []).append(held.claim)
         self._slot_freed.set()
-        requeued = [e for e in moved if e.state in DISPATCHABLE]
+        return released, [e for e in moved if e.state in DISPATCHABLE]
+
+    async def _settle(
+        self, previous: asyncio.Future[None] | None, released: dict[str, list[Claim]],
+        requeued: list[DispatchEntry], changed: set[uuid.UUID], started: list[StartedJob],
+    ) -> None:
+        """After a flush, once the flush before it has settled: give back the leases of
+        recorded (or fenced) attempts, take those of the jobs it started, index what runs
+        again, and tell waiting API clients what changed (one Redis round trip)."""
+        if previous is not None:
+            await asyncio.gather(previous, return_exceptions=True)
         try:
-            # The jobs whose state changed (ended, retried, released or cancelled
-            # dependents) go to waiting API clients in the same round trip.
-            await self.dispatch.settle(released, requeued,
-                                       {o.id for o in batch} | {e.id for e in moved})
+            await self.dispatch.settle(released, requeued, changed, started, self.lease_ms)
         except Exception:
             # Outcomes are durable; leases expire by themselves and the reconciler indexes
-            # the retries (noted for it here), so this costs only latency.
-            log.exception("could not settle %d outcomes in Redis", len(batch))
+            # the retries (noted for it here), so this costs only latency. The heartbeat
+            # takes the started jobs' leases once Redis answers.
+            log.exception("could not settle %d outcomes in Redis", len(changed))
             if requeued:
                 await note_unindexed(self.store, requeued)
             return
@@ -389,6 +510,70 @@ class Worker:
             # Released dependents (or retries) for our own queues: claim them now rather
             # than after our own wake-up message has gone round Redis.
             self.wake.event.set()
+
+    def _results_at_hand(self, batch: list[Outcome]) -> dict[uuid.UUID, tuple[str | None,
+                                                                             str | None]]:
+        """(node, result JSON) of the batch's successes, for the jobs they release."""
+        at_hand = {}
+        for o in batch:
+            held = self.held.get(str(o.id))
+            if o.state is JobState.SUCCEEDED and held is not None:
+                at_hand[o.id] = (held.node, o.result)
+        return at_hand
+
+    def _begin(
+        self, started: list[StartedJob], in_batch: dict[uuid.UUID, list[uuid.UUID]],
+        at_hand: dict[uuid.UUID, tuple[str | None, str | None]],
+    ) -> asyncio.Future[None] | None:
+        """Run the jobs a flush started whose upstream results are all at hand (their
+        upstreams ended in that flush), and load the others' first: returns the load."""
+        metrics.FLUSH_STARTS.inc(len(started))
+        upstream: dict[uuid.UUID, dict[str, Any]] = {}
+        too_large: dict[uuid.UUID, int] = {}
+        now, later = [], []
+        for job in started:
+            self.held[str(job.id)] = _Held(Claim(str(job.id), job.lease_token), job.queue)
+            ups = in_batch.get(job.id) or []
+            if len(ups) != job.upstream_count or not all(u in at_hand for u in ups):
+                later.append(job)
+                continue
+            results, size = _upstream_results(ups, at_hand, self.cfg.max_upstream_bytes)
+            if results is None:
+                too_large[job.id] = size
+            else:
+                upstream[job.id] = results
+            now.append(job)
+        self._launch(now, upstream, too_large)
+        return asyncio.ensure_future(self._load_and_launch(later)) if later else None
+
+    async def _load_and_launch(self, started: list[StartedJob]) -> None:
+        try:
+            upstream, too_large = await self._upstreams(started)
+        except Exception:
+            # _upstreams gave them to _unstarted: the heartbeat hands them back.
+            log.exception("could not load the upstream results of %d jobs this worker "
+                          "started; handing them back", len(started))
+            return
+        self._launch(started, upstream, too_large)
+
+    async def _return_unconfirmed_starts(self) -> None:
+        """A flush that offered seats failed without knowing whether it committed: the
+        jobs it may have started (running under its token prefix, with no lease and
+        nobody to run them) go back in line, no attempt spent. Retried by every heartbeat
+        until PostgreSQL answers."""
+        while self._maybe_started:
+            ids, prefix = self._maybe_started[0]
+            claims = await self.store.started_by_flush(ids, prefix)
+            if claims:
+                entries = await self.store.unstart_jobs(claims)
+                requeued = [e for e in entries if e.state in DISPATCHABLE]
+                try:
+                    await self.dispatch.enqueue(requeued)
+                except Exception:
+                    await note_unindexed(self.store, requeued)
+                    raise
+                log.warning("put back %d jobs a failed flush had started", len(entries))
+            self._maybe_started.pop(0)
 
     # -- leases --------------------------------------------------------------------------
 
@@ -411,6 +596,11 @@ class Worker:
                 await self._return_unstarted()
             except Exception as exc:  # noqa: BLE001 - the next heartbeat tries again
                 log.warning("could not give back jobs whose start failed yet (%r)", exc)
+        if self._maybe_started:
+            try:
+                await self._return_unconfirmed_starts()
+            except Exception as exc:  # noqa: BLE001 - the next heartbeat tries again
+                log.warning("could not look for jobs a failed flush started yet (%r)", exc)
         # After the leases: "workers alive" for the metrics (taskflow.adapters.observe).
         await self.presence.heartbeat(self.name, self.queues, 3 * self.cfg.heartbeat_interval)
 
@@ -455,6 +645,8 @@ class Worker:
     async def _shutdown(self) -> None:
         """Claiming has stopped. Let running handlers finish within the grace period, hand
         the rest back so another worker runs them at once, and store every outcome."""
+        async with self._flush_lock:
+            pass  # a flush in progress may start jobs; later ones start none (_stopping)
         tasks = [h.task for h in self.held.values() if h.task is not None and not h.task.done()]
         if tasks:
             log.info("waiting up to %.0fs for %d running jobs", self.cfg.shutdown_grace,
@@ -483,20 +675,31 @@ class Worker:
                 log.exception("could not give back %d jobs whose start failed; the reaper "
                               "requeues them when their leases expire",
                               sum(map(len, self._unstarted.values())))
+        if self._maybe_started:
+            try:
+                await self._return_unconfirmed_starts()
+            except Exception:
+                log.exception("could not look for jobs a failed flush started; the "
+                              "rescuer's sweep requeues them a lease after their start")
 
     async def _drain_outcomes(self, attempts: int = 10) -> None:
-        for attempt in range(attempts):
-            try:
-                await self._flush()  # after any flush in progress, the rest
-            except Exception:
-                log.exception("could not store outcomes at shutdown (try %d)", attempt + 1)
-                await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
-                continue
-            if not self.outcomes:
-                return
-        if self.outcomes:
-            log.error("%d outcomes not stored; their jobs run again when their leases expire",
-                      len(self.outcomes))
+        try:
+            for attempt in range(attempts):
+                try:
+                    await self._flush()  # after any flush in progress, the rest
+                except Exception:
+                    log.exception("could not store outcomes at shutdown (try %d)",
+                                  attempt + 1)
+                    await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
+                    continue
+                if not self.outcomes:
+                    return
+            if self.outcomes:
+                log.error("%d outcomes not stored; their jobs run again when their leases "
+                          "expire", len(self.outcomes))
+        finally:
+            if self._settling is not None:  # the leases go back before we exit
+                await asyncio.gather(self._settling, return_exceptions=True)
 
     async def _hand_back(self, queue: str, claims: list[Claim]) -> None:
         try:
@@ -539,3 +742,21 @@ def _observe(job: StartedJob, outcome: Outcome) -> None:
         log.info("job cancelled while running")
     elif log.isEnabledFor(logging.DEBUG):
         log.debug("job succeeded in %.3fs", outcome.duration)
+
+
+def _upstream_results(
+    upstreams: list[uuid.UUID], at_hand: dict[uuid.UUID, tuple[str | None, str | None]],
+    max_bytes: int,
+) -> tuple[dict[str, Any] | None, int]:
+    """A job's upstream results from outcomes at hand, as PostgresStore.upstream_results
+    gives them (keyed by node name, else by id; at most ``max_bytes`` of JSON, counted in
+    id order): (results, bytes), or (None, bytes loaded before stopping) when over."""
+    results: dict[str, Any] = {}
+    size = 0
+    for upstream in sorted(upstreams):
+        node, text = at_hand[upstream]
+        size += len(text.encode()) if text is not None else 0
+        if size > max_bytes:
+            return None, size
+        results[node or str(upstream)] = None if text is None else msgspec.json.decode(text)
+    return results, size

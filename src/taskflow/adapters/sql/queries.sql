@@ -144,7 +144,7 @@ FROM unnest($1::uuid[], $2::text[]) AS c(id, token)
 WHERE j.id = c.id AND j.state IN ('queued', 'scheduled') AND NOT j.cancel_requested
 RETURNING j.id, j.task, j.queue, j.payload::text AS payload, j.priority, j.attempts,
           j.max_attempts, j.retry_policy::text AS retry_policy, j.timeout, j.lease_token,
-          j.tenant, j.upstream_count, j.run_at;
+          j.tenant, j.upstream_count, j.run_at, j.has_dependents, j.node;
 
 -- name: finish_jobs
 -- Ends a batch of running attempts in one round trip (taskflow_finish_jobs, migration
@@ -154,6 +154,37 @@ RETURNING j.id, j.task, j.queue, j.payload::text AS payload, j.priority, j.attem
 -- cancelled instead. Also returns the dependents it released or cancelled.
 SELECT * FROM taskflow_finish_jobs($1::uuid[], $2::text[], $3::job_state[], $4::text[],
                                    $5::text[], $6::float8[], $7::text[], $8::float8[]);
+
+-- name: finish_and_start
+-- finish_jobs, and the start of released dependents by the calling worker: of those due
+-- now in queues $9, up to $10 move straight to running under worker $11 with lease tokens
+-- $12 || n (taskflow_finish_and_start, migration 0008). Started rows have a lease_token.
+SELECT * FROM taskflow_finish_and_start($1::uuid[], $2::text[], $3::job_state[],
+                                        $4::text[], $5::text[], $6::float8[], $7::text[],
+                                        $8::float8[], $9::text[], $10::integer, $11::text,
+                                        $12::text);
+
+-- name: started_by_flush
+-- The jobs a flush whose commit went unconfirmed may have started: running dependents of
+-- its jobs ($1) that hold a token with its prefix ($2). Reached by key (the edges of the
+-- flushed jobs), whatever the backlog.
+SELECT j.id, j.lease_token FROM job_dependencies AS d JOIN jobs AS j ON j.id = d.job_id
+WHERE d.upstream_id = ANY ($1::uuid[]) AND j.state = 'running'
+  AND starts_with(j.lease_token, $2);
+
+-- name: unstart_jobs
+-- running -> queued for attempts that never ran: a worker started dependents its own
+-- flush released, then found a ready job that outranks them (or could not take their
+-- leases). No attempt is spent or recorded, and they keep their place in line (run_at).
+-- A job whose cancellation was requested meanwhile ends cancelled.
+UPDATE jobs AS j
+SET state = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'queued' END::job_state,
+    attempts = j.attempts - 1, lease_token = NULL,
+    finished_at = CASE WHEN j.cancel_requested THEN now() END,
+    error = CASE WHEN j.cancel_requested THEN 'cancelled before it ran' END
+FROM unnest($1::uuid[], $2::text[]) AS b(id, token)
+WHERE j.id = b.id AND j.state = 'running' AND j.lease_token = b.token
+RETURNING j.id, j.queue, j.priority, j.run_at, j.state;
 
 -- name: hand_back_jobs
 -- running -> queued without spending an attempt: the worker is shutting down and did not
