@@ -8,6 +8,7 @@ Redis is never the only copy of anything: PostgreSQL can rebuild all of it (see
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 from collections.abc import Callable, Iterable, Sequence
 from importlib import resources
@@ -27,6 +28,7 @@ def _load(name: str) -> str:
 class ClaimResult(msgspec.Struct, frozen=True):
     claims: list[Claim]
     next_due_ms: int | None  # due time of the earliest delayed job, if any
+    at_us: int = 0  # Redis's clock when it claimed (microseconds)
 
 
 class Heartbeat(msgspec.Struct, frozen=True):
@@ -116,12 +118,12 @@ class RedisDispatch:
     ) -> ClaimResult:
         k = self.keys(queue)
         token_prefix = os.urandom(8).hex() + "."
-        ids_tokens, next_due = await self._claim(
+        ids_tokens, next_due, at_us = await self._claim(
             keys=[k.ready, k.delayed, k.inflight],
             args=[k.lease_prefix, limit, lease_ms, token_prefix, promote_limit],
         )
         claims = [Claim(ids_tokens[i], ids_tokens[i + 1]) for i in range(0, len(ids_tokens), 2)]
-        return ClaimResult(claims, None if next_due < 0 else int(next_due))
+        return ClaimResult(claims, None if next_due < 0 else int(next_due), int(at_us))
 
     async def extend(
         self, queue: str, claims: Sequence[Claim], lease_ms: int
@@ -277,10 +279,24 @@ class WakeListener:
         on_cancel: Callable[[str], None] = lambda job_id: None,
     ) -> None:
         self.dispatch = dispatch
-        self.wake_channels = {dispatch.keys(q).wake for q in queues}
+        self.wake_channels = {dispatch.keys(q).wake: q for q in queues}
         self.cancel_channels = {dispatch.keys(q).cancel for q in queues}
         self.on_cancel = on_cancel
         self.event = asyncio.Event()
+        # Per queue, Redis's clock (microseconds) at the latest index change heard of
+        # (enqueue.lua says when); infinite while not listening, when changes may go
+        # unheard.
+        self._indexed_at: dict[str, float] = dict.fromkeys(queues, math.inf)
+
+    @property
+    def listening(self) -> bool:
+        """Subscribed: index changes are heard of (but for a message on its way)."""
+        return math.inf not in self._indexed_at.values()
+
+    def indexed_since(self, queue: str, at_us: int) -> bool:
+        """Whether jobs may have been indexed in ``queue`` since Redis's time ``at_us``
+        (as far as this listener has heard: a message still on its way is not counted)."""
+        return self._indexed_at.get(queue, math.inf) >= at_us
 
     async def run(self) -> None:
         """Listen until cancelled. Raises when the connection fails (the supervisor
@@ -288,12 +304,22 @@ class WakeListener:
         pubsub = self.dispatch.client.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(*self.wake_channels, *self.cancel_channels)
+            # Whatever was published before the subscription went unheard: as if indexed
+            # now (Redis's clock), so only claims from now on count as having seen it.
+            secs, micros = await self.dispatch.client.time()
+            self._indexed_at = dict.fromkeys(self._indexed_at, secs * 1_000_000 + micros)
             self.event.set()  # anything published before the subscription is not lost
             async for message in pubsub.listen():
                 if message["channel"] in self.cancel_channels:
                     self.on_cancel(message["data"])
                 else:
+                    queue = self.wake_channels[message["channel"]]
+                    # A message without a time (from an older release): "just now".
+                    at = message["data"].partition("@")[2]
+                    self._indexed_at[queue] = max(self._indexed_at[queue],
+                                                  float(at) if at.isdigit() else math.inf)
                     self.event.set()
         finally:
+            self._indexed_at = dict.fromkeys(self._indexed_at, math.inf)
             self.event.set()
             await pubsub.aclose()

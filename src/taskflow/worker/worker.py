@@ -104,9 +104,9 @@ class Worker:
         # Seats promised to a claim round or a flush in flight (see _flush): counted as
         # taken until the jobs they start are running.
         self._reserved = 0
-        # Queues whose last claim emptied their ready set: a flush may start the
-        # dependents it releases there (nothing ready would outrank them, see adopt.lua).
-        self._drained: set[str] = set()
+        # Queue -> Redis's clock at its last claim, if that claim emptied its ready set: a
+        # flush may start the dependents it releases there (see _seats_for).
+        self._drained: dict[str, int] = {}
         # Flushes that offered seats and failed without knowing whether they committed:
         # (their jobs, their token prefix); see _return_unconfirmed_starts.
         self._maybe_started: list[tuple[list[uuid.UUID], str]] = []
@@ -218,9 +218,9 @@ class Worker:
         finally:
             self._reserved -= limit
         if len(result.claims) < limit:
-            self._drained.add(queue)
+            self._drained[queue] = result.at_us
         else:
-            self._drained.discard(queue)
+            self._drained.pop(queue, None)
         if not result.claims:
             return 0, 0, result.next_due_ms
         self._reserved += len(result.claims)
@@ -414,16 +414,15 @@ class Worker:
         Only when a job of the batch succeeded with dependents, not while stopping, and
         only in queues where no ready job could outrank them: the last claim emptied
         their ready set, no delayed job has come due since, and nothing was indexed since
-        (the wake event is clear: enqueue.lua publishes after its ZADD, and the claimer
-        clears the event before it claims). The flush then claims for this worker as its
-        claimer would at that moment. The seats are held against the claimer until the
-        started jobs run."""
-        if (self._stopping or self.wake.event.is_set()
-                or not any(self._may_release(o) for o in batch)):
+        as far as the wake-up channel tells (enqueue.lua publishes after its ZADD, with
+        Redis's time; only a message still on its way goes unseen). The flush then claims
+        for this worker as its claimer would at that moment. The seats are held against
+        the claimer until the started jobs run."""
+        if self._stopping or not any(self._may_release(o) for o in batch):
             return 0, []
         if self._next_due is not None and self._next_due <= time.time() * 1000:
             return 0, []
-        queues = [q for q in self.queues if q in self._drained]
+        queues = [q for q, at in self._drained.items() if not self.wake.indexed_since(q, at)]
         seats = min(self._free(), self.cfg.claim_batch) if queues else 0
         return (seats, queues) if seats > 0 else (0, [])
 

@@ -6,7 +6,8 @@
 -- ARGV[1] lease key prefix ("<prefix>:{queue}:lease:"; same hash slot as KEYS)
 -- ARGV[2] most jobs to claim    ARGV[3] lease ttl (ms)
 -- ARGV[4] token prefix, unique per call    ARGV[5] most delayed jobs to promote
--- Returns {{id, token, id, token, ...}, due ms of the next delayed job or -1}
+-- Returns {{id, token, id, token, ...}, due ms of the next delayed job or -1,
+--          Redis time in microseconds}
 redis.replicate_commands()
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -53,4 +54,4 @@ end
 local head = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
 local next_due = -1
 if head[2] then next_due = tonumber(head[2]) end
-return {out, next_due}
+return {out, next_due, tonumber(t[1]) * 1000000 + tonumber(t[2])}

@@ -7,6 +7,7 @@
 -- KEYS[1] ready set    KEYS[2] delayed set
 -- ARGV[1] lease key prefix    ARGV[2] wake-up channel
 -- ARGV[3..] triples: job id, priority (-1000..1000), due time (Unix ms)
+-- Publishes "<added>@<Redis time, us>" on the wake-up channel if it added any.
 -- Returns the number of jobs added (or moved to a new due time).
 redis.replicate_commands()
 local t = redis.call('TIME')
@@ -32,5 +33,10 @@ for i = 3, #ARGV, 3 do
     added = added + 1
   end
 end
-if added > 0 then redis.call('PUBLISH', ARGV[2], added) end
+-- The message says when (Redis's clock, microseconds), so a worker can tell an index
+-- change from before its last claim (see WakeListener.indexed_since).
+if added > 0 then
+  local at = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  redis.call('PUBLISH', ARGV[2], added .. '@' .. string.format('%.0f', at))
+end
 return added
