@@ -471,10 +471,9 @@ class PostgresStore:
         return [Claim(str(r["id"]), r["lease_token"]) for r in rows]
 
     async def unstart_jobs(self, claims: Sequence[Claim]) -> list[DispatchEntry]:
-        """Put jobs started but never run back in line, no attempt spent."""
-        rows = await self.pool.fetch(QUERIES["unstart_jobs"], [c.id for c in claims],
-                                     [c.token for c in claims])
-        return [_entry(r) for r in rows]
+        """Put jobs started but never run back in line, no attempt spent (one whose
+        cancellation was requested ends cancelled, and its dependents with it)."""
+        return await self._end_running("unstart_jobs", claims)
 
     async def hand_back_jobs(self, claims: Sequence[Claim]) -> list[DispatchEntry]:
         """Requeue unfinished attempts at shutdown (cancel them, if asked to)."""
