@@ -3,11 +3,14 @@ Worker._seats_for): against real PostgreSQL and Redis."""
 
 from __future__ import annotations
 
+import asyncio
+
 from taskflow.jobs import submit_workflow
 from taskflow.models import Claim, NewJob, Outcome, WorkflowNode
 from taskflow.states import JobState
 from taskflow.worker.builtins import builtin_registry
 from taskflow.worker.worker import Worker
+from tests.helpers import submit_jobs
 
 
 def chain(*names: str, task: str = "noop") -> list[WorkflowNode]:
@@ -43,3 +46,50 @@ async def test_a_started_dependent_put_back_cancelled_cancels_its_own_dependents
     assert jobs["b"].state is JobState.CANCELLED
     assert jobs["c"].state is JobState.CANCELLED
     await outbound.close()
+
+
+
+def _gated(stores, settings, concurrency: int):
+    """A worker (its duties not running: the test drives it) whose `gated` task runs
+    until the gate opens."""
+    registry, outbound = builtin_registry(settings.outbound)
+    gate = asyncio.Event()
+
+    @registry.task("gated")
+    async def gated(ctx):
+        await gate.wait()
+
+    worker = Worker(settings, stores.store, stores.dispatch, registry,
+                    concurrency=concurrency)
+    return worker, gate, outbound
+
+
+async def _stop(worker, gate, outbound):
+    gate.set()
+    tasks = [h.task for h in worker.held.values() if h.task is not None]
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await worker._drain_outcomes()
+    await outbound.close()
+
+
+async def test_a_flush_and_a_claim_round_never_fill_the_same_seat(stores, settings):
+    """The claimer counts its free seats, then its round (a task of its own) claims them;
+    a flush running in between must see them taken, or both fill them: b started by the
+    flush and x claimed by the round, two jobs running in a worker of one slot."""
+    workflow, ids = await submit_workflow(stores.store, stores.dispatch, "t", "w", [
+        WorkflowNode(name="a", job=NewJob(task="noop", max_attempts=1)),
+        WorkflowNode(name="b", after=("a",), job=NewJob(task="gated", max_attempts=1))])
+    worker, gate, outbound = _gated(stores, settings, concurrency=1)
+    assert await worker._claim(1) == (0, None)  # a runs
+    await asyncio.gather(*[h.task for h in worker.held.values()])
+    assert await worker._claim(1) == (1, None)  # the ready set is empty: drained
+    assert worker.outcomes and "default" in worker._drained
+    [x] = await submit_jobs(stores, {"task": "gated", "tenant": "t"})
+    # The claimer wakes (a slot freed) just before the flusher (a's outcome is ready).
+    claim = asyncio.ensure_future(worker._claim(worker._free()))
+    flush = asyncio.ensure_future(worker._flush())
+    await asyncio.gather(claim, flush)
+    running = [j.id for j in await stores.store.get_jobs([ids["b"], x])
+               if j.state is JobState.RUNNING]
+    assert worker.running <= 1 and len(running) <= 1, running
+    await _stop(worker, gate, outbound)

@@ -200,6 +200,9 @@ class Worker:
             # the claim in Redis and start_jobs in PostgreSQL, or after start_jobs
             # committed: jobs moved to running would be neither run nor handed back, and
             # their rescue a lease later would charge each a lost attempt.
+            # The seats are held from now, not from when the round's task first runs: a
+            # flush scheduled in between must see them taken (see _claim_queue).
+            self._reserved += limit
             self._round = asyncio.ensure_future(self._claim_queue(queue, limit))
             started, claimed, due = await asyncio.shield(self._round)
             if due is not None:
@@ -209,10 +212,10 @@ class Worker:
         return limit, next_due
 
     async def _claim_queue(self, queue: str, limit: int) -> tuple[int, int, int | None]:
-        """(jobs started, jobs claimed, next delayed due ms) of one queue."""
-        # The seats are held from the claim until its jobs run (or go back), so that a
-        # flush does not give them to the jobs it releases meanwhile.
-        self._reserved += limit
+        """(jobs started, jobs claimed, next delayed due ms) of one queue. ``limit``
+        seats were reserved by the caller; they are held from the claim until its jobs
+        run (or go back), so that a flush does not give them to the jobs it releases
+        meanwhile."""
         try:
             result = await self.dispatch.claim(queue, limit, self.lease_ms)
         finally:
