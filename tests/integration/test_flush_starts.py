@@ -93,3 +93,34 @@ async def test_a_flush_and_a_claim_round_never_fill_the_same_seat(stores, settin
                if j.state is JobState.RUNNING]
     assert worker.running <= 1 and len(running) <= 1, running
     await _stop(worker, gate, outbound)
+
+
+async def test_a_queue_the_last_round_did_not_reach_is_not_taken_for_drained(
+        stores, settings):
+    """A round that fills its seats in q1 stops before q2: what q2 holds now is unknown
+    (x, priority 10, came since its last claim), so a flush must not start b, priority 0,
+    there ahead of x."""
+    registry, outbound = builtin_registry(settings.outbound)
+    gate = asyncio.Event()
+
+    @registry.task("gated")
+    async def gated(ctx):
+        await gate.wait()
+
+    worker = Worker(settings, stores.store, stores.dispatch, registry, queues=["q1", "q2"],
+                    concurrency=1)
+    assert await worker._claim(1) == (1, None)  # both queues empty
+    assert worker._drained == {"q1", "q2"}
+    workflow, ids = await submit_workflow(stores.store, stores.dispatch, "t", "w", [
+        WorkflowNode(name="a", job=NewJob(task="noop", queue="q1", max_attempts=1)),
+        WorkflowNode(name="b", after=("a",),
+                     job=NewJob(task="gated", queue="q2", max_attempts=1))])
+    [x] = await submit_jobs(stores, {"task": "gated", "queue": "q2", "priority": 10,
+                                     "tenant": "t"})
+    worker._next_queue = 0
+    assert await worker._claim(1) == (0, None)  # a, from q1; q2 not reached
+    await asyncio.gather(*[h.task for h in worker.held.values()])
+    await worker._flush()
+    b = await stores.store.get_job(ids["b"])
+    assert b.state is JobState.QUEUED  # for the claimer: x first
+    await _stop(worker, gate, outbound)

@@ -191,6 +191,10 @@ class Worker:
         """One claim round over the queues, starting where the last one stopped (so no
         queue starves another). Returns (seats it left unfilled, next delayed due ms)."""
         next_due: float | None = None
+        # Only the queues this round empties count as drained: one it does not reach
+        # (its seats filled first) may have had jobs indexed since its last claim, the
+        # wake event that told of them being cleared for this round.
+        self._drained.clear()
         n = len(self.queues)
         for i in range(n):
             if limit <= 0:
