@@ -124,3 +124,44 @@ async def test_a_queue_the_last_round_did_not_reach_is_not_taken_for_drained(
     b = await stores.store.get_job(ids["b"])
     assert b.state is JobState.QUEUED  # for the claimer: x first
     await _stop(worker, gate, outbound)
+
+
+async def test_a_flush_does_not_start_ahead_of_what_the_last_one_queued(
+        stores, settings, monkeypatch):
+    """a releases b (priority 1) and c (priority 0) into one free seat: b starts, c is
+    queued, to be indexed by the Redis settle that runs behind the flush. b ends and
+    releases d (priority -5) before that settle is through: d must not start ahead of c,
+    which the claimer has not yet been told of."""
+    gate, settled = asyncio.Event(), asyncio.Event()
+    settle = stores.dispatch.settle
+
+    async def slow_settle(*args, **kwargs):
+        await settled.wait()
+        return await settle(*args, **kwargs)
+
+    monkeypatch.setattr(stores.dispatch, "settle", slow_settle)
+    registry, outbound = builtin_registry(settings.outbound)
+
+    @registry.task("gated")
+    async def gated(ctx):
+        await gate.wait()
+
+    worker = Worker(settings, stores.store, stores.dispatch, registry, concurrency=1)
+    workflow, ids = await submit_workflow(stores.store, stores.dispatch, "t", "w", [
+        WorkflowNode(name="a", job=NewJob(task="noop", max_attempts=1)),
+        WorkflowNode(name="b", after=("a",), job=NewJob(task="noop", priority=1,
+                                                        max_attempts=1)),
+        WorkflowNode(name="c", after=("a",), job=NewJob(task="gated", max_attempts=1)),
+        WorkflowNode(name="d", after=("b",), job=NewJob(task="gated", priority=-5,
+                                                        max_attempts=1))])
+    assert await worker._claim(2) == (1, None)  # a; the queue is drained
+    await asyncio.gather(*[h.task for h in worker.held.values() if h.task])
+    await worker._flush()  # a: b starts, c is queued
+    assert (await stores.store.get_job(ids["b"])).state is not JobState.QUEUED
+    await asyncio.gather(*[h.task for h in worker.held.values() if h.task])
+    await worker._flush()  # b: releases d
+    d = await stores.store.get_job(ids["d"])
+    assert d.state is JobState.QUEUED
+    settled.set()
+    await _stop(worker, gate, outbound)
+    assert not any(worker._indexing.values())  # settled: flushes may start jobs again

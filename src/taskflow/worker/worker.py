@@ -107,6 +107,8 @@ class Worker:
         # Queues whose last claim emptied their ready set: a flush may start the
         # dependents it releases there (nothing ready would outrank them, see adopt.lua).
         self._drained: set[str] = set()
+        # Queues with jobs a flush queued that its settle (behind it) has not indexed yet.
+        self._indexing: dict[str, int] = {}
         # Flushes that offered seats and failed without knowing whether they committed:
         # (their jobs, their token prefix); see _return_unconfirmed_starts.
         self._maybe_started: list[tuple[list[uuid.UUID], str]] = []
@@ -395,6 +397,12 @@ class Worker:
                     raise
                 at_hand = self._results_at_hand(batch) if started else {}
                 released, requeued = self._recorded(batch, moved)
+                # What this flush queued (dependents past its seats, retries) is indexed
+                # only by its settle, behind it: until then no flush starts jobs in their
+                # queues ahead of them (after it, the wake event does that job).
+                indexing = {e.queue for e in requeued}
+                for queue in indexing:
+                    self._indexing[queue] = self._indexing.get(queue, 0) + 1
                 if started:
                     # They run before their leases are in Redis: PostgreSQL holds their
                     # tokens, so no other worker can claim them (they were never
@@ -407,7 +415,7 @@ class Worker:
                 # batch runs and is written.
                 self._settling = asyncio.ensure_future(self._settle(
                     self._settling, released, requeued,
-                    {o.id for o in batch} | {e.id for e in moved}, started))
+                    {o.id for o in batch} | {e.id for e in moved}, started, indexing))
             finally:
                 if seats:
                     self._reserved -= seats
@@ -430,7 +438,7 @@ class Worker:
             return 0, []
         if self._next_due is not None and self._next_due <= time.time() * 1000:
             return 0, []
-        queues = [q for q in self.queues if q in self._drained]
+        queues = [q for q in self.queues if q in self._drained and not self._indexing.get(q)]
         seats = min(self._free(), self.cfg.claim_batch) if queues else 0
         return (seats, queues) if seats > 0 else (0, [])
 
@@ -497,13 +505,15 @@ class Worker:
     async def _settle(
         self, previous: asyncio.Future[None] | None, released: dict[str, list[Claim]],
         requeued: list[DispatchEntry], changed: set[uuid.UUID], started: list[StartedJob],
+        indexing: Sequence[str] | set[str] = (),
     ) -> None:
         """After a flush, once the flush before it has settled: give back the leases of
         recorded (or fenced) attempts, take those of the jobs it started, index what runs
-        again, and tell waiting API clients what changed (one Redis round trip)."""
-        if previous is not None:
-            await asyncio.gather(previous, return_exceptions=True)
+        again, and tell waiting API clients what changed (one Redis round trip). Then
+        ``indexing`` (the queues of what it indexes) no longer holds off flush starts."""
         try:
+            if previous is not None:
+                await asyncio.gather(previous, return_exceptions=True)
             await self.dispatch.settle(released, requeued, changed, started, self.lease_ms)
         except Exception:
             # Outcomes are durable; leases expire by themselves and the reconciler indexes
@@ -512,11 +522,15 @@ class Worker:
             log.exception("could not settle %d outcomes in Redis", len(changed))
             if requeued:
                 await note_unindexed(self.store, requeued)
-            return
-        if any(e.state is JobState.QUEUED and e.queue in self._served for e in requeued):
-            # Released dependents (or retries) for our own queues: claim them now rather
-            # than after our own wake-up message has gone round Redis.
-            self.wake.event.set()
+        else:
+            if any(e.state is JobState.QUEUED and e.queue in self._served
+                   for e in requeued):
+                # Released dependents (or retries) for our own queues: claim them now
+                # rather than after our own wake-up message has gone round Redis.
+                self.wake.event.set()
+        finally:
+            for queue in indexing:
+                self._indexing[queue] -= 1
 
     def _results_at_hand(self, batch: list[Outcome]) -> dict[uuid.UUID, tuple[str | None,
                                                                              str | None]]:
