@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 
+from taskflow import metrics
+
 from taskflow.jobs import submit_workflow
 from taskflow.models import Claim, NewJob, Outcome, WorkflowNode
 from taskflow.states import JobState
 from taskflow.worker.builtins import builtin_registry
+from taskflow.worker.registry import Registry
 from taskflow.worker.worker import Worker
-from tests.helpers import submit_jobs
+from tests.helpers import running_worker, submit_jobs, wait_for_states
 
 
 def chain(*names: str, task: str = "noop") -> list[WorkflowNode]:
@@ -165,3 +168,33 @@ async def test_a_flush_does_not_start_ahead_of_what_the_last_one_queued(
     settled.set()
     await _stop(worker, gate, outbound)
     assert not any(worker._indexing.values())  # settled: flushes may start jobs again
+
+
+async def test_a_started_dependent_sees_its_upstream_results_as_postgresql_gives_them(
+        stores, settings):
+    """b, started by the flush that recorded a, gets a's result from the outcome at hand:
+    it must be what PostgresStore.upstream_results gives (the stored jsonb: its key
+    order, its numbers), the same whichever way b starts."""
+    registry = Registry()
+    seen = []
+
+    @registry.task("produce")
+    async def produce(ctx):
+        await asyncio.sleep(0.3)  # the worker is idle when it ends
+        return {"zz": 1, "a": [1.5, 1e20], "m": "x"}
+
+    @registry.task("consume")
+    async def consume(ctx):
+        seen.append(ctx.upstream_results)
+
+    workflow, ids = await submit_workflow(stores.store, stores.dispatch, "t", "w", [
+        WorkflowNode(name="a", job=NewJob(task="produce", max_attempts=1)),
+        WorkflowNode(name="b", after=("a",), job=NewJob(task="consume", max_attempts=1))])
+    before = metrics.FLUSH_STARTS._default.value
+    async with running_worker(stores, settings, registry, concurrency=2):
+        await wait_for_states(stores, list(ids.values()), {"succeeded"})
+    assert metrics.FLUSH_STARTS._default.value == before + 1  # b started by a's flush
+    stored, _ = await stores.store.upstream_results([ids["b"]], 1 << 20)
+    [got] = seen
+    assert list(got["a"].items()) == list(stored[ids["b"]]["a"].items())
+    assert [type(v) for v in got["a"]["a"]] == [type(v) for v in stored[ids["b"]]["a"]["a"]]

@@ -395,7 +395,7 @@ class Worker:
                     if seats:
                         self._maybe_started.append(([o.id for o in batch], prefix))
                     raise
-                at_hand = self._results_at_hand(batch) if started else {}
+                at_hand = self._nodes_at_hand(batch) if started else {}
                 released, requeued = self._recorded(batch, moved)
                 # What this flush queued (dependents past its seats, retries) is indexed
                 # only by its settle, behind it: until then no flush starts jobs in their
@@ -450,9 +450,11 @@ class Worker:
     async def _record(
         self, batch: list[Outcome], queues: Sequence[str] = (), seats: int = 0,
         prefix: str = "",
-    ) -> tuple[list[DispatchEntry], list[StartedJob], dict[uuid.UUID, list[uuid.UUID]]]:
+    ) -> tuple[list[DispatchEntry], list[StartedJob],
+               dict[uuid.UUID, dict[uuid.UUID, str | None]]]:
         """Store outcomes: (jobs that moved, jobs started for this worker, each started
-        job's upstreams among ``batch``); see PostgresStore.finish_and_start."""
+        job's upstreams among ``batch`` with their stored results); see
+        PostgresStore.finish_and_start."""
         try:
             if seats:
                 return await self.store.finish_and_start(batch, queues, seats, self.name,
@@ -532,19 +534,20 @@ class Worker:
             for queue in indexing:
                 self._indexing[queue] -= 1
 
-    def _results_at_hand(self, batch: list[Outcome]) -> dict[uuid.UUID, tuple[str | None,
-                                                                             str | None]]:
-        """(node, result JSON) of the batch's successes, for the jobs they release."""
+    def _nodes_at_hand(self, batch: list[Outcome]) -> dict[uuid.UUID, str | None]:
+        """The node names of the batch's successes, for the jobs they release (their
+        results come back from PostgreSQL as it stored them: see _begin)."""
         at_hand = {}
         for o in batch:
             held = self.held.get(str(o.id))
             if o.state is JobState.SUCCEEDED and held is not None:
-                at_hand[o.id] = (held.node, o.result)
+                at_hand[o.id] = held.node
         return at_hand
 
     def _begin(
-        self, started: list[StartedJob], in_batch: dict[uuid.UUID, list[uuid.UUID]],
-        at_hand: dict[uuid.UUID, tuple[str | None, str | None]],
+        self, started: list[StartedJob],
+        in_batch: dict[uuid.UUID, dict[uuid.UUID, str | None]],
+        at_hand: dict[uuid.UUID, str | None],
     ) -> asyncio.Future[None] | None:
         """Run the jobs a flush started whose upstream results are all at hand (their
         upstreams ended in that flush), and load the others' first: returns the load."""
@@ -554,11 +557,12 @@ class Worker:
         now, later = [], []
         for job in started:
             self.held[str(job.id)] = _Held(Claim(str(job.id), job.lease_token), job.queue)
-            ups = in_batch.get(job.id) or []
+            ups = in_batch.get(job.id) or {}
             if len(ups) != job.upstream_count or not all(u in at_hand for u in ups):
                 later.append(job)
                 continue
-            results, size = _upstream_results(ups, at_hand, self.cfg.max_upstream_bytes)
+            results, size = _upstream_results(ups, at_hand,
+                                              self.cfg.max_upstream_bytes)
             if results is None:
                 too_large[job.id] = size
             else:
@@ -766,16 +770,17 @@ def _observe(job: StartedJob, outcome: Outcome) -> None:
 
 
 def _upstream_results(
-    upstreams: list[uuid.UUID], at_hand: dict[uuid.UUID, tuple[str | None, str | None]],
+    upstreams: dict[uuid.UUID, str | None], nodes: dict[uuid.UUID, str | None],
     max_bytes: int,
 ) -> tuple[dict[str, Any] | None, int]:
-    """A job's upstream results from outcomes at hand, as PostgresStore.upstream_results
-    gives them (keyed by node name, else by id; at most ``max_bytes`` of JSON, counted in
-    id order): (results, bytes), or (None, bytes loaded before stopping) when over."""
+    """A job's upstream results (their stored JSON text, by id) as
+    PostgresStore.upstream_results gives them (keyed by node name, else by id; at most
+    ``max_bytes`` of JSON, counted in id order): (results, bytes), or (None, bytes loaded
+    before stopping) when over."""
     results: dict[str, Any] = {}
     size = 0
     for upstream in sorted(upstreams):
-        node, text = at_hand[upstream]
+        node, text = nodes[upstream], upstreams[upstream]
         size += len(text.encode()) if text is not None else 0
         if size > max_bytes:
             return None, size
