@@ -198,3 +198,46 @@ async def test_a_started_dependent_sees_its_upstream_results_as_postgresql_gives
     [got] = seen
     assert list(got["a"].items()) == list(stored[ids["b"]]["a"].items())
     assert [type(v) for v in got["a"]["a"]] == [type(v) for v in stored[ids["b"]]["a"]["a"]]
+
+
+async def test_a_started_job_given_back_is_not_adopted_after_it_went_back_in_line(
+        stores, settings, monkeypatch):
+    """a's flush starts b, whose other upstream ended earlier: its results must be loaded,
+    and PostgreSQL fails. The heartbeat hands b back (queued, indexed, lease given back)
+    before the flush's settle (behind it in Redis) has run: that settle must not then take
+    b's lease, or the next claim drops b from the ready set and nobody runs it."""
+    registry, outbound = builtin_registry(settings.outbound)
+    worker = Worker(settings, stores.store, stores.dispatch, registry, concurrency=2)
+    workflow, ids = await submit_workflow(stores.store, stores.dispatch, "t", "w", [
+        WorkflowNode(name="u", job=NewJob(task="noop", max_attempts=1)),
+        WorkflowNode(name="a", job=NewJob(task="noop", max_attempts=1)),
+        WorkflowNode(name="b", after=("u", "a"), job=NewJob(task="noop", max_attempts=1))])
+    assert await worker._claim(3) == (1, None)  # u and a; the queue is drained
+    await asyncio.gather(*[h.task for h in worker.held.values()])
+    later = [o for o in worker.outcomes if o.id == ids["a"]]
+    worker.outcomes = [o for o in worker.outcomes if o.id != ids["a"]]
+    await worker._flush()  # u
+    await worker._settling
+
+    async def down(*args, **kwargs):
+        raise ConnectionError("PostgreSQL is away")
+
+    settled = asyncio.Event()
+    settle = stores.dispatch.settle
+
+    async def slow_settle(*args, **kwargs):
+        await settled.wait()
+        return await settle(*args, **kwargs)
+
+    monkeypatch.setattr(stores.store, "upstream_results", down)
+    monkeypatch.setattr(stores.dispatch, "settle", slow_settle)
+    worker.outcomes = later
+    await worker._flush()  # a: b starts, its upstream results cannot be loaded
+    assert (await stores.store.get_job(ids["b"])).state is JobState.RUNNING
+    await worker._heartbeat()  # b goes back
+    assert (await stores.store.get_job(ids["b"])).state is JobState.QUEUED
+    settled.set()
+    await worker._settling
+    claims = (await stores.dispatch.claim("default", 1, 10_000)).claims
+    assert [c.id for c in claims] == [str(ids["b"])]
+    await outbound.close()

@@ -410,7 +410,11 @@ class Worker:
                     # rescuer's sweep finds them running without a lease.
                     loading = self._begin(started, in_batch, at_hand)
                     if loading is not None:
-                        await loading
+                        # Those it could not run are the heartbeat's to give back (see
+                        # _return_unstarted): their leases are not taken, or the settle,
+                        # behind, could take one after the job went back in line.
+                        given_back = {j.id for j in await loading}
+                        started = [j for j in started if j.id not in given_back]
                 # Redis is settled behind this flush, in flush order, while the next
                 # batch runs and is written.
                 self._settling = asyncio.ensure_future(self._settle(
@@ -548,9 +552,10 @@ class Worker:
         self, started: list[StartedJob],
         in_batch: dict[uuid.UUID, dict[uuid.UUID, str | None]],
         at_hand: dict[uuid.UUID, str | None],
-    ) -> asyncio.Future[None] | None:
+    ) -> asyncio.Future[list[StartedJob]] | None:
         """Run the jobs a flush started whose upstream results are all at hand (their
-        upstreams ended in that flush), and load the others' first: returns the load."""
+        upstreams ended in that flush), and load the others' first: returns the load
+        (see _load_and_launch)."""
         metrics.FLUSH_STARTS.inc(len(started))
         upstream: dict[uuid.UUID, dict[str, Any]] = {}
         too_large: dict[uuid.UUID, int] = {}
@@ -571,15 +576,18 @@ class Worker:
         self._launch(now, upstream, too_large)
         return asyncio.ensure_future(self._load_and_launch(later)) if later else None
 
-    async def _load_and_launch(self, started: list[StartedJob]) -> None:
+    async def _load_and_launch(self, started: list[StartedJob]) -> list[StartedJob]:
+        """Load the started jobs' upstream results and run them; returns those that
+        will not run here (PostgreSQL failed: the heartbeat hands them back)."""
         try:
             upstream, too_large = await self._upstreams(started)
         except Exception:
             # _upstreams gave them to _unstarted: the heartbeat hands them back.
             log.exception("could not load the upstream results of %d jobs this worker "
                           "started; handing them back", len(started))
-            return
+            return started
         self._launch(started, upstream, too_large)
+        return []
 
     async def _return_unconfirmed_starts(self) -> None:
         """A flush that offered seats failed without knowing whether it committed: the
