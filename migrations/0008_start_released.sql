@@ -10,7 +10,9 @@
 -- others are queued or scheduled as before. Started rows come back with what the handler
 -- needs (the columns of start_jobs) and the upstream jobs of this batch they depend on
 -- (batch_upstreams: when that is all of them, the caller has their results at hand and
--- need not load them); the caller then takes their Redis leases.
+-- need not load them: the rows of the succeeded jobs of the batch carry their result as
+-- stored, the jsonb text upstream_results reads, when seats were offered); the caller
+-- then takes their Redis leases.
 --
 -- taskflow_finish_jobs stays, with its signature and result, as this function with no
 -- seats: a worker of the previous release keeps working while a new one rolls out.
@@ -23,12 +25,12 @@ CREATE FUNCTION taskflow_finish_and_start(
                  task text, payload text, attempts integer, max_attempts integer,
                  retry_policy text, timeout double precision, lease_token text,
                  tenant text, upstream_count integer, has_dependents boolean, node text,
-                 batch_upstreams uuid[])
+                 batch_upstreams uuid[], result text)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
     m_ids uuid[]; m_queues text[]; m_priorities integer[]; m_run_ats timestamptz[];
-    m_states job_state[]; m_fanout boolean[];
+    m_states job_state[]; m_fanout boolean[]; m_results text[];
     ended_ids uuid[]; ended_states job_state[];
     saved_seqscan text := current_setting('enable_seqscan');
     saved_hashjoin text := current_setting('enable_hashjoin');
@@ -54,7 +56,8 @@ BEGIN
         FROM done AS d
         WHERE j.id = d.id AND j.state = 'running' AND j.lease_token = d.token
         RETURNING j.id, j.queue, j.priority, j.run_at, j.state, j.attempts, j.worker,
-                  j.started_at, j.has_dependents, d.duration, d.outcome, d.error
+                  j.started_at, j.has_dependents, d.duration, d.outcome, d.error,
+                  j.result
     ), recorded AS (
         INSERT INTO job_attempts (job_id, attempt, worker, started_at, finished_at,
                                   duration, outcome, error)
@@ -63,14 +66,18 @@ BEGIN
         FROM moved AS m
     )
     SELECT coalesce(array_agg(m.id), '{}'), array_agg(m.queue), array_agg(m.priority),
-           array_agg(m.run_at), array_agg(m.state), array_agg(m.has_dependents)
-    INTO m_ids, m_queues, m_priorities, m_run_ats, m_states, m_fanout
+           array_agg(m.run_at), array_agg(m.state), array_agg(m.has_dependents),
+           array_agg(CASE WHEN seats > 0 AND m.has_dependents AND m.state = 'succeeded'
+                          THEN m.result::text END)
+    INTO m_ids, m_queues, m_priorities, m_run_ats, m_states, m_fanout, m_results
     FROM moved AS m;
 
-    RETURN QUERY SELECT u.*, NULL::text, NULL::text, NULL::integer, NULL::integer, NULL::text,
-                        NULL::double precision, NULL::text, NULL::text, NULL::integer,
-                        NULL::boolean, NULL::text, NULL::uuid[]
-    FROM unnest(m_ids, m_queues, m_priorities, m_run_ats, m_states) AS u;
+    RETURN QUERY SELECT u.id, u.queue, u.priority, u.run_at, u.state, NULL::text, NULL::text,
+                        NULL::integer, NULL::integer, NULL::text, NULL::double precision,
+                        NULL::text, NULL::text, NULL::integer, NULL::boolean, NULL::text,
+                        NULL::uuid[], u.result
+    FROM unnest(m_ids, m_queues, m_priorities, m_run_ats, m_states, m_results)
+         AS u(id, queue, priority, run_at, state, result);
     IF NOT true = ANY (m_fanout) THEN
         RETURN;  -- the common case: nobody waits on these jobs
     END IF;
@@ -139,7 +146,7 @@ BEGIN
               CASE WHEN l.token IS NOT NULL THEN j.upstream_count END,
               CASE WHEN l.token IS NOT NULL THEN j.has_dependents END,
               CASE WHEN l.token IS NOT NULL THEN j.node END,
-              CASE WHEN l.token IS NOT NULL THEN l.ups END;
+              CASE WHEN l.token IS NOT NULL THEN l.ups END, NULL::text;
     PERFORM set_config('enable_seqscan', saved_seqscan, true),
             set_config('enable_hashjoin', saved_hashjoin, true),
             set_config('enable_mergejoin', saved_mergejoin, true);
@@ -150,7 +157,8 @@ BEGIN
     IF ended_ids IS NOT NULL THEN
         RETURN QUERY SELECT c.*, NULL::text, NULL::text, NULL::integer, NULL::integer,
                             NULL::text, NULL::double precision, NULL::text, NULL::text,
-                            NULL::integer, NULL::boolean, NULL::text, NULL::uuid[]
+                            NULL::integer, NULL::boolean, NULL::text, NULL::uuid[],
+                            NULL::text
         FROM taskflow_cancel_dependents(ended_ids, ended_states) AS c;
     END IF;
 END;

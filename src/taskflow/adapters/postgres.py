@@ -434,11 +434,14 @@ class PostgresStore:
     async def finish_and_start(
         self, outcomes: Sequence[Outcome], queues: Sequence[str], seats: int, worker: str,
         token_prefix: str,
-    ) -> tuple[list[DispatchEntry], list[StartedJob], dict[uuid.UUID, list[uuid.UUID]]]:
+    ) -> tuple[list[DispatchEntry], list[StartedJob],
+               dict[uuid.UUID, dict[uuid.UUID, str | None]]]:
         """:meth:`finish_jobs`, starting up to ``seats`` of the dependents it releases in
         ``queues`` for ``worker`` in the same statement (tokens ``token_prefix`` + n):
         returns the jobs that moved (started ones included, in state running), the jobs
-        started, and for each of those its upstream jobs among ``outcomes``."""
+        started, and for each of those its upstream jobs among ``outcomes`` with their
+        results as stored (the JSON text :meth:`upstream_results` reads: jsonb's key
+        order and numbers, not the handler's)."""
         rows = await self.pool.fetch(
             QUERIES["finish_and_start"],
             [o.id for o in outcomes],
@@ -458,7 +461,11 @@ class PostgresStore:
                        r["has_dependents"], r["node"])
             for r in rows if r["lease_token"] is not None
         ]
-        in_batch = {r["id"]: r["batch_upstreams"] for r in rows if r["lease_token"] is not None}
+        own = {o.id for o in outcomes}
+        stored = {r["id"]: r["result"] for r in rows
+                  if r["id"] in own and r["state"] == "succeeded"}
+        in_batch = {r["id"]: {u: stored[u] for u in r["batch_upstreams"]}
+                    for r in rows if r["lease_token"] is not None}
         return [_entry(r) for r in rows], started, in_batch
 
     async def started_by_flush(
@@ -471,10 +478,9 @@ class PostgresStore:
         return [Claim(str(r["id"]), r["lease_token"]) for r in rows]
 
     async def unstart_jobs(self, claims: Sequence[Claim]) -> list[DispatchEntry]:
-        """Put jobs started but never run back in line, no attempt spent."""
-        rows = await self.pool.fetch(QUERIES["unstart_jobs"], [c.id for c in claims],
-                                     [c.token for c in claims])
-        return [_entry(r) for r in rows]
+        """Put jobs started but never run back in line, no attempt spent (one whose
+        cancellation was requested ends cancelled, and its dependents with it)."""
+        return await self._end_running("unstart_jobs", claims)
 
     async def hand_back_jobs(self, claims: Sequence[Claim]) -> list[DispatchEntry]:
         """Requeue unfinished attempts at shutdown (cancel them, if asked to)."""

@@ -107,6 +107,8 @@ class Worker:
         # Queue -> Redis's clock at its last claim, if that claim emptied its ready set: a
         # flush may start the dependents it releases there (see _seats_for).
         self._drained: dict[str, int] = {}
+        # Queues with jobs a flush queued that its settle (behind it) has not indexed yet.
+        self._indexing: dict[str, int] = {}
         # Flushes that offered seats and failed without knowing whether they committed:
         # (their jobs, their token prefix); see _return_unconfirmed_starts.
         self._maybe_started: list[tuple[list[uuid.UUID], str]] = []
@@ -191,6 +193,10 @@ class Worker:
         """One claim round over the queues, starting where the last one stopped (so no
         queue starves another). Returns (seats it left unfilled, next delayed due ms)."""
         next_due: float | None = None
+        # Only the queues this round empties count as drained: one it does not reach
+        # (its seats filled first) may have had jobs indexed since its last claim, the
+        # wake event that told of them being cleared for this round.
+        self._drained.clear()
         n = len(self.queues)
         for i in range(n):
             if limit <= 0:
@@ -200,6 +206,9 @@ class Worker:
             # the claim in Redis and start_jobs in PostgreSQL, or after start_jobs
             # committed: jobs moved to running would be neither run nor handed back, and
             # their rescue a lease later would charge each a lost attempt.
+            # The seats are held from now, not from when the round's task first runs: a
+            # flush scheduled in between must see them taken (see _claim_queue).
+            self._reserved += limit
             self._round = asyncio.ensure_future(self._claim_queue(queue, limit))
             started, claimed, due = await asyncio.shield(self._round)
             if due is not None:
@@ -209,10 +218,10 @@ class Worker:
         return limit, next_due
 
     async def _claim_queue(self, queue: str, limit: int) -> tuple[int, int, int | None]:
-        """(jobs started, jobs claimed, next delayed due ms) of one queue."""
-        # The seats are held from the claim until its jobs run (or go back), so that a
-        # flush does not give them to the jobs it releases meanwhile.
-        self._reserved += limit
+        """(jobs started, jobs claimed, next delayed due ms) of one queue. ``limit``
+        seats were reserved by the caller; they are held from the claim until its jobs
+        run (or go back), so that a flush does not give them to the jobs it releases
+        meanwhile."""
         try:
             result = await self.dispatch.claim(queue, limit, self.lease_ms)
         finally:
@@ -386,8 +395,14 @@ class Worker:
                     if seats:
                         self._maybe_started.append(([o.id for o in batch], prefix))
                     raise
-                at_hand = self._results_at_hand(batch) if started else {}
+                at_hand = self._nodes_at_hand(batch) if started else {}
                 released, requeued = self._recorded(batch, moved)
+                # What this flush queued (dependents past its seats, retries) is indexed
+                # only by its settle, behind it: until then no flush starts jobs in their
+                # queues ahead of them (after it, the wake event does that job).
+                indexing = {e.queue for e in requeued}
+                for queue in indexing:
+                    self._indexing[queue] = self._indexing.get(queue, 0) + 1
                 if started:
                     # They run before their leases are in Redis: PostgreSQL holds their
                     # tokens, so no other worker can claim them (they were never
@@ -395,12 +410,16 @@ class Worker:
                     # rescuer's sweep finds them running without a lease.
                     loading = self._begin(started, in_batch, at_hand)
                     if loading is not None:
-                        await loading
+                        # Those it could not run are the heartbeat's to give back (see
+                        # _return_unstarted): their leases are not taken, or the settle,
+                        # behind, could take one after the job went back in line.
+                        given_back = {j.id for j in await loading}
+                        started = [j for j in started if j.id not in given_back]
                 # Redis is settled behind this flush, in flush order, while the next
                 # batch runs and is written.
                 self._settling = asyncio.ensure_future(self._settle(
                     self._settling, released, requeued,
-                    {o.id for o in batch} | {e.id for e in moved}, started))
+                    {o.id for o in batch} | {e.id for e in moved}, started, indexing))
             finally:
                 if seats:
                     self._reserved -= seats
@@ -422,7 +441,8 @@ class Worker:
             return 0, []
         if self._next_due is not None and self._next_due <= time.time() * 1000:
             return 0, []
-        queues = [q for q, at in self._drained.items() if not self.wake.indexed_since(q, at)]
+        queues = [q for q, at in self._drained.items()
+                  if not self._indexing.get(q) and not self.wake.indexed_since(q, at)]
         seats = min(self._free(), self.cfg.claim_batch) if queues else 0
         return (seats, queues) if seats > 0 else (0, [])
 
@@ -434,9 +454,11 @@ class Worker:
     async def _record(
         self, batch: list[Outcome], queues: Sequence[str] = (), seats: int = 0,
         prefix: str = "",
-    ) -> tuple[list[DispatchEntry], list[StartedJob], dict[uuid.UUID, list[uuid.UUID]]]:
+    ) -> tuple[list[DispatchEntry], list[StartedJob],
+               dict[uuid.UUID, dict[uuid.UUID, str | None]]]:
         """Store outcomes: (jobs that moved, jobs started for this worker, each started
-        job's upstreams among ``batch``); see PostgresStore.finish_and_start."""
+        job's upstreams among ``batch`` with their stored results); see
+        PostgresStore.finish_and_start."""
         try:
             if seats:
                 return await self.store.finish_and_start(batch, queues, seats, self.name,
@@ -489,13 +511,15 @@ class Worker:
     async def _settle(
         self, previous: asyncio.Future[None] | None, released: dict[str, list[Claim]],
         requeued: list[DispatchEntry], changed: set[uuid.UUID], started: list[StartedJob],
+        indexing: Sequence[str] | set[str] = (),
     ) -> None:
         """After a flush, once the flush before it has settled: give back the leases of
         recorded (or fenced) attempts, take those of the jobs it started, index what runs
-        again, and tell waiting API clients what changed (one Redis round trip)."""
-        if previous is not None:
-            await asyncio.gather(previous, return_exceptions=True)
+        again, and tell waiting API clients what changed (one Redis round trip). Then
+        ``indexing`` (the queues of what it indexes) no longer holds off flush starts."""
         try:
+            if previous is not None:
+                await asyncio.gather(previous, return_exceptions=True)
             await self.dispatch.settle(released, requeued, changed, started, self.lease_ms)
         except Exception:
             # Outcomes are durable; leases expire by themselves and the reconciler indexes
@@ -504,39 +528,46 @@ class Worker:
             log.exception("could not settle %d outcomes in Redis", len(changed))
             if requeued:
                 await note_unindexed(self.store, requeued)
-            return
-        if any(e.state is JobState.QUEUED and e.queue in self._served for e in requeued):
-            # Released dependents (or retries) for our own queues: claim them now rather
-            # than after our own wake-up message has gone round Redis.
-            self.wake.event.set()
+        else:
+            if any(e.state is JobState.QUEUED and e.queue in self._served
+                   for e in requeued):
+                # Released dependents (or retries) for our own queues: claim them now
+                # rather than after our own wake-up message has gone round Redis.
+                self.wake.event.set()
+        finally:
+            for queue in indexing:
+                self._indexing[queue] -= 1
 
-    def _results_at_hand(self, batch: list[Outcome]) -> dict[uuid.UUID, tuple[str | None,
-                                                                             str | None]]:
-        """(node, result JSON) of the batch's successes, for the jobs they release."""
+    def _nodes_at_hand(self, batch: list[Outcome]) -> dict[uuid.UUID, str | None]:
+        """The node names of the batch's successes, for the jobs they release (their
+        results come back from PostgreSQL as it stored them: see _begin)."""
         at_hand = {}
         for o in batch:
             held = self.held.get(str(o.id))
             if o.state is JobState.SUCCEEDED and held is not None:
-                at_hand[o.id] = (held.node, o.result)
+                at_hand[o.id] = held.node
         return at_hand
 
     def _begin(
-        self, started: list[StartedJob], in_batch: dict[uuid.UUID, list[uuid.UUID]],
-        at_hand: dict[uuid.UUID, tuple[str | None, str | None]],
-    ) -> asyncio.Future[None] | None:
+        self, started: list[StartedJob],
+        in_batch: dict[uuid.UUID, dict[uuid.UUID, str | None]],
+        at_hand: dict[uuid.UUID, str | None],
+    ) -> asyncio.Future[list[StartedJob]] | None:
         """Run the jobs a flush started whose upstream results are all at hand (their
-        upstreams ended in that flush), and load the others' first: returns the load."""
+        upstreams ended in that flush), and load the others' first: returns the load
+        (see _load_and_launch)."""
         metrics.FLUSH_STARTS.inc(len(started))
         upstream: dict[uuid.UUID, dict[str, Any]] = {}
         too_large: dict[uuid.UUID, int] = {}
         now, later = [], []
         for job in started:
             self.held[str(job.id)] = _Held(Claim(str(job.id), job.lease_token), job.queue)
-            ups = in_batch.get(job.id) or []
+            ups = in_batch.get(job.id) or {}
             if len(ups) != job.upstream_count or not all(u in at_hand for u in ups):
                 later.append(job)
                 continue
-            results, size = _upstream_results(ups, at_hand, self.cfg.max_upstream_bytes)
+            results, size = _upstream_results(ups, at_hand,
+                                              self.cfg.max_upstream_bytes)
             if results is None:
                 too_large[job.id] = size
             else:
@@ -545,15 +576,18 @@ class Worker:
         self._launch(now, upstream, too_large)
         return asyncio.ensure_future(self._load_and_launch(later)) if later else None
 
-    async def _load_and_launch(self, started: list[StartedJob]) -> None:
+    async def _load_and_launch(self, started: list[StartedJob]) -> list[StartedJob]:
+        """Load the started jobs' upstream results and run them; returns those that
+        will not run here (PostgreSQL failed: the heartbeat hands them back)."""
         try:
             upstream, too_large = await self._upstreams(started)
         except Exception:
             # _upstreams gave them to _unstarted: the heartbeat hands them back.
             log.exception("could not load the upstream results of %d jobs this worker "
                           "started; handing them back", len(started))
-            return
+            return started
         self._launch(started, upstream, too_large)
+        return []
 
     async def _return_unconfirmed_starts(self) -> None:
         """A flush that offered seats failed without knowing whether it committed: the
@@ -744,16 +778,17 @@ def _observe(job: StartedJob, outcome: Outcome) -> None:
 
 
 def _upstream_results(
-    upstreams: list[uuid.UUID], at_hand: dict[uuid.UUID, tuple[str | None, str | None]],
+    upstreams: dict[uuid.UUID, str | None], nodes: dict[uuid.UUID, str | None],
     max_bytes: int,
 ) -> tuple[dict[str, Any] | None, int]:
-    """A job's upstream results from outcomes at hand, as PostgresStore.upstream_results
-    gives them (keyed by node name, else by id; at most ``max_bytes`` of JSON, counted in
-    id order): (results, bytes), or (None, bytes loaded before stopping) when over."""
+    """A job's upstream results (their stored JSON text, by id) as
+    PostgresStore.upstream_results gives them (keyed by node name, else by id; at most
+    ``max_bytes`` of JSON, counted in id order): (results, bytes), or (None, bytes loaded
+    before stopping) when over."""
     results: dict[str, Any] = {}
     size = 0
     for upstream in sorted(upstreams):
-        node, text = at_hand[upstream]
+        node, text = nodes[upstream], upstreams[upstream]
         size += len(text.encode()) if text is not None else 0
         if size > max_bytes:
             return None, size

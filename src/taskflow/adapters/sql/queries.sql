@@ -176,7 +176,8 @@ WHERE d.upstream_id = ANY ($1::uuid[]) AND j.state = 'running'
 -- running -> queued for attempts that never ran: a worker started dependents its own
 -- flush released, then found a ready job that outranks them (or could not take their
 -- leases). No attempt is spent or recorded, and they keep their place in line (run_at).
--- A job whose cancellation was requested meanwhile ends cancelled.
+-- A job whose cancellation was requested meanwhile ends cancelled (and the caller cancels
+-- its dependents: has_dependents, see PostgresStore._end_running).
 UPDATE jobs AS j
 SET state = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'queued' END::job_state,
     attempts = j.attempts - 1, lease_token = NULL,
@@ -184,7 +185,7 @@ SET state = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'queued' END::job
     error = CASE WHEN j.cancel_requested THEN 'cancelled before it ran' END
 FROM unnest($1::uuid[], $2::text[]) AS b(id, token)
 WHERE j.id = b.id AND j.state = 'running' AND j.lease_token = b.token
-RETURNING j.id, j.queue, j.priority, j.run_at, j.state;
+RETURNING j.id, j.queue, j.priority, j.run_at, j.state, j.has_dependents;
 
 -- name: hand_back_jobs
 -- running -> queued without spending an attempt: the worker is shutting down and did not

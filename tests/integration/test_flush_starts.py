@@ -1,0 +1,260 @@
+"""A worker's outcome flush that starts the dependents it releases (taskflow_finish_and_start,
+Worker._seats_for): against real PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+
+from taskflow import metrics
+
+from taskflow.jobs import submit_workflow
+from taskflow.models import Claim, NewJob, Outcome, WorkflowNode
+from taskflow.states import JobState
+from taskflow.worker.builtins import builtin_registry
+from taskflow.worker.registry import Registry
+from taskflow.worker.worker import Worker
+from tests.helpers import running_worker, submit_jobs, wait_for_states
+
+
+def chain(*names: str, task: str = "noop") -> list[WorkflowNode]:
+    return [WorkflowNode(name=n, after=(names[i - 1],) if i else (),
+                         job=NewJob(task=task, max_attempts=1))
+            for i, n in enumerate(names)]
+
+
+async def _start_root(stores, name: str = "w"):
+    """Claim and start the only ready job of the default queue."""
+    claims = (await stores.dispatch.claim("default", 1, 10_000)).claims
+    [root] = await stores.store.start_jobs(claims, name)
+    return root
+
+
+async def test_a_started_dependent_put_back_cancelled_cancels_its_own_dependents(
+        stores, settings):
+    """A flush that started b failed without knowing it committed (it did); b's cancel
+    was requested meanwhile. Putting b back ends it cancelled, and c, blocked behind it,
+    must be cancelled too, not left blocked for ever."""
+    workflow, ids = await submit_workflow(stores.store, stores.dispatch, "t", "w",
+                                          chain("a", "b", "c"))
+    a = await _start_root(stores)
+    done = Outcome(a.id, a.lease_token, JobState.SUCCEEDED, "succeeded", 0.0, result="1")
+    _, started, _ = await stores.store.finish_and_start([done], ["default"], 1, "w", "p.")
+    assert [j.id for j in started] == [ids["b"]]
+    assert await stores.store.request_running_job_cancel(ids["b"], "t") is not None
+    registry, outbound = builtin_registry(settings.outbound)
+    worker = Worker(settings, stores.store, stores.dispatch, registry)
+    worker._maybe_started.append(([a.id], "p."))
+    await worker._return_unconfirmed_starts()
+    jobs = {j.node: j for j in await stores.store.workflow_jobs(workflow.id)}
+    assert jobs["b"].state is JobState.CANCELLED
+    assert jobs["c"].state is JobState.CANCELLED
+    await outbound.close()
+
+
+
+async def _listen(worker) -> asyncio.Task:
+    """The worker's wake-up listener, subscribed: a flush starts jobs only in queues it
+    knows nothing was indexed in since their last claim (Worker._seats_for)."""
+    task = asyncio.create_task(worker.wake.run())
+    while not worker.wake.listening:
+        await asyncio.sleep(0.01)
+    return task
+
+
+def _gated(stores, settings, concurrency: int):
+    """A worker (its duties not running: the test drives it) whose `gated` task runs
+    until the gate opens."""
+    registry, outbound = builtin_registry(settings.outbound)
+    gate = asyncio.Event()
+
+    @registry.task("gated")
+    async def gated(ctx):
+        await gate.wait()
+
+    worker = Worker(settings, stores.store, stores.dispatch, registry,
+                    concurrency=concurrency)
+    return worker, gate, outbound
+
+
+async def _stop(worker, gate, outbound):
+    gate.set()
+    tasks = [h.task for h in worker.held.values() if h.task is not None]
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await worker._drain_outcomes()
+    await outbound.close()
+
+
+async def test_a_flush_and_a_claim_round_never_fill_the_same_seat(stores, settings):
+    """The claimer counts its free seats, then its round (a task of its own) claims them;
+    a flush running in between must see them taken, or both fill them: b started by the
+    flush and x claimed by the round, two jobs running in a worker of one slot."""
+    workflow, ids = await submit_workflow(stores.store, stores.dispatch, "t", "w", [
+        WorkflowNode(name="a", job=NewJob(task="noop", max_attempts=1)),
+        WorkflowNode(name="b", after=("a",), job=NewJob(task="gated", max_attempts=1))])
+    worker, gate, outbound = _gated(stores, settings, concurrency=1)
+    listener = await _listen(worker)
+    assert await worker._claim(1) == (0, None)  # a runs
+    await asyncio.gather(*[h.task for h in worker.held.values()])
+    assert await worker._claim(1) == (1, None)  # the ready set is empty: drained
+    assert worker.outcomes and "default" in worker._drained
+    [x] = await submit_jobs(stores, {"task": "gated", "tenant": "t"})
+    # The claimer wakes (a slot freed) just before the flusher (a's outcome is ready).
+    claim = asyncio.ensure_future(worker._claim(worker._free()))
+    flush = asyncio.ensure_future(worker._flush())
+    await asyncio.gather(claim, flush)
+    running = [j.id for j in await stores.store.get_jobs([ids["b"], x])
+               if j.state is JobState.RUNNING]
+    assert worker.running <= 1 and len(running) <= 1, running
+    await _stop(worker, gate, outbound)
+    listener.cancel()
+
+
+async def test_a_queue_the_last_round_did_not_reach_is_not_taken_for_drained(
+        stores, settings):
+    """A round that fills its seats in q1 stops before q2: what q2 holds now is unknown
+    (x, priority 10, came since its last claim), so a flush must not start b, priority 0,
+    there ahead of x."""
+    registry, outbound = builtin_registry(settings.outbound)
+    gate = asyncio.Event()
+
+    @registry.task("gated")
+    async def gated(ctx):
+        await gate.wait()
+
+    worker = Worker(settings, stores.store, stores.dispatch, registry, queues=["q1", "q2"],
+                    concurrency=1)
+    listener = await _listen(worker)
+    assert await worker._claim(1) == (1, None)  # both queues empty
+    assert set(worker._drained) == {"q1", "q2"}
+    workflow, ids = await submit_workflow(stores.store, stores.dispatch, "t", "w", [
+        WorkflowNode(name="a", job=NewJob(task="noop", queue="q1", max_attempts=1)),
+        WorkflowNode(name="b", after=("a",),
+                     job=NewJob(task="gated", queue="q2", max_attempts=1))])
+    [x] = await submit_jobs(stores, {"task": "gated", "queue": "q2", "priority": 10,
+                                     "tenant": "t"})
+    worker._next_queue = 0
+    assert await worker._claim(1) == (0, None)  # a, from q1; q2 not reached
+    await asyncio.gather(*[h.task for h in worker.held.values()])
+    await worker._flush()
+    b = await stores.store.get_job(ids["b"])
+    assert b.state is JobState.QUEUED  # for the claimer: x first
+    await _stop(worker, gate, outbound)
+    listener.cancel()
+
+
+async def test_a_flush_does_not_start_ahead_of_what_the_last_one_queued(
+        stores, settings, monkeypatch):
+    """a releases b (priority 1) and c (priority 0) into one free seat: b starts, c is
+    queued, to be indexed by the Redis settle that runs behind the flush. b ends and
+    releases d (priority -5) before that settle is through: d must not start ahead of c,
+    which the claimer has not yet been told of."""
+    gate, settled = asyncio.Event(), asyncio.Event()
+    settle = stores.dispatch.settle
+
+    async def slow_settle(*args, **kwargs):
+        await settled.wait()
+        return await settle(*args, **kwargs)
+
+    monkeypatch.setattr(stores.dispatch, "settle", slow_settle)
+    registry, outbound = builtin_registry(settings.outbound)
+
+    @registry.task("gated")
+    async def gated(ctx):
+        await gate.wait()
+
+    worker = Worker(settings, stores.store, stores.dispatch, registry, concurrency=1)
+    listener = await _listen(worker)
+    workflow, ids = await submit_workflow(stores.store, stores.dispatch, "t", "w", [
+        WorkflowNode(name="a", job=NewJob(task="noop", max_attempts=1)),
+        WorkflowNode(name="b", after=("a",), job=NewJob(task="noop", priority=1,
+                                                        max_attempts=1)),
+        WorkflowNode(name="c", after=("a",), job=NewJob(task="gated", max_attempts=1)),
+        WorkflowNode(name="d", after=("b",), job=NewJob(task="gated", priority=-5,
+                                                        max_attempts=1))])
+    assert await worker._claim(2) == (1, None)  # a; the queue is drained
+    await asyncio.gather(*[h.task for h in worker.held.values() if h.task])
+    await worker._flush()  # a: b starts, c is queued
+    assert (await stores.store.get_job(ids["b"])).state is not JobState.QUEUED
+    await asyncio.gather(*[h.task for h in worker.held.values() if h.task])
+    await worker._flush()  # b: releases d
+    d = await stores.store.get_job(ids["d"])
+    assert d.state is JobState.QUEUED
+    settled.set()
+    await _stop(worker, gate, outbound)
+    listener.cancel()
+    assert not any(worker._indexing.values())  # settled: flushes may start jobs again
+
+
+async def test_a_started_dependent_sees_its_upstream_results_as_postgresql_gives_them(
+        stores, settings):
+    """b, started by the flush that recorded a, gets a's result from the outcome at hand:
+    it must be what PostgresStore.upstream_results gives (the stored jsonb: its key
+    order, its numbers), the same whichever way b starts."""
+    registry = Registry()
+    seen = []
+
+    @registry.task("produce")
+    async def produce(ctx):
+        await asyncio.sleep(0.3)  # the worker is idle when it ends
+        return {"zz": 1, "a": [1.5, 1e20], "m": "x"}
+
+    @registry.task("consume")
+    async def consume(ctx):
+        seen.append(ctx.upstream_results)
+
+    workflow, ids = await submit_workflow(stores.store, stores.dispatch, "t", "w", [
+        WorkflowNode(name="a", job=NewJob(task="produce", max_attempts=1)),
+        WorkflowNode(name="b", after=("a",), job=NewJob(task="consume", max_attempts=1))])
+    before = metrics.FLUSH_STARTS._default.value
+    async with running_worker(stores, settings, registry, concurrency=2):
+        await wait_for_states(stores, list(ids.values()), {"succeeded"})
+    assert metrics.FLUSH_STARTS._default.value == before + 1  # b started by a's flush
+    stored, _ = await stores.store.upstream_results([ids["b"]], 1 << 20)
+    [got] = seen
+    assert list(got["a"].items()) == list(stored[ids["b"]]["a"].items())
+    assert [type(v) for v in got["a"]["a"]] == [type(v) for v in stored[ids["b"]]["a"]["a"]]
+
+
+async def test_a_started_job_given_back_is_not_adopted_after_it_went_back_in_line(
+        stores, settings, monkeypatch):
+    """a's flush starts b, whose other upstream ended earlier: its results must be loaded,
+    and PostgreSQL fails. The heartbeat hands b back (queued, indexed, lease given back)
+    before the flush's settle (behind it in Redis) has run: that settle must not then take
+    b's lease, or the next claim drops b from the ready set and nobody runs it."""
+    registry, outbound = builtin_registry(settings.outbound)
+    worker = Worker(settings, stores.store, stores.dispatch, registry, concurrency=2)
+    listener = await _listen(worker)
+    workflow, ids = await submit_workflow(stores.store, stores.dispatch, "t", "w", [
+        WorkflowNode(name="u", job=NewJob(task="noop", max_attempts=1)),
+        WorkflowNode(name="a", job=NewJob(task="noop", max_attempts=1)),
+        WorkflowNode(name="b", after=("u", "a"), job=NewJob(task="noop", max_attempts=1))])
+    assert await worker._claim(3) == (1, None)  # u and a; the queue is drained
+    await asyncio.gather(*[h.task for h in worker.held.values()])
+    later = [o for o in worker.outcomes if o.id == ids["a"]]
+    worker.outcomes = [o for o in worker.outcomes if o.id != ids["a"]]
+    await worker._flush()  # u
+    await worker._settling
+
+    async def down(*args, **kwargs):
+        raise ConnectionError("PostgreSQL is away")
+
+    settled = asyncio.Event()
+    settle = stores.dispatch.settle
+
+    async def slow_settle(*args, **kwargs):
+        await settled.wait()
+        return await settle(*args, **kwargs)
+
+    monkeypatch.setattr(stores.store, "upstream_results", down)
+    monkeypatch.setattr(stores.dispatch, "settle", slow_settle)
+    worker.outcomes = later
+    await worker._flush()  # a: b starts, its upstream results cannot be loaded
+    assert (await stores.store.get_job(ids["b"])).state is JobState.RUNNING
+    await worker._heartbeat()  # b goes back
+    assert (await stores.store.get_job(ids["b"])).state is JobState.QUEUED
+    settled.set()
+    await worker._settling
+    claims = (await stores.dispatch.claim("default", 1, 10_000)).claims
+    assert [c.id for c in claims] == [str(ids["b"])]
+    await outbound.close()
+    listener.cancel()
