@@ -80,6 +80,10 @@ class WorkerSettings(Struct, frozen=True, forbid_unknown_fields=True):
     # a job whose upstreams returned more fails without running. Memory held for them is
     # at most concurrency times this.
     max_upstream_bytes: PositiveInt = 16 * 1_048_576
+    # A flush that releases DAG dependents starts them for this worker in the same
+    # statement (within its free slots, when nothing ready outranks them), sparing each
+    # hop a claim round and a start statement. false: every job goes through the index.
+    flush_starts: bool = True
     # Prometheus exposition of `taskflow work` (0 = off); `serve`/`dev` use the API's /metrics.
     metrics_host: str = "127.0.0.1"
     metrics_port: Annotated[int, Meta(ge=0, le=65535)] = 9101

@@ -188,3 +188,16 @@ async def test_a_flush_whose_commit_went_unanswered_puts_back_what_it_started(
         [attempt] = await stores.store.job_attempts(job.id)
         assert attempt.outcome == "succeeded"
     assert seen["b"] == seen["c"] == {"a": {"from": "a", "list": [1, 2.5, None, "x"]}}
+
+
+async def test_with_flush_starts_off_every_job_goes_through_the_index(stores, servers):
+    cfg = make_settings(servers, worker={"flush_starts": False})
+    seen: dict = {}
+    nodes = [_node("a", payload={"nap": 0.1}), _node("b", "a"), _node("c", "b")]
+    before = _flush_starts()
+    async with running_worker(stores, cfg, _collector(seen)) as worker:
+        await _listening(worker)
+        _, ids = await submit_workflow(stores.store, stores.dispatch, "t", "w", nodes)
+        await wait_for_states(stores, list(ids.values()), {"succeeded"})
+    assert _flush_starts() == before
+    assert seen["c"] == {"b": {"from": "b", "list": [1, 2.5, None, "x"]}}

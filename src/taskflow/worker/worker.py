@@ -46,13 +46,16 @@ class _Held:
     """A lease this worker holds: while the handler runs and until its outcome is stored."""
 
     __slots__ = ("claim", "queue", "task", "ctx", "cancel_requested", "has_dependents",
-                 "node")
+                 "node", "adopting")
 
     def __init__(self, claim: Claim, queue: str) -> None:
         self.claim = claim
         self.queue = queue
         self.has_dependents = False  # its success may release jobs
         self.node: str | None = None  # its name in its workflow
+        # Started by a flush whose settle has not taken its lease yet: the heartbeat
+        # leaves it alone (a missing lease is expected, not lost).
+        self.adopting = False
         self.task: asyncio.Task[None] | None = None
         self.ctx: JobContext | None = None
         self.cancel_requested = False
@@ -322,6 +325,7 @@ class Worker:
             del self._unstarted[queue]
             for c in claims:
                 self.held.pop(c.id, None)
+            self._indexed_here(requeued)
             try:
                 await self.dispatch.release(queue, claims)
                 await self.dispatch.enqueue(requeued)
@@ -437,7 +441,8 @@ class Worker:
         Redis's time; only a message still on its way goes unseen). The flush then claims
         for this worker as its claimer would at that moment. The seats are held against
         the claimer until the started jobs run."""
-        if self._stopping or not any(self._may_release(o) for o in batch):
+        if (self._stopping or not self.cfg.flush_starts
+                or not any(self._may_release(o) for o in batch)):
             return 0, []
         if self._next_due is not None and self._next_due <= time.time() * 1000:
             return 0, []
@@ -537,6 +542,10 @@ class Worker:
         finally:
             for queue in indexing:
                 self._indexing[queue] -= 1
+            for job in started:  # leased now, or the heartbeat's to take back
+                held = self.held.get(str(job.id))
+                if held is not None and held.claim.token == job.lease_token:
+                    held.adopting = False
 
     def _nodes_at_hand(self, batch: list[Outcome]) -> dict[uuid.UUID, str | None]:
         """The node names of the batch's successes, for the jobs they release (their
@@ -561,7 +570,9 @@ class Worker:
         too_large: dict[uuid.UUID, int] = {}
         now, later = [], []
         for job in started:
-            self.held[str(job.id)] = _Held(Claim(str(job.id), job.lease_token), job.queue)
+            held = self.held[str(job.id)] = _Held(Claim(str(job.id), job.lease_token),
+                                                  job.queue)
+            held.adopting = True
             ups = in_batch.get(job.id) or {}
             if len(ups) != job.upstream_count or not all(u in at_hand for u in ups):
                 later.append(job)
@@ -589,6 +600,15 @@ class Worker:
         self._launch(started, upstream, too_large)
         return []
 
+    def _indexed_here(self, entries: Sequence[DispatchEntry]) -> None:
+        """This worker puts jobs back in line: their queues are no longer known to be
+        empty, from now on rather than once the wake-up message comes round (until the
+        next claim, no flush starts jobs ahead of them)."""
+        for e in entries:
+            self._drained.pop(e.queue, None)
+        if entries:
+            self.wake.event.set()
+
     async def _return_unconfirmed_starts(self) -> None:
         """A flush that offered seats failed without knowing whether it committed: the
         jobs it may have started (running under its token prefix, with no lease and
@@ -600,6 +620,7 @@ class Worker:
             if claims:
                 entries = await self.store.unstart_jobs(claims)
                 requeued = [e for e in entries if e.state in DISPATCHABLE]
+                self._indexed_here(requeued)
                 try:
                     await self.dispatch.enqueue(requeued)
                 except Exception:
@@ -616,7 +637,8 @@ class Worker:
     async def _heartbeat(self) -> None:
         by_queue: dict[str, list[Claim]] = {}
         for held in list(self.held.values()):
-            by_queue.setdefault(held.queue, []).append(held.claim)
+            if not held.adopting:
+                by_queue.setdefault(held.queue, []).append(held.claim)
         for queue, claims in by_queue.items():
             for i in range(0, len(claims), 1000):
                 beat = await self.dispatch.extend(queue, claims[i : i + 1000], self.lease_ms)
@@ -742,6 +764,7 @@ class Worker:
                           "expire", len(claims))
             return
         requeued = [e for e in entries if e.state in DISPATCHABLE]
+        self._indexed_here(requeued)
         try:
             await self.dispatch.release(queue, claims)
             await self.dispatch.enqueue(requeued)

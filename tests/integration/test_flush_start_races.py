@@ -258,3 +258,45 @@ async def test_a_started_job_given_back_is_not_adopted_after_it_went_back_in_lin
     assert [c.id for c in claims] == [str(ids["b"])]
     await outbound.close()
     listener.cancel()
+
+
+async def test_a_heartbeat_before_the_settle_leaves_a_started_job_alone(
+        stores, settings, monkeypatch):
+    """Between a flush that starts b and its settle (which takes b's lease), b has no
+    lease in Redis: a heartbeat then must not take it as lost by Redis (a false "Redis
+    had lost our leases" and a PostgreSQL check); the settle's own lease stands."""
+    gate, settled = asyncio.Event(), asyncio.Event()
+    settle = stores.dispatch.settle
+
+    async def slow_settle(*args, **kwargs):
+        await settled.wait()
+        return await settle(*args, **kwargs)
+
+    monkeypatch.setattr(stores.dispatch, "settle", slow_settle)
+    registry, outbound = builtin_registry(settings.outbound)
+
+    @registry.task("gated")
+    async def gated(ctx):
+        await gate.wait()
+
+    worker = Worker(settings, stores.store, stores.dispatch, registry, concurrency=2)
+    listener = await _listen(worker)
+    workflow, ids = await submit_workflow(stores.store, stores.dispatch, "t", "w", [
+        WorkflowNode(name="a", job=NewJob(task="noop", max_attempts=1)),
+        WorkflowNode(name="b", after=("a",), job=NewJob(task="gated", max_attempts=1))])
+    assert await worker._claim(2) == (1, None)  # a; the queue is drained
+    await asyncio.gather(*[h.task for h in worker.held.values() if h.task])
+    await worker._flush()  # a: b starts; its lease waits for the settle
+    b = worker.held[str(ids["b"])]
+    assert b.task is not None and b.adopting
+    retaken = metrics.LEASES_RETAKEN.labels("default").value
+    await worker._heartbeat()
+    assert metrics.LEASES_RETAKEN.labels("default").value == retaken
+    assert await stores.dispatch.lease_holders("default", [str(ids["b"])]) == [None]
+    settled.set()
+    await worker._settling
+    assert not b.adopting
+    assert await stores.dispatch.lease_holders("default", [str(ids["b"])]) == [
+        b.claim.token]
+    await _stop(worker, gate, outbound)
+    listener.cancel()
