@@ -37,7 +37,10 @@ ACTIVE = WAITING | {JobState.RUNNING}
 TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
-    JobState.BLOCKED: frozenset({JobState.QUEUED, JobState.SCHEDULED, JobState.CANCELLED}),
+    # blocked -> running: released by the outcome flush of the worker that runs it (see
+    # taskflow_finish_and_start, migration 0008), without passing through the index.
+    JobState.BLOCKED: frozenset(
+        {JobState.QUEUED, JobState.SCHEDULED, JobState.RUNNING, JobState.CANCELLED}),
     JobState.SCHEDULED: frozenset({JobState.RUNNING, JobState.CANCELLED}),
     JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLED}),
     # running -> queued: handed back at shutdown, or rescued after a lost lease;

@@ -37,9 +37,10 @@ def test_succeeded_is_final():
     assert TRANSITIONS[JobState.SUCCEEDED] == frozenset()
 
 
-def test_only_dispatchable_jobs_start_running():
+def test_only_dispatchable_or_released_jobs_start_running():
+    # blocked -> running: the flush that releases a job may start it for its worker.
     starters = {s for s, targets in TRANSITIONS.items() if JobState.RUNNING in targets}
-    assert starters == DISPATCHABLE
+    assert starters == DISPATCHABLE | {JobState.BLOCKED}
 
 
 def test_every_non_terminal_state_can_be_cancelled():
@@ -71,7 +72,8 @@ def _sql(name: str) -> str:
 
 
 @pytest.mark.parametrize("query", [
-    "start_jobs", "finish_jobs", "hand_back_jobs", "rescue_jobs", "cancel_waiting_job",
+    "start_jobs", "finish_jobs", "hand_back_jobs", "rescue_jobs", "unstart_jobs",
+    "cancel_waiting_job",
     "request_running_job_cancel", "retry_job",
     # not here: cancel_workflow_jobs, whose CASE leaves running jobs running (flagged)
     # and cancels waiting ones; its integration test covers it.

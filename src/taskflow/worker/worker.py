@@ -17,8 +17,8 @@ import socket
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import asyncpg
 import msgspec

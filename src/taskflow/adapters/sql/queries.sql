@@ -173,9 +173,9 @@ WHERE d.upstream_id = ANY ($1::uuid[]) AND j.state = 'running'
   AND starts_with(j.lease_token, $2);
 
 -- name: unstart_jobs
--- running -> queued for attempts that never ran: a worker started dependents its own
--- flush released, then found a ready job that outranks them (or could not take their
--- leases). No attempt is spent or recorded, and they keep their place in line (run_at).
+-- running -> queued for attempts that never ran: dependents a worker's flush started for
+-- it (taskflow_finish_and_start) when the flush's commit went unanswered, so the worker
+-- never ran them. No attempt is spent or recorded, and they keep their place in line.
 -- A job whose cancellation was requested meanwhile ends cancelled (and the caller cancels
 -- its dependents: has_dependents, see PostgresStore._end_running).
 UPDATE jobs AS j
