@@ -300,3 +300,50 @@ async def test_a_heartbeat_before_the_settle_leaves_a_started_job_alone(
         b.claim.token]
     await _stop(worker, gate, outbound)
     listener.cancel()
+
+
+async def test_a_flush_between_two_queues_of_a_round_does_not_share_its_seats(
+        stores, settings):
+    """A round counts its seats once, then claims queue after queue. q1 is empty (drained,
+    seats left); before the claimer comes back to claim q2 with what is left, the flusher
+    runs and starts b in q1 in one of those seats: q2's claim must not fill it again (b,
+    x1 and x2 running in a worker of two slots)."""
+    registry, outbound = builtin_registry(settings.outbound)
+    gate = asyncio.Event()
+
+    @registry.task("gated")
+    async def gated(ctx):
+        await gate.wait()
+
+    worker = Worker(settings, stores.store, stores.dispatch, registry, queues=["q1", "q2"],
+                    concurrency=2)
+    listener = await _listen(worker)
+    workflow, ids = await submit_workflow(stores.store, stores.dispatch, "t", "w", [
+        WorkflowNode(name="a", job=NewJob(task="noop", queue="q1", max_attempts=1)),
+        WorkflowNode(name="b", after=("a",),
+                     job=NewJob(task="gated", queue="q1", max_attempts=1))])
+    worker._next_queue = 0
+    assert await worker._claim(1) == (0, None)  # a, from q1
+    await asyncio.gather(*[h.task for h in worker.held.values()])
+    xs = await submit_jobs(stores, *[{"task": "gated", "queue": "q2", "tenant": "t"}] * 2)
+    claim_queue = worker._claim_queue
+
+    async def then_a_flush(queue, limit):
+        result = await claim_queue(queue, limit)
+        if queue == "q1":
+            # The round's task is done, its seats handed back; the flusher (a's outcome
+            # is ready) runs before the claimer resumes.
+            asyncio.ensure_future(worker._flush())
+            await asyncio.sleep(0)
+        return result
+
+    worker._claim_queue = then_a_flush
+    worker._next_queue = 0
+    await worker._claim(worker._free())
+    async with worker._flush_lock:
+        pass
+    running = [j.id for j in await stores.store.get_jobs([ids["b"], *xs])
+               if j.state is JobState.RUNNING]
+    assert worker.running <= 2 and len(running) <= 2, running
+    await _stop(worker, gate, outbound)
+    listener.cancel()

@@ -202,6 +202,10 @@ class Worker:
         self._drained.clear()
         n = len(self.queues)
         for i in range(n):
+            if i:
+                # The seats the last queue's claim did not fill were handed back when
+                # its task ended: a flush may have taken some before we came back here.
+                limit = min(limit, self._free())
             if limit <= 0:
                 break
             queue = self.queues[(self._next_queue + i) % n]
