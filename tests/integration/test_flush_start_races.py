@@ -347,3 +347,47 @@ async def test_a_flush_between_two_queues_of_a_round_does_not_share_its_seats(
     assert worker.running <= 2 and len(running) <= 2, running
     await _stop(worker, gate, outbound)
     listener.cancel()
+
+
+async def test_a_delayed_job_due_during_the_round_that_drained_its_queue_goes_first(
+        stores, settings):
+    """The round that drains q1 learns that y (priority 10) is delayed in q1 until soon;
+    y comes due while the round goes on to q2. A flush then must not start b (priority 0)
+    in q1 ahead of y: the claimer has not promoted y yet, but it outranks b."""
+    registry, outbound = builtin_registry(settings.outbound)
+    gate = asyncio.Event()
+
+    @registry.task("gated")
+    async def gated(ctx):
+        await gate.wait()
+
+    worker = Worker(settings, stores.store, stores.dispatch, registry, queues=["q1", "q2"],
+                    concurrency=3)
+    listener = await _listen(worker)
+    workflow, ids = await submit_workflow(stores.store, stores.dispatch, "t", "w", [
+        WorkflowNode(name="a", job=NewJob(task="noop", queue="q1", max_attempts=1)),
+        WorkflowNode(name="b", after=("a",),
+                     job=NewJob(task="gated", queue="q1", max_attempts=1))])
+    worker._next_queue = 0
+    # As the claimer does: a from q1, and no delayed job anywhere yet.
+    left, worker._next_due = await worker._claim(1)
+    assert (left, worker._next_due) == (0, None)
+    await asyncio.gather(*[h.task for h in worker.held.values()])
+    [y] = await submit_jobs(stores, {"task": "gated", "queue": "q1", "priority": 10,
+                                     "delay": 0.3, "tenant": "t"})
+    claim_queue = worker._claim_queue
+
+    async def then_a_flush(queue, limit):
+        result = await claim_queue(queue, limit)
+        if queue == "q1":
+            assert result[2] is not None  # y's due time
+            await asyncio.sleep(0.5)  # y is due now
+            await worker._flush()
+        return result
+
+    worker._claim_queue = then_a_flush
+    worker._next_queue = 0
+    await worker._claim(2)
+    assert (await stores.store.get_job(ids["b"])).state is JobState.QUEUED  # y first
+    await _stop(worker, gate, outbound)
+    listener.cancel()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import socket
 import time
@@ -110,6 +111,9 @@ class Worker:
         # Queue -> Redis's clock at its last claim, if that claim emptied its ready set: a
         # flush may start the dependents it releases there (see _seats_for).
         self._drained: dict[str, int] = {}
+        # Queue -> when (time.monotonic()) the earliest delayed job its last claim saw
+        # comes due, by Redis's clock; a claim promotes it ahead of what a flush releases.
+        self._due_at: dict[str, float] = {}
         # Queues with jobs a flush queued that its settle (behind it) has not indexed yet.
         self._indexing: dict[str, int] = {}
         # Flushes that offered seats and failed without knowing whether they committed:
@@ -229,12 +233,17 @@ class Worker:
         seats were reserved by the caller; they are held from the claim until its jobs
         run (or go back), so that a flush does not give them to the jobs it releases
         meanwhile."""
+        sent = time.monotonic()
         try:
             result = await self.dispatch.claim(queue, limit, self.lease_ms)
         finally:
             self._reserved -= limit
         if len(result.claims) < limit:
             self._drained[queue] = result.at_us
+            if result.next_due_ms is None:
+                self._due_at.pop(queue, None)
+            else:  # measured from before the claim: never later than Redis has it due
+                self._due_at[queue] = sent + (result.next_due_ms - result.at_us / 1000) / 1000
         else:
             self._drained.pop(queue, None)
         if not result.claims:
@@ -440,18 +449,21 @@ class Worker:
 
         Only when a job of the batch succeeded with dependents, not while stopping, and
         only in queues where no ready job could outrank them: the last claim emptied
-        their ready set, no delayed job has come due since, and nothing was indexed since
-        as far as the wake-up channel tells (enqueue.lua publishes after its ZADD, with
-        Redis's time; only a message still on its way goes unseen). The flush then claims
+        their ready set, no delayed job it saw there has come due since (by Redis's
+        clock), and nothing was indexed since as far as the wake-up channel tells
+        (enqueue.lua publishes after its ZADD, with Redis's time; only a message still on
+        its way goes unseen). The flush then claims
         for this worker as its claimer would at that moment. The seats are held against
         the claimer until the started jobs run."""
         if (self._stopping or not self.cfg.flush_starts
                 or not any(self._may_release(o) for o in batch)):
             return 0, []
-        if self._next_due is not None and self._next_due <= time.time() * 1000:
-            return 0, []
+        now = time.monotonic()
+        # A delayed job that came due (even while the round that drained its queue was
+        # still claiming others) is ready for the next claim: it may outrank them.
         queues = [q for q, at in self._drained.items()
-                  if not self._indexing.get(q) and not self.wake.indexed_since(q, at)]
+                  if not self._indexing.get(q) and not self.wake.indexed_since(q, at)
+                  and self._due_at.get(q, math.inf) > now]
         seats = min(self._free(), self.cfg.claim_batch) if queues else 0
         return (seats, queues) if seats > 0 else (0, [])
 
