@@ -391,3 +391,28 @@ async def test_a_delayed_job_due_during_the_round_that_drained_its_queue_goes_fi
     assert (await stores.store.get_job(ids["b"])).state is JobState.QUEUED  # y first
     await _stop(worker, gate, outbound)
     listener.cancel()
+
+
+async def test_a_wake_up_from_an_older_release_holds_off_flush_starts_until_the_next_claim(
+        stores, settings):
+    """An older release's enqueue.lua publishes a count without a time. That must hold off
+    flush starts in its queue until a claim has seen what it indexed, not for as long as
+    the listener stays subscribed."""
+    worker, gate, outbound = _gated(stores, settings, concurrency=2)
+    listener = await _listen(worker)
+    workflow, ids = await submit_workflow(stores.store, stores.dispatch, "t", "w", chain(
+        "a", "b"))
+    assert await worker._claim(2) == (1, None)  # a; the queue is drained
+    await asyncio.gather(*[h.task for h in worker.held.values()])
+    at = worker._drained["default"]
+    await stores.dispatch.client.publish(stores.dispatch.keys("default").wake, "1")
+    # Heard, and dated by Redis's clock then.
+    await wait_until(lambda: asyncio.sleep(
+        0, at < worker.wake._indexed_at["default"] < float("inf")), timeout=5.0)
+    assert worker.wake.indexed_since("default", at)
+    assert await worker._claim(1) == (1, None)  # saw what that message told of
+    before = metrics.FLUSH_STARTS._default.value
+    await worker._flush()  # a: b starts here
+    assert metrics.FLUSH_STARTS._default.value == before + 1
+    await _stop(worker, gate, outbound)
+    listener.cancel()
