@@ -13,7 +13,7 @@ from taskflow.states import JobState
 from taskflow.worker.builtins import builtin_registry
 from taskflow.worker.registry import Registry
 from taskflow.worker.worker import Worker
-from tests.helpers import running_worker, submit_jobs, wait_for_states
+from tests.helpers import running_worker, submit_jobs, wait_for_states, wait_until
 
 
 def chain(*names: str, task: str = "noop") -> list[WorkflowNode]:
@@ -416,3 +416,35 @@ async def test_a_wake_up_from_an_older_release_holds_off_flush_starts_until_the_
     assert metrics.FLUSH_STARTS._default.value == before + 1
     await _stop(worker, gate, outbound)
     listener.cancel()
+
+
+async def test_a_worker_clock_ahead_of_redis_does_not_spin_on_a_delayed_job(
+        stores, settings, monkeypatch):
+    """Due times are Redis's clock. A worker whose own clock runs 5 s ahead took a job due
+    in 1 s as overdue: its claimer made round after round, without a pause, until Redis's
+    clock got there. It waits for Redis's due time instead (and the job still runs)."""
+    import time as real_time
+    import types
+
+    from taskflow.worker import worker as worker_module
+
+    ahead = types.SimpleNamespace(**{n: getattr(real_time, n) for n in dir(real_time)
+                                     if not n.startswith("_")})
+    ahead.time = lambda: real_time.time() + 5.0
+    monkeypatch.setattr(worker_module, "time", ahead)
+    claims = 0
+    claim = stores.dispatch.claim
+
+    async def counted(*args, **kwargs):
+        nonlocal claims
+        claims += 1
+        return await claim(*args, **kwargs)
+
+    monkeypatch.setattr(stores.dispatch, "claim", counted)
+    async with running_worker(stores, settings, maintenance=False) as worker:
+        await wait_until(lambda: asyncio.sleep(0, worker.wake.listening))
+        [job] = await submit_jobs(stores, {"task": "noop", "delay": 1.0, "tenant": "t"})
+        await asyncio.sleep(0.5)
+        before_due = claims
+        await wait_for_states(stores, [job], {"succeeded"})
+    assert before_due < 10, before_due

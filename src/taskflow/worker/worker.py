@@ -120,7 +120,8 @@ class Worker:
         # (their jobs, their token prefix); see _return_unconfirmed_starts.
         self._maybe_started: list[tuple[list[uuid.UUID], str]] = []
         self._stopping = False
-        self._next_due: float | None = None  # of the delayed jobs, as the last claim saw
+        # When the next delayed job comes due, as the last claim saw (time.monotonic()).
+        self._next_due: float | None = None
         self._settling: asyncio.Future[None] | None = None  # the last flush's Redis part
         self.presence = Observer(dispatch)
         metrics.WORKER_RUNNING.set_function(lambda: self.running)
@@ -185,8 +186,8 @@ class Worker:
             # before the claim), so an empty round right after it would find nothing; it
             # would only hold the free seats away from a flush starting what it releases.
             wait = self.cfg.max_idle_wait
-            if next_due is not None:
-                wait = min(wait, max(0.0, next_due / 1000 - time.time()))
+            if next_due is not None:  # by Redis's clock (see _claim_queue), not ours
+                wait = min(wait, max(0.0, next_due - time.monotonic()))
             if wait > 0:
                 try:
                     await asyncio.wait_for(self.wake.event.wait(), wait)
@@ -198,7 +199,8 @@ class Worker:
 
     async def _claim(self, limit: int) -> tuple[int, float | None]:
         """One claim round over the queues, starting where the last one stopped (so no
-        queue starves another). Returns (seats it left unfilled, next delayed due ms)."""
+        queue starves another). Returns (seats it left unfilled, when the next delayed job
+        comes due: a time.monotonic() deadline, by Redis's clock)."""
         next_due: float | None = None
         # Only the queues this round empties count as drained: one it does not reach
         # (its seats filled first) may have had jobs indexed since its last claim, the
@@ -223,13 +225,14 @@ class Worker:
             self._round = asyncio.ensure_future(self._claim_queue(queue, limit))
             started, claimed, due = await asyncio.shield(self._round)
             if due is not None:
-                next_due = min(next_due or due, due)
+                next_due = due if next_due is None else min(next_due, due)
             limit -= claimed
         self._next_queue = (self._next_queue + 1) % n
         return limit, next_due
 
-    async def _claim_queue(self, queue: str, limit: int) -> tuple[int, int, int | None]:
-        """(jobs started, jobs claimed, next delayed due ms) of one queue. ``limit``
+    async def _claim_queue(self, queue: str, limit: int) -> tuple[int, int, float | None]:
+        """(jobs started, jobs claimed, when its next delayed job comes due) of one
+        queue; see _claim. ``limit``
         seats were reserved by the caller; they are held from the claim until its jobs
         run (or go back), so that a flush does not give them to the jobs it releases
         meanwhile."""
@@ -238,22 +241,27 @@ class Worker:
             result = await self.dispatch.claim(queue, limit, self.lease_ms)
         finally:
             self._reserved -= limit
+        # Due times are Redis's clock: how long from the claim, measured from before it
+        # (never later than Redis has it due), whatever this machine's clock says.
+        now_ms = result.at_us / 1000 if result.at_us else time.time() * 1000  # 0: unknown
+        due_at = (None if result.next_due_ms is None
+                  else sent + (result.next_due_ms - now_ms) / 1000)
         if len(result.claims) < limit:
             self._drained[queue] = result.at_us
-            if result.next_due_ms is None:
+            if due_at is None:
                 self._due_at.pop(queue, None)
-            else:  # measured from before the claim: never later than Redis has it due
-                self._due_at[queue] = sent + (result.next_due_ms - result.at_us / 1000) / 1000
+            else:
+                self._due_at[queue] = due_at
         else:
             self._drained.pop(queue, None)
         if not result.claims:
-            return 0, 0, result.next_due_ms
+            return 0, 0, due_at
         self._reserved += len(result.claims)
         try:
             started = await self._start(queue, result.claims)
         finally:
             self._reserved -= len(result.claims)
-        return started, len(result.claims), result.next_due_ms
+        return started, len(result.claims), due_at
 
     async def _start(self, queue: str, claims: list[Claim]) -> int:
         for c in claims:
