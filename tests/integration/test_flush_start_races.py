@@ -448,3 +448,54 @@ async def test_a_worker_clock_ahead_of_redis_does_not_spin_on_a_delayed_job(
         before_due = claims
         await wait_for_states(stores, [job], {"succeeded"})
     assert before_due < 10, before_due
+
+
+async def test_a_started_job_given_back_keeps_a_lease_while_postgresql_is_away(
+        stores, settings, monkeypatch):
+    """a's flush starts b, whose upstream results cannot be loaded: b is the heartbeat's
+    to hand back, and PostgreSQL stays away a while. Like a claimed job whose start
+    failed, b must hold a lease meanwhile: with none, the rescuer's sweep takes b for a
+    lost attempt and fails it (its only attempt), though it never ran."""
+    from taskflow.worker.maintenance import Maintenance
+
+    registry, outbound = builtin_registry(settings.outbound)
+    worker = Worker(settings, stores.store, stores.dispatch, registry, concurrency=2)
+    listener = await _listen(worker)
+    workflow, ids = await submit_workflow(stores.store, stores.dispatch, "t", "w", [
+        WorkflowNode(name="u", job=NewJob(task="noop", max_attempts=1)),
+        WorkflowNode(name="a", job=NewJob(task="noop", max_attempts=1)),
+        WorkflowNode(name="b", after=("u", "a"), job=NewJob(task="noop", max_attempts=1))])
+    assert await worker._claim(3) == (1, None)  # u and a; the queue is drained
+    await asyncio.gather(*[h.task for h in worker.held.values()])
+    later = [o for o in worker.outcomes if o.id == ids["a"]]
+    worker.outcomes = [o for o in worker.outcomes if o.id != ids["a"]]
+    await worker._flush()  # u
+    await worker._settling
+
+    async def down(*args, **kwargs):
+        raise ConnectionError("PostgreSQL is away")
+
+    hand_back = stores.store.hand_back_jobs
+    monkeypatch.setattr(stores.store, "upstream_results", down)
+    monkeypatch.setattr(stores.store, "hand_back_jobs", down)
+    worker.outcomes = later
+    await worker._flush()  # a: b starts, its upstream results cannot be loaded
+    await worker._settling
+    await worker._heartbeat()  # b cannot go back yet
+    assert (await stores.store.get_job(ids["b"])).state is JobState.RUNNING
+    # A lease later, the sweep (of any process) looks at b.
+    await stores.store.pool.execute(
+        "UPDATE jobs SET started_at = now() - interval '1 hour' WHERE id = $1", ids["b"])
+
+    async def old_index():
+        return 3600.0
+
+    monkeypatch.setattr(stores.dispatch, "index_age", old_index)
+    await Maintenance(settings, stores.store, stores.dispatch, ["default"]).sweep_running()
+    assert (await stores.store.get_job(ids["b"])).state is JobState.RUNNING
+    monkeypatch.setattr(stores.store, "hand_back_jobs", hand_back)
+    await worker._heartbeat()  # b goes back, no attempt spent
+    b = await stores.store.get_job(ids["b"])
+    assert b.state is JobState.QUEUED and b.attempts == 0
+    await outbound.close()
+    listener.cancel()

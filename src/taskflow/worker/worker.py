@@ -620,6 +620,13 @@ class Worker:
             # _upstreams gave them to _unstarted: the heartbeat hands them back.
             log.exception("could not load the upstream results of %d jobs this worker "
                           "started; handing them back", len(started))
+            for job in started:
+                # Not to be adopted (see _flush): until they go back, the heartbeat holds
+                # their leases, as for claimed jobs whose start failed, so that no sweep
+                # takes them for lost attempts (and fails those on their last one).
+                held = self.held.get(str(job.id))
+                if held is not None and held.claim.token == job.lease_token:
+                    held.adopting = False
             return started
         self._launch(started, upstream, too_large)
         return []
