@@ -499,3 +499,39 @@ async def test_a_started_job_given_back_keeps_a_lease_while_postgresql_is_away(
     assert b.state is JobState.QUEUED and b.attempts == 0
     await outbound.close()
     listener.cancel()
+
+
+async def test_a_flush_does_not_start_ahead_of_what_the_last_settle_indexed(
+        stores, settings):
+    """a releases b (priority 1) and c (priority 0) into one free seat: b starts, c is
+    queued and indexed by the flush's settle. b ends and releases d (priority -5) after
+    that settle, but before the wake-up message of c's enqueue has come round: this worker
+    indexed c itself, it must not start d ahead of c."""
+    registry, outbound = builtin_registry(settings.outbound)
+    gate = asyncio.Event()
+
+    @registry.task("gated")
+    async def gated(ctx):
+        await gate.wait()
+
+    worker = Worker(settings, stores.store, stores.dispatch, registry, concurrency=1)
+    # Subscribed, and the message of the settle's enqueue still on its way (as long as
+    # this test runs).
+    worker.wake._indexed_at = {"default": 0}
+    workflow, ids = await submit_workflow(stores.store, stores.dispatch, "t", "w", [
+        WorkflowNode(name="a", job=NewJob(task="noop", max_attempts=1)),
+        WorkflowNode(name="b", after=("a",), job=NewJob(task="noop", priority=1,
+                                                        max_attempts=1)),
+        WorkflowNode(name="c", after=("a",), job=NewJob(task="gated", max_attempts=1)),
+        WorkflowNode(name="d", after=("b",), job=NewJob(task="gated", priority=-5,
+                                                        max_attempts=1))])
+    assert await worker._claim(2) == (1, None)  # a; the queue is drained
+    await asyncio.gather(*[h.task for h in worker.held.values() if h.task])
+    await worker._flush()  # a: b starts, c is queued
+    await worker._settling  # c is indexed
+    assert (await stores.store.get_job(ids["b"])).state is not JobState.QUEUED
+    await asyncio.gather(*[h.task for h in worker.held.values() if h.task])
+    await worker._flush()  # b: releases d
+    d = await stores.store.get_job(ids["d"])
+    assert d.state is JobState.QUEUED  # c first
+    await _stop(worker, gate, outbound)

@@ -566,6 +566,10 @@ class Worker:
         finally:
             for queue in indexing:
                 self._indexing[queue] -= 1
+                # Indexed here (or to be, by the reconciler): no longer known to be empty,
+                # from now on rather than once the wake-up message comes round (see
+                # _indexed_here); the next claim tells.
+                self._drained.pop(queue, None)
             for job in started:  # leased now, or the heartbeat's to take back
                 held = self.held.get(str(job.id))
                 if held is not None and held.claim.token == job.lease_token:
