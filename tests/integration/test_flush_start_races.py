@@ -13,7 +13,7 @@ from taskflow.states import JobState
 from taskflow.worker.builtins import builtin_registry
 from taskflow.worker.registry import Registry
 from taskflow.worker.worker import Worker
-from tests.helpers import running_worker, submit_jobs, wait_for_states
+from tests.helpers import running_worker, submit_jobs, wait_for_states, wait_until
 
 
 def chain(*names: str, task: str = "noop") -> list[WorkflowNode]:
@@ -300,3 +300,238 @@ async def test_a_heartbeat_before_the_settle_leaves_a_started_job_alone(
         b.claim.token]
     await _stop(worker, gate, outbound)
     listener.cancel()
+
+
+async def test_a_flush_between_two_queues_of_a_round_does_not_share_its_seats(
+        stores, settings):
+    """A round counts its seats once, then claims queue after queue. q1 is empty (drained,
+    seats left); before the claimer comes back to claim q2 with what is left, the flusher
+    runs and starts b in q1 in one of those seats: q2's claim must not fill it again (b,
+    x1 and x2 running in a worker of two slots)."""
+    registry, outbound = builtin_registry(settings.outbound)
+    gate = asyncio.Event()
+
+    @registry.task("gated")
+    async def gated(ctx):
+        await gate.wait()
+
+    worker = Worker(settings, stores.store, stores.dispatch, registry, queues=["q1", "q2"],
+                    concurrency=2)
+    listener = await _listen(worker)
+    workflow, ids = await submit_workflow(stores.store, stores.dispatch, "t", "w", [
+        WorkflowNode(name="a", job=NewJob(task="noop", queue="q1", max_attempts=1)),
+        WorkflowNode(name="b", after=("a",),
+                     job=NewJob(task="gated", queue="q1", max_attempts=1))])
+    worker._next_queue = 0
+    assert await worker._claim(1) == (0, None)  # a, from q1
+    await asyncio.gather(*[h.task for h in worker.held.values()])
+    xs = await submit_jobs(stores, *[{"task": "gated", "queue": "q2", "tenant": "t"}] * 2)
+    claim_queue = worker._claim_queue
+
+    async def then_a_flush(queue, limit):
+        result = await claim_queue(queue, limit)
+        if queue == "q1":
+            # The round's task is done, its seats handed back; the flusher (a's outcome
+            # is ready) runs before the claimer resumes.
+            asyncio.ensure_future(worker._flush())
+            await asyncio.sleep(0)
+        return result
+
+    worker._claim_queue = then_a_flush
+    worker._next_queue = 0
+    await worker._claim(worker._free())
+    async with worker._flush_lock:
+        pass
+    running = [j.id for j in await stores.store.get_jobs([ids["b"], *xs])
+               if j.state is JobState.RUNNING]
+    assert worker.running <= 2 and len(running) <= 2, running
+    await _stop(worker, gate, outbound)
+    listener.cancel()
+
+
+async def test_a_delayed_job_due_during_the_round_that_drained_its_queue_goes_first(
+        stores, settings):
+    """The round that drains q1 learns that y (priority 10) is delayed in q1 until soon;
+    y comes due while the round goes on to q2. A flush then must not start b (priority 0)
+    in q1 ahead of y: the claimer has not promoted y yet, but it outranks b."""
+    registry, outbound = builtin_registry(settings.outbound)
+    gate = asyncio.Event()
+
+    @registry.task("gated")
+    async def gated(ctx):
+        await gate.wait()
+
+    worker = Worker(settings, stores.store, stores.dispatch, registry, queues=["q1", "q2"],
+                    concurrency=3)
+    listener = await _listen(worker)
+    workflow, ids = await submit_workflow(stores.store, stores.dispatch, "t", "w", [
+        WorkflowNode(name="a", job=NewJob(task="noop", queue="q1", max_attempts=1)),
+        WorkflowNode(name="b", after=("a",),
+                     job=NewJob(task="gated", queue="q1", max_attempts=1))])
+    worker._next_queue = 0
+    # As the claimer does: a from q1, and no delayed job anywhere yet.
+    left, worker._next_due = await worker._claim(1)
+    assert (left, worker._next_due) == (0, None)
+    await asyncio.gather(*[h.task for h in worker.held.values()])
+    [y] = await submit_jobs(stores, {"task": "gated", "queue": "q1", "priority": 10,
+                                     "delay": 0.3, "tenant": "t"})
+    claim_queue = worker._claim_queue
+
+    async def then_a_flush(queue, limit):
+        result = await claim_queue(queue, limit)
+        if queue == "q1":
+            assert result[2] is not None  # y's due time
+            await asyncio.sleep(0.5)  # y is due now
+            await worker._flush()
+        return result
+
+    worker._claim_queue = then_a_flush
+    worker._next_queue = 0
+    await worker._claim(2)
+    assert (await stores.store.get_job(ids["b"])).state is JobState.QUEUED  # y first
+    await _stop(worker, gate, outbound)
+    listener.cancel()
+
+
+async def test_a_wake_up_from_an_older_release_holds_off_flush_starts_until_the_next_claim(
+        stores, settings):
+    """An older release's enqueue.lua publishes a count without a time. That must hold off
+    flush starts in its queue until a claim has seen what it indexed, not for as long as
+    the listener stays subscribed."""
+    worker, gate, outbound = _gated(stores, settings, concurrency=2)
+    listener = await _listen(worker)
+    workflow, ids = await submit_workflow(stores.store, stores.dispatch, "t", "w", chain(
+        "a", "b"))
+    assert await worker._claim(2) == (1, None)  # a; the queue is drained
+    await asyncio.gather(*[h.task for h in worker.held.values()])
+    at = worker._drained["default"]
+    await stores.dispatch.client.publish(stores.dispatch.keys("default").wake, "1")
+    # Heard, and dated by Redis's clock then.
+    await wait_until(lambda: asyncio.sleep(
+        0, at < worker.wake._indexed_at["default"] < float("inf")), timeout=5.0)
+    assert worker.wake.indexed_since("default", at)
+    assert await worker._claim(1) == (1, None)  # saw what that message told of
+    before = metrics.FLUSH_STARTS._default.value
+    await worker._flush()  # a: b starts here
+    assert metrics.FLUSH_STARTS._default.value == before + 1
+    await _stop(worker, gate, outbound)
+    listener.cancel()
+
+
+async def test_a_worker_clock_ahead_of_redis_does_not_spin_on_a_delayed_job(
+        stores, settings, monkeypatch):
+    """Due times are Redis's clock. A worker whose own clock runs 5 s ahead took a job due
+    in 1 s as overdue: its claimer made round after round, without a pause, until Redis's
+    clock got there. It waits for Redis's due time instead (and the job still runs)."""
+    import time as real_time
+    import types
+
+    from taskflow.worker import worker as worker_module
+
+    ahead = types.SimpleNamespace(**{n: getattr(real_time, n) for n in dir(real_time)
+                                     if not n.startswith("_")})
+    ahead.time = lambda: real_time.time() + 5.0
+    monkeypatch.setattr(worker_module, "time", ahead)
+    claims = 0
+    claim = stores.dispatch.claim
+
+    async def counted(*args, **kwargs):
+        nonlocal claims
+        claims += 1
+        return await claim(*args, **kwargs)
+
+    monkeypatch.setattr(stores.dispatch, "claim", counted)
+    async with running_worker(stores, settings, maintenance=False) as worker:
+        await wait_until(lambda: asyncio.sleep(0, worker.wake.listening))
+        [job] = await submit_jobs(stores, {"task": "noop", "delay": 1.0, "tenant": "t"})
+        await asyncio.sleep(0.5)
+        before_due = claims
+        await wait_for_states(stores, [job], {"succeeded"})
+    assert before_due < 10, before_due
+
+
+async def test_a_started_job_given_back_keeps_a_lease_while_postgresql_is_away(
+        stores, settings, monkeypatch):
+    """a's flush starts b, whose upstream results cannot be loaded: b is the heartbeat's
+    to hand back, and PostgreSQL stays away a while. Like a claimed job whose start
+    failed, b must hold a lease meanwhile: with none, the rescuer's sweep takes b for a
+    lost attempt and fails it (its only attempt), though it never ran."""
+    from taskflow.worker.maintenance import Maintenance
+
+    registry, outbound = builtin_registry(settings.outbound)
+    worker = Worker(settings, stores.store, stores.dispatch, registry, concurrency=2)
+    listener = await _listen(worker)
+    workflow, ids = await submit_workflow(stores.store, stores.dispatch, "t", "w", [
+        WorkflowNode(name="u", job=NewJob(task="noop", max_attempts=1)),
+        WorkflowNode(name="a", job=NewJob(task="noop", max_attempts=1)),
+        WorkflowNode(name="b", after=("u", "a"), job=NewJob(task="noop", max_attempts=1))])
+    assert await worker._claim(3) == (1, None)  # u and a; the queue is drained
+    await asyncio.gather(*[h.task for h in worker.held.values()])
+    later = [o for o in worker.outcomes if o.id == ids["a"]]
+    worker.outcomes = [o for o in worker.outcomes if o.id != ids["a"]]
+    await worker._flush()  # u
+    await worker._settling
+
+    async def down(*args, **kwargs):
+        raise ConnectionError("PostgreSQL is away")
+
+    hand_back = stores.store.hand_back_jobs
+    monkeypatch.setattr(stores.store, "upstream_results", down)
+    monkeypatch.setattr(stores.store, "hand_back_jobs", down)
+    worker.outcomes = later
+    await worker._flush()  # a: b starts, its upstream results cannot be loaded
+    await worker._settling
+    await worker._heartbeat()  # b cannot go back yet
+    assert (await stores.store.get_job(ids["b"])).state is JobState.RUNNING
+    # A lease later, the sweep (of any process) looks at b.
+    await stores.store.pool.execute(
+        "UPDATE jobs SET started_at = now() - interval '1 hour' WHERE id = $1", ids["b"])
+
+    async def old_index():
+        return 3600.0
+
+    monkeypatch.setattr(stores.dispatch, "index_age", old_index)
+    await Maintenance(settings, stores.store, stores.dispatch, ["default"]).sweep_running()
+    assert (await stores.store.get_job(ids["b"])).state is JobState.RUNNING
+    monkeypatch.setattr(stores.store, "hand_back_jobs", hand_back)
+    await worker._heartbeat()  # b goes back, no attempt spent
+    b = await stores.store.get_job(ids["b"])
+    assert b.state is JobState.QUEUED and b.attempts == 0
+    await outbound.close()
+    listener.cancel()
+
+
+async def test_a_flush_does_not_start_ahead_of_what_the_last_settle_indexed(
+        stores, settings):
+    """a releases b (priority 1) and c (priority 0) into one free seat: b starts, c is
+    queued and indexed by the flush's settle. b ends and releases d (priority -5) after
+    that settle, but before the wake-up message of c's enqueue has come round: this worker
+    indexed c itself, it must not start d ahead of c."""
+    registry, outbound = builtin_registry(settings.outbound)
+    gate = asyncio.Event()
+
+    @registry.task("gated")
+    async def gated(ctx):
+        await gate.wait()
+
+    worker = Worker(settings, stores.store, stores.dispatch, registry, concurrency=1)
+    # Subscribed, and the message of the settle's enqueue still on its way (as long as
+    # this test runs).
+    worker.wake._indexed_at = {"default": 0}
+    workflow, ids = await submit_workflow(stores.store, stores.dispatch, "t", "w", [
+        WorkflowNode(name="a", job=NewJob(task="noop", max_attempts=1)),
+        WorkflowNode(name="b", after=("a",), job=NewJob(task="noop", priority=1,
+                                                        max_attempts=1)),
+        WorkflowNode(name="c", after=("a",), job=NewJob(task="gated", max_attempts=1)),
+        WorkflowNode(name="d", after=("b",), job=NewJob(task="gated", priority=-5,
+                                                        max_attempts=1))])
+    assert await worker._claim(2) == (1, None)  # a; the queue is drained
+    await asyncio.gather(*[h.task for h in worker.held.values() if h.task])
+    await worker._flush()  # a: b starts, c is queued
+    await worker._settling  # c is indexed
+    assert (await stores.store.get_job(ids["b"])).state is not JobState.QUEUED
+    await asyncio.gather(*[h.task for h in worker.held.values() if h.task])
+    await worker._flush()  # b: releases d
+    d = await stores.store.get_job(ids["d"])
+    assert d.state is JobState.QUEUED  # c first
+    await _stop(worker, gate, outbound)

@@ -314,10 +314,21 @@ class WakeListener:
                     self.on_cancel(message["data"])
                 else:
                     queue = self.wake_channels[message["channel"]]
-                    # A message without a time (from an older release): "just now".
                     at = message["data"].partition("@")[2]
-                    self._indexed_at[queue] = max(self._indexed_at[queue],
-                                                  float(at) if at.isdigit() else math.inf)
+                    if at.isdigit():
+                        when = float(at)
+                    else:
+                        # A message without a time (from an older release): its index
+                        # change is no later than Redis's clock now. Not "for ever": that
+                        # would hold off flush starts until the listener reconnects.
+                        # Meanwhile, as if indexed just now.
+                        before = self._indexed_at[queue]
+                        self._indexed_at[queue] = math.inf
+                        self.event.set()
+                        secs, micros = await self.dispatch.client.time()
+                        self._indexed_at[queue] = before
+                        when = secs * 1_000_000 + micros
+                    self._indexed_at[queue] = max(self._indexed_at[queue], when)
                     self.event.set()
         finally:
             self._indexed_at = dict.fromkeys(self._indexed_at, math.inf)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import socket
 import time
@@ -110,13 +111,17 @@ class Worker:
         # Queue -> Redis's clock at its last claim, if that claim emptied its ready set: a
         # flush may start the dependents it releases there (see _seats_for).
         self._drained: dict[str, int] = {}
+        # Queue -> when (time.monotonic()) the earliest delayed job its last claim saw
+        # comes due, by Redis's clock; a claim promotes it ahead of what a flush releases.
+        self._due_at: dict[str, float] = {}
         # Queues with jobs a flush queued that its settle (behind it) has not indexed yet.
         self._indexing: dict[str, int] = {}
         # Flushes that offered seats and failed without knowing whether they committed:
         # (their jobs, their token prefix); see _return_unconfirmed_starts.
         self._maybe_started: list[tuple[list[uuid.UUID], str]] = []
         self._stopping = False
-        self._next_due: float | None = None  # of the delayed jobs, as the last claim saw
+        # When the next delayed job comes due, as the last claim saw (time.monotonic()).
+        self._next_due: float | None = None
         self._settling: asyncio.Future[None] | None = None  # the last flush's Redis part
         self.presence = Observer(dispatch)
         metrics.WORKER_RUNNING.set_function(lambda: self.running)
@@ -181,8 +186,8 @@ class Worker:
             # before the claim), so an empty round right after it would find nothing; it
             # would only hold the free seats away from a flush starting what it releases.
             wait = self.cfg.max_idle_wait
-            if next_due is not None:
-                wait = min(wait, max(0.0, next_due / 1000 - time.time()))
+            if next_due is not None:  # by Redis's clock (see _claim_queue), not ours
+                wait = min(wait, max(0.0, next_due - time.monotonic()))
             if wait > 0:
                 try:
                     await asyncio.wait_for(self.wake.event.wait(), wait)
@@ -194,7 +199,8 @@ class Worker:
 
     async def _claim(self, limit: int) -> tuple[int, float | None]:
         """One claim round over the queues, starting where the last one stopped (so no
-        queue starves another). Returns (seats it left unfilled, next delayed due ms)."""
+        queue starves another). Returns (seats it left unfilled, when the next delayed job
+        comes due: a time.monotonic() deadline, by Redis's clock)."""
         next_due: float | None = None
         # Only the queues this round empties count as drained: one it does not reach
         # (its seats filled first) may have had jobs indexed since its last claim, the
@@ -202,6 +208,10 @@ class Worker:
         self._drained.clear()
         n = len(self.queues)
         for i in range(n):
+            if i:
+                # The seats the last queue's claim did not fill were handed back when
+                # its task ended: a flush may have taken some before we came back here.
+                limit = min(limit, self._free())
             if limit <= 0:
                 break
             queue = self.queues[(self._next_queue + i) % n]
@@ -215,32 +225,43 @@ class Worker:
             self._round = asyncio.ensure_future(self._claim_queue(queue, limit))
             started, claimed, due = await asyncio.shield(self._round)
             if due is not None:
-                next_due = min(next_due or due, due)
+                next_due = due if next_due is None else min(next_due, due)
             limit -= claimed
         self._next_queue = (self._next_queue + 1) % n
         return limit, next_due
 
-    async def _claim_queue(self, queue: str, limit: int) -> tuple[int, int, int | None]:
-        """(jobs started, jobs claimed, next delayed due ms) of one queue. ``limit``
+    async def _claim_queue(self, queue: str, limit: int) -> tuple[int, int, float | None]:
+        """(jobs started, jobs claimed, when its next delayed job comes due) of one
+        queue; see _claim. ``limit``
         seats were reserved by the caller; they are held from the claim until its jobs
         run (or go back), so that a flush does not give them to the jobs it releases
         meanwhile."""
+        sent = time.monotonic()
         try:
             result = await self.dispatch.claim(queue, limit, self.lease_ms)
         finally:
             self._reserved -= limit
+        # Due times are Redis's clock: how long from the claim, measured from before it
+        # (never later than Redis has it due), whatever this machine's clock says.
+        now_ms = result.at_us / 1000 if result.at_us else time.time() * 1000  # 0: unknown
+        due_at = (None if result.next_due_ms is None
+                  else sent + (result.next_due_ms - now_ms) / 1000)
         if len(result.claims) < limit:
             self._drained[queue] = result.at_us
+            if due_at is None:
+                self._due_at.pop(queue, None)
+            else:
+                self._due_at[queue] = due_at
         else:
             self._drained.pop(queue, None)
         if not result.claims:
-            return 0, 0, result.next_due_ms
+            return 0, 0, due_at
         self._reserved += len(result.claims)
         try:
             started = await self._start(queue, result.claims)
         finally:
             self._reserved -= len(result.claims)
-        return started, len(result.claims), result.next_due_ms
+        return started, len(result.claims), due_at
 
     async def _start(self, queue: str, claims: list[Claim]) -> int:
         for c in claims:
@@ -436,18 +457,21 @@ class Worker:
 
         Only when a job of the batch succeeded with dependents, not while stopping, and
         only in queues where no ready job could outrank them: the last claim emptied
-        their ready set, no delayed job has come due since, and nothing was indexed since
-        as far as the wake-up channel tells (enqueue.lua publishes after its ZADD, with
-        Redis's time; only a message still on its way goes unseen). The flush then claims
+        their ready set, no delayed job it saw there has come due since (by Redis's
+        clock), and nothing was indexed since as far as the wake-up channel tells
+        (enqueue.lua publishes after its ZADD, with Redis's time; only a message still on
+        its way goes unseen). The flush then claims
         for this worker as its claimer would at that moment. The seats are held against
         the claimer until the started jobs run."""
         if (self._stopping or not self.cfg.flush_starts
                 or not any(self._may_release(o) for o in batch)):
             return 0, []
-        if self._next_due is not None and self._next_due <= time.time() * 1000:
-            return 0, []
+        now = time.monotonic()
+        # A delayed job that came due (even while the round that drained its queue was
+        # still claiming others) is ready for the next claim: it may outrank them.
         queues = [q for q, at in self._drained.items()
-                  if not self._indexing.get(q) and not self.wake.indexed_since(q, at)]
+                  if not self._indexing.get(q) and not self.wake.indexed_since(q, at)
+                  and self._due_at.get(q, math.inf) > now]
         seats = min(self._free(), self.cfg.claim_batch) if queues else 0
         return (seats, queues) if seats > 0 else (0, [])
 
@@ -542,6 +566,10 @@ class Worker:
         finally:
             for queue in indexing:
                 self._indexing[queue] -= 1
+                # Indexed here (or to be, by the reconciler): no longer known to be empty,
+                # from now on rather than once the wake-up message comes round (see
+                # _indexed_here); the next claim tells.
+                self._drained.pop(queue, None)
             for job in started:  # leased now, or the heartbeat's to take back
                 held = self.held.get(str(job.id))
                 if held is not None and held.claim.token == job.lease_token:
@@ -596,6 +624,13 @@ class Worker:
             # _upstreams gave them to _unstarted: the heartbeat hands them back.
             log.exception("could not load the upstream results of %d jobs this worker "
                           "started; handing them back", len(started))
+            for job in started:
+                # Not to be adopted (see _flush): until they go back, the heartbeat holds
+                # their leases, as for claimed jobs whose start failed, so that no sweep
+                # takes them for lost attempts (and fails those on their last one).
+                held = self.held.get(str(job.id))
+                if held is not None and held.claim.token == job.lease_token:
+                    held.adopting = False
             return started
         self._launch(started, upstream, too_large)
         return []
