@@ -535,3 +535,44 @@ async def test_a_flush_does_not_start_ahead_of_what_the_last_settle_indexed(
     d = await stores.store.get_job(ids["d"])
     assert d.state is JobState.QUEUED  # c first
     await _stop(worker, gate, outbound)
+
+
+async def test_a_late_settle_leaves_a_lease_someone_else_took_and_stops_the_handler(
+        stores, settings, monkeypatch):
+    """A settle late enough that b's attempt was rescued and claimed again (another token
+    holds b's lease) must not overwrite that lease: it reports b, and this worker stops
+    b's handler (its outcome would be fenced off anyway)."""
+    gate, settled = asyncio.Event(), asyncio.Event()
+    settle = stores.dispatch.settle
+
+    async def slow_settle(*args, **kwargs):
+        await settled.wait()
+        return await settle(*args, **kwargs)
+
+    monkeypatch.setattr(stores.dispatch, "settle", slow_settle)
+    registry, outbound = builtin_registry(settings.outbound)
+
+    @registry.task("gated")
+    async def gated(ctx):
+        await gate.wait()
+
+    worker = Worker(settings, stores.store, stores.dispatch, registry, concurrency=2)
+    listener = await _listen(worker)
+    workflow, ids = await submit_workflow(stores.store, stores.dispatch, "t", "w", [
+        WorkflowNode(name="a", job=NewJob(task="noop", max_attempts=1)),
+        WorkflowNode(name="b", after=("a",), job=NewJob(task="gated", max_attempts=1))])
+    assert await worker._claim(2) == (1, None)
+    await asyncio.gather(*[h.task for h in worker.held.values() if h.task])
+    await worker._flush()  # a: b starts; its lease waits for the settle
+    handler = worker.held[str(ids["b"])].task
+    lease_key = stores.dispatch.keys("default").lease_prefix + str(ids["b"])
+    await stores.dispatch.client.set(lease_key, "someone-else", px=10_000)
+    settled.set()
+    await worker._settling
+    assert str(ids["b"]) not in worker.held
+    await asyncio.wait_for(handler, 5)  # stopped, though its gate never opened
+    assert not worker.outcomes  # nothing of ours to record
+    assert await stores.dispatch.client.get(lease_key) == "someone-else"
+    gate.set()
+    await outbound.close()
+    listener.cancel()

@@ -155,12 +155,13 @@ class RedisDispatch:
         self, released: dict[str, list[Claim]], requeued: Sequence[DispatchEntry],
         changed: Iterable[object] = (), started: Sequence[StartedJob] = (),
         lease_ms: int = 0,
-    ) -> None:
+    ) -> list[str]:
         """After PostgreSQL recorded outcomes: give the leases back, take those of the
         jobs the flush ``started`` for this worker (see ``adopt.lua``), then index the
         jobs that run again, and tell API processes which jobs ``changed`` (see
         :meth:`publish_changed`). One round trip; releases come first so a retry is not
-        mistaken for a running job by enqueue."""
+        mistaken for a running job by enqueue. Returns the started jobs whose lease
+        another holder has (their attempt was taken over)."""
         by_queue: dict[str, list[str]] = {}
         for job in started:
             by_queue.setdefault(job.queue, []).extend((str(job.id), job.lease_token))
@@ -175,7 +176,9 @@ class RedisDispatch:
                 await self.enqueue(requeued, pipe)
             if changed:
                 await self.publish_changed(changed, pipe)
-            await pipe.execute()
+            replies = await pipe.execute()
+        adopted = replies[len(released):len(released) + len(by_queue)]
+        return [job_id for lost in adopted for job_id in lost]
 
     async def publish_changed(
         self, ids: Iterable[object], pipe: Pipeline | None = None

@@ -120,8 +120,6 @@ class Worker:
         # (their jobs, their token prefix); see _return_unconfirmed_starts.
         self._maybe_started: list[tuple[list[uuid.UUID], str]] = []
         self._stopping = False
-        # When the next delayed job comes due, as the last claim saw (time.monotonic()).
-        self._next_due: float | None = None
         self._settling: asyncio.Future[None] | None = None  # the last flush's Redis part
         self.presence = Observer(dispatch)
         metrics.WORKER_RUNNING.set_function(lambda: self.running)
@@ -178,7 +176,6 @@ class Worker:
                 continue
             self.wake.event.clear()
             left, next_due = await self._claim(min(free, self.cfg.claim_batch))
-            self._next_due = next_due
             if not left:
                 continue  # the round filled its seats: more may be ready
             # The round emptied every ready set it served. What is indexed from now on
@@ -428,27 +425,44 @@ class Worker:
                 indexing = {e.queue for e in requeued}
                 for queue in indexing:
                     self._indexing[queue] = self._indexing.get(queue, 0) + 1
-                if started:
-                    # They run before their leases are in Redis: PostgreSQL holds their
-                    # tokens, so no other worker can claim them (they were never
-                    # indexed) nor record their outcome; if this process dies first, the
-                    # rescuer's sweep finds them running without a lease.
-                    loading = self._begin(started, in_batch, at_hand)
-                    if loading is not None:
-                        # Those it could not run are the heartbeat's to give back (see
-                        # _return_unstarted): their leases are not taken, or the settle,
-                        # behind, could take one after the job went back in line.
-                        given_back = {j.id for j in await loading}
-                        started = [j for j in started if j.id not in given_back]
-                # Redis is settled behind this flush, in flush order, while the next
-                # batch runs and is written.
-                self._settling = asyncio.ensure_future(self._settle(
-                    self._settling, released, requeued,
-                    {o.id for o in batch} | {e.id for e in moved}, started, indexing))
+                try:
+                    if started:
+                        # They run before their leases are in Redis: PostgreSQL holds
+                        # their tokens, so no other worker can claim them (they were never
+                        # indexed) nor record their outcome; if this process dies first,
+                        # the rescuer's sweep finds them running without a lease.
+                        loading = self._begin(started, in_batch, at_hand)
+                        if loading is not None:
+                            # Those it could not run are the heartbeat's to give back (see
+                            # _return_unstarted): their leases are not taken, or the
+                            # settle, behind, could take one after the job went back.
+                            given_back = {j.id for j in await loading}
+                            started = [j for j in started if j.id not in given_back]
+                except BaseException:
+                    # Cut short (cancelled while loading): what did not start running
+                    # goes back by the heartbeat, the rest keeps its lease from it.
+                    self._give_back_unrun(started)
+                    started = []
+                    raise
+                finally:
+                    # Redis is settled behind this flush, in flush order, while the next
+                    # batch runs and is written.
+                    self._settling = asyncio.ensure_future(self._settle(
+                        self._settling, released, requeued,
+                        {o.id for o in batch} | {e.id for e in moved}, started, indexing))
             finally:
                 if seats:
                     self._reserved -= seats
                     self._slot_freed.set()
+
+    def _give_back_unrun(self, started: list[StartedJob]) -> None:
+        for job in started:
+            held = self.held.get(str(job.id))
+            if held is None or held.claim.token != job.lease_token:
+                continue
+            held.adopting = False
+            if held.task is None:
+                self._unstarted.setdefault(held.queue, []).append(held.claim)
 
     def _seats_for(self, batch: list[Outcome]) -> tuple[int, list[str]]:
         """How many of the dependents a flush releases it may start itself, in the same
@@ -549,7 +563,8 @@ class Worker:
         try:
             if previous is not None:
                 await asyncio.gather(previous, return_exceptions=True)
-            await self.dispatch.settle(released, requeued, changed, started, self.lease_ms)
+            taken = await self.dispatch.settle(released, requeued, changed, started,
+                                               self.lease_ms)
         except Exception:
             # Outcomes are durable; leases expire by themselves and the reconciler indexes
             # the retries (noted for it here), so this costs only latency. The heartbeat
@@ -558,6 +573,8 @@ class Worker:
             if requeued:
                 await note_unindexed(self.store, requeued)
         else:
+            for job_id in taken:  # rescued and claimed again while this settle was late
+                self._abandon(job_id)
             if any(e.state is JobState.QUEUED and e.queue in self._served
                    for e in requeued):
                 # Released dependents (or retries) for our own queues: claim them now
