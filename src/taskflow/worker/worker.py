@@ -199,31 +199,39 @@ class Worker:
         queue starves another). Returns (seats it left unfilled, when the next delayed job
         comes due: a time.monotonic() deadline, by Redis's clock)."""
         next_due: float | None = None
-        # Only the queues this round empties count as drained: one it does not reach
-        # (its seats filled first) may have had jobs indexed since its last claim, the
-        # wake event that told of them being cleared for this round.
-        self._drained.clear()
         n = len(self.queues)
-        for i in range(n):
-            if i:
-                # The seats the last queue's claim did not fill were handed back when
-                # its task ended: a flush may have taken some before we came back here.
-                limit = min(limit, self._free())
-            if limit <= 0:
-                break
-            queue = self.queues[(self._next_queue + i) % n]
-            # Shielded: cancelling the claimer (shutdown) must not cut a round between
-            # the claim in Redis and start_jobs in PostgreSQL, or after start_jobs
-            # committed: jobs moved to running would be neither run nor handed back, and
-            # their rescue a lease later would charge each a lost attempt.
-            # The seats are held from now, not from when the round's task first runs: a
-            # flush scheduled in between must see them taken (see _claim_queue).
-            self._reserved += limit
-            self._round = asyncio.ensure_future(self._claim_queue(queue, limit))
-            started, claimed, due = await asyncio.shield(self._round)
-            if due is not None:
-                next_due = due if next_due is None else min(next_due, due)
-            limit -= claimed
+        reached = set()
+        try:
+            for i in range(n):
+                if i:
+                    # The seats the last queue's claim did not fill were handed back when
+                    # its task ended: a flush may have taken some before we came back here.
+                    limit = min(limit, self._free())
+                if limit <= 0:
+                    break
+                queue = self.queues[(self._next_queue + i) % n]
+                # Shielded: cancelling the claimer (shutdown) must not cut a round between
+                # the claim in Redis and start_jobs in PostgreSQL, or after start_jobs
+                # committed: jobs moved to running would be neither run nor handed back, and
+                # their rescue a lease later would charge each a lost attempt.
+                # The seats are held from now, not from when the round's task first runs: a
+                # flush scheduled in between must see them taken (see _claim_queue).
+                self._reserved += limit
+                reached.add(queue)
+                self._round = asyncio.ensure_future(self._claim_queue(queue, limit))
+                started, claimed, due = await asyncio.shield(self._round)
+                if due is not None:
+                    next_due = due if next_due is None else min(next_due, due)
+                limit -= claimed
+        finally:
+            # Only the queues this round emptied count as drained: one it did not reach
+            # (its seats filled first) may have had jobs indexed since its last claim,
+            # the wake event that told of them being cleared for this round. (A queue
+            # keeps its entry while the round claims: what was indexed since shows by
+            # Redis's time.)
+            for queue in self.queues:
+                if queue not in reached:
+                    self._drained.pop(queue, None)
         self._next_queue = (self._next_queue + 1) % n
         return limit, next_due
 
