@@ -61,7 +61,7 @@ async def _listen(worker) -> asyncio.Task:
     return task
 
 
-def _gated(stores, settings, concurrency: int):
+def _gated(stores, settings, concurrency: int, queues: list[str] | None = None):
     """A worker (its duties not running: the test drives it) whose `gated` task runs
     until the gate opens."""
     registry, outbound = builtin_registry(settings.outbound)
@@ -71,9 +71,22 @@ def _gated(stores, settings, concurrency: int):
     async def gated(ctx):
         await gate.wait()
 
-    worker = Worker(settings, stores.store, stores.dispatch, registry,
+    worker = Worker(settings, stores.store, stores.dispatch, registry, queues=queues,
                     concurrency=concurrency)
     return worker, gate, outbound
+
+
+def _slow_settle(stores, monkeypatch) -> asyncio.Event:
+    """The worker's Redis settles wait until the returned event is set."""
+    settled = asyncio.Event()
+    settle = stores.dispatch.settle
+
+    async def slow_settle(*args, **kwargs):
+        await settled.wait()
+        return await settle(*args, **kwargs)
+
+    monkeypatch.setattr(stores.dispatch, "settle", slow_settle)
+    return settled
 
 
 async def _stop(worker, gate, outbound):
@@ -114,15 +127,7 @@ async def test_a_queue_the_last_round_did_not_reach_is_not_taken_for_drained(
     """A round that fills its seats in q1 stops before q2: what q2 holds now is unknown
     (x, priority 10, came since its last claim), so a flush must not start b, priority 0,
     there ahead of x."""
-    registry, outbound = builtin_registry(settings.outbound)
-    gate = asyncio.Event()
-
-    @registry.task("gated")
-    async def gated(ctx):
-        await gate.wait()
-
-    worker = Worker(settings, stores.store, stores.dispatch, registry, queues=["q1", "q2"],
-                    concurrency=1)
+    worker, gate, outbound = _gated(stores, settings, concurrency=1, queues=["q1", "q2"])
     listener = await _listen(worker)
     assert await worker._claim(1) == (1, None)  # both queues empty
     assert set(worker._drained) == {"q1", "q2"}
@@ -148,21 +153,8 @@ async def test_a_flush_does_not_start_ahead_of_what_the_last_one_queued(
     queued, to be indexed by the Redis settle that runs behind the flush. b ends and
     releases d (priority -5) before that settle is through: d must not start ahead of c,
     which the claimer has not yet been told of."""
-    gate, settled = asyncio.Event(), asyncio.Event()
-    settle = stores.dispatch.settle
-
-    async def slow_settle(*args, **kwargs):
-        await settled.wait()
-        return await settle(*args, **kwargs)
-
-    monkeypatch.setattr(stores.dispatch, "settle", slow_settle)
-    registry, outbound = builtin_registry(settings.outbound)
-
-    @registry.task("gated")
-    async def gated(ctx):
-        await gate.wait()
-
-    worker = Worker(settings, stores.store, stores.dispatch, registry, concurrency=1)
+    settled = _slow_settle(stores, monkeypatch)
+    worker, gate, outbound = _gated(stores, settings, concurrency=1)
     listener = await _listen(worker)
     workflow, ids = await submit_workflow(stores.store, stores.dispatch, "t", "w", [
         WorkflowNode(name="a", job=NewJob(task="noop", max_attempts=1)),
@@ -238,15 +230,8 @@ async def test_a_started_job_given_back_is_not_adopted_after_it_went_back_in_lin
     async def down(*args, **kwargs):
         raise ConnectionError("PostgreSQL is away")
 
-    settled = asyncio.Event()
-    settle = stores.dispatch.settle
-
-    async def slow_settle(*args, **kwargs):
-        await settled.wait()
-        return await settle(*args, **kwargs)
-
     monkeypatch.setattr(stores.store, "upstream_results", down)
-    monkeypatch.setattr(stores.dispatch, "settle", slow_settle)
+    settled = _slow_settle(stores, monkeypatch)
     worker.outcomes = later
     await worker._flush()  # a: b starts, its upstream results cannot be loaded
     assert (await stores.store.get_job(ids["b"])).state is JobState.RUNNING
@@ -265,21 +250,8 @@ async def test_a_heartbeat_before_the_settle_leaves_a_started_job_alone(
     """Between a flush that starts b and its settle (which takes b's lease), b has no
     lease in Redis: a heartbeat then must not take it as lost by Redis (a false "Redis
     had lost our leases" and a PostgreSQL check); the settle's own lease stands."""
-    gate, settled = asyncio.Event(), asyncio.Event()
-    settle = stores.dispatch.settle
-
-    async def slow_settle(*args, **kwargs):
-        await settled.wait()
-        return await settle(*args, **kwargs)
-
-    monkeypatch.setattr(stores.dispatch, "settle", slow_settle)
-    registry, outbound = builtin_registry(settings.outbound)
-
-    @registry.task("gated")
-    async def gated(ctx):
-        await gate.wait()
-
-    worker = Worker(settings, stores.store, stores.dispatch, registry, concurrency=2)
+    settled = _slow_settle(stores, monkeypatch)
+    worker, gate, outbound = _gated(stores, settings, concurrency=2)
     listener = await _listen(worker)
     workflow, ids = await submit_workflow(stores.store, stores.dispatch, "t", "w", [
         WorkflowNode(name="a", job=NewJob(task="noop", max_attempts=1)),
@@ -308,15 +280,7 @@ async def test_a_flush_between_two_queues_of_a_round_does_not_share_its_seats(
     seats left); before the claimer comes back to claim q2 with what is left, the flusher
     runs and starts b in q1 in one of those seats: q2's claim must not fill it again (b,
     x1 and x2 running in a worker of two slots)."""
-    registry, outbound = builtin_registry(settings.outbound)
-    gate = asyncio.Event()
-
-    @registry.task("gated")
-    async def gated(ctx):
-        await gate.wait()
-
-    worker = Worker(settings, stores.store, stores.dispatch, registry, queues=["q1", "q2"],
-                    concurrency=2)
+    worker, gate, outbound = _gated(stores, settings, concurrency=2, queues=["q1", "q2"])
     listener = await _listen(worker)
     workflow, ids = await submit_workflow(stores.store, stores.dispatch, "t", "w", [
         WorkflowNode(name="a", job=NewJob(task="noop", queue="q1", max_attempts=1)),
@@ -354,15 +318,7 @@ async def test_a_delayed_job_due_during_the_round_that_drained_its_queue_goes_fi
     """The round that drains q1 learns that y (priority 10) is delayed in q1 until soon;
     y comes due while the round goes on to q2. A flush then must not start b (priority 0)
     in q1 ahead of y: the claimer has not promoted y yet, but it outranks b."""
-    registry, outbound = builtin_registry(settings.outbound)
-    gate = asyncio.Event()
-
-    @registry.task("gated")
-    async def gated(ctx):
-        await gate.wait()
-
-    worker = Worker(settings, stores.store, stores.dispatch, registry, queues=["q1", "q2"],
-                    concurrency=3)
+    worker, gate, outbound = _gated(stores, settings, concurrency=3, queues=["q1", "q2"])
     listener = await _listen(worker)
     workflow, ids = await submit_workflow(stores.store, stores.dispatch, "t", "w", [
         WorkflowNode(name="a", job=NewJob(task="noop", queue="q1", max_attempts=1)),
@@ -507,14 +463,7 @@ async def test_a_flush_does_not_start_ahead_of_what_the_last_settle_indexed(
     queued and indexed by the flush's settle. b ends and releases d (priority -5) after
     that settle, but before the wake-up message of c's enqueue has come round: this worker
     indexed c itself, it must not start d ahead of c."""
-    registry, outbound = builtin_registry(settings.outbound)
-    gate = asyncio.Event()
-
-    @registry.task("gated")
-    async def gated(ctx):
-        await gate.wait()
-
-    worker = Worker(settings, stores.store, stores.dispatch, registry, concurrency=1)
+    worker, gate, outbound = _gated(stores, settings, concurrency=1)
     # Subscribed, and the message of the settle's enqueue still on its way (as long as
     # this test runs).
     worker.wake._indexed_at = {"default": 0}
@@ -542,21 +491,8 @@ async def test_a_late_settle_leaves_a_lease_someone_else_took_and_stops_the_hand
     """A settle late enough that b's attempt was rescued and claimed again (another token
     holds b's lease) must not overwrite that lease: it reports b, and this worker stops
     b's handler (its outcome would be fenced off anyway)."""
-    gate, settled = asyncio.Event(), asyncio.Event()
-    settle = stores.dispatch.settle
-
-    async def slow_settle(*args, **kwargs):
-        await settled.wait()
-        return await settle(*args, **kwargs)
-
-    monkeypatch.setattr(stores.dispatch, "settle", slow_settle)
-    registry, outbound = builtin_registry(settings.outbound)
-
-    @registry.task("gated")
-    async def gated(ctx):
-        await gate.wait()
-
-    worker = Worker(settings, stores.store, stores.dispatch, registry, concurrency=2)
+    settled = _slow_settle(stores, monkeypatch)
+    worker, gate, outbound = _gated(stores, settings, concurrency=2)
     listener = await _listen(worker)
     workflow, ids = await submit_workflow(stores.store, stores.dispatch, "t", "w", [
         WorkflowNode(name="a", job=NewJob(task="noop", max_attempts=1)),

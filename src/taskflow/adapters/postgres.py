@@ -81,6 +81,14 @@ def _entry(row: asyncpg.Record) -> DispatchEntry:
                          JobState(row["state"]))
 
 
+def _outcome_columns(outcomes: Sequence[Outcome]) -> list[list[Any]]:
+    """The arrays taskflow_finish_jobs and taskflow_finish_and_start take, one per field."""
+    return [[o.id for o in outcomes], [o.token for o in outcomes],
+            [o.state.value for o in outcomes], [o.result for o in outcomes],
+            [o.error for o in outcomes], [o.delay for o in outcomes],
+            [o.outcome for o in outcomes], [o.duration for o in outcomes]]
+
+
 def _job(row: asyncpg.Record) -> Job:
     return Job(**{**row, "state": JobState(row["state"])})
 
@@ -418,17 +426,7 @@ class PostgresStore:
     async def finish_jobs(self, outcomes: Sequence[Outcome]) -> list[DispatchEntry]:
         """End attempts; returns the jobs that moved (those a token guard refused are
         absent). Entries in a dispatchable state are retries to index in Redis."""
-        rows = await self.pool.fetch(
-            QUERIES["finish_jobs"],
-            [o.id for o in outcomes],
-            [o.token for o in outcomes],
-            [o.state.value for o in outcomes],
-            [o.result for o in outcomes],
-            [o.error for o in outcomes],
-            [o.delay for o in outcomes],
-            [o.outcome for o in outcomes],
-            [o.duration for o in outcomes],
-        )
+        rows = await self.pool.fetch(QUERIES["finish_jobs"], *_outcome_columns(outcomes))
         return [_entry(r) for r in rows]
 
     async def finish_and_start(
@@ -442,18 +440,8 @@ class PostgresStore:
         started, and for each of those its upstream jobs among ``outcomes`` with their
         results as stored (the JSON text :meth:`upstream_results` reads: jsonb's key
         order and numbers, not the handler's)."""
-        rows = await self.pool.fetch(
-            QUERIES["finish_and_start"],
-            [o.id for o in outcomes],
-            [o.token for o in outcomes],
-            [o.state.value for o in outcomes],
-            [o.result for o in outcomes],
-            [o.error for o in outcomes],
-            [o.delay for o in outcomes],
-            [o.outcome for o in outcomes],
-            [o.duration for o in outcomes],
-            list(queues), seats, worker, token_prefix,
-        )
+        rows = await self.pool.fetch(QUERIES["finish_and_start"], *_outcome_columns(outcomes),
+                                     list(queues), seats, worker, token_prefix)
         started = [
             StartedJob(r["id"], r["task"], r["queue"], r["payload"], r["priority"],
                        r["attempts"], r["max_attempts"], r["retry_policy"], r["timeout"],
