@@ -207,12 +207,9 @@ async def test_a_started_dependent_sees_its_upstream_results_as_postgresql_gives
     assert [type(v) for v in got["a"]["a"]] == [type(v) for v in stored[ids["b"]]["a"]["a"]]
 
 
-async def test_a_started_job_given_back_is_not_adopted_after_it_went_back_in_line(
-        stores, settings, monkeypatch):
-    """a's flush starts b, whose other upstream ended earlier: its results must be loaded,
-    and PostgreSQL fails. The heartbeat hands b back (queued, indexed, lease given back)
-    before the flush's settle (behind it in Redis) has run: that settle must not then take
-    b's lease, or the next claim drops b from the ready set and nobody runs it."""
+async def _b_waits_on_u_and_a(stores, settings):
+    """b waits on u and a; u and a have run and u's outcome is stored: the flush of a's
+    (``later``) will start b, with u's result to load from PostgreSQL."""
     registry, outbound = builtin_registry(settings.outbound)
     worker = Worker(settings, stores.store, stores.dispatch, registry, concurrency=2)
     listener = await _listen(worker)
@@ -226,11 +223,22 @@ async def test_a_started_job_given_back_is_not_adopted_after_it_went_back_in_lin
     worker.outcomes = [o for o in worker.outcomes if o.id != ids["a"]]
     await worker._flush()  # u
     await worker._settling
+    return worker, outbound, listener, ids, later
 
-    async def down(*args, **kwargs):
-        raise ConnectionError("PostgreSQL is away")
 
-    monkeypatch.setattr(stores.store, "upstream_results", down)
+async def _postgresql_away(*args, **kwargs):
+    raise ConnectionError("PostgreSQL is away")
+
+
+async def test_a_started_job_given_back_is_not_adopted_after_it_went_back_in_line(
+        stores, settings, monkeypatch):
+    """a's flush starts b, whose other upstream ended earlier: its results must be loaded,
+    and PostgreSQL fails. The heartbeat hands b back (queued, indexed, lease given back)
+    before the flush's settle (behind it in Redis) has run: that settle must not then take
+    b's lease, or the next claim drops b from the ready set and nobody runs it."""
+    worker, outbound, listener, ids, later = await _b_waits_on_u_and_a(stores, settings)
+
+    monkeypatch.setattr(stores.store, "upstream_results", _postgresql_away)
     settled = _slow_settle(stores, monkeypatch)
     worker.outcomes = later
     await worker._flush()  # a: b starts, its upstream results cannot be loaded
@@ -414,25 +422,10 @@ async def test_a_started_job_given_back_keeps_a_lease_while_postgresql_is_away(
     lost attempt and fails it (its only attempt), though it never ran."""
     from taskflow.worker.maintenance import Maintenance
 
-    registry, outbound = builtin_registry(settings.outbound)
-    worker = Worker(settings, stores.store, stores.dispatch, registry, concurrency=2)
-    listener = await _listen(worker)
-    workflow, ids = await submit_workflow(stores.store, stores.dispatch, "t", "w", [
-        WorkflowNode(name="u", job=NewJob(task="noop", max_attempts=1)),
-        WorkflowNode(name="a", job=NewJob(task="noop", max_attempts=1)),
-        WorkflowNode(name="b", after=("u", "a"), job=NewJob(task="noop", max_attempts=1))])
-    assert await worker._claim(3) == (1, None)  # u and a; the queue is drained
-    await asyncio.gather(*[h.task for h in worker.held.values()])
-    later = [o for o in worker.outcomes if o.id == ids["a"]]
-    worker.outcomes = [o for o in worker.outcomes if o.id != ids["a"]]
-    await worker._flush()  # u
-    await worker._settling
-
-    async def down(*args, **kwargs):
-        raise ConnectionError("PostgreSQL is away")
+    worker, outbound, listener, ids, later = await _b_waits_on_u_and_a(stores, settings)
 
     hand_back = stores.store.hand_back_jobs
-    monkeypatch.setattr(stores.store, "upstream_results", down)
+    monkeypatch.setattr(stores.store, "upstream_results", _postgresql_away)
     monkeypatch.setattr(stores.store, "hand_back_jobs", down)
     worker.outcomes = later
     await worker._flush()  # a: b starts, its upstream results cannot be loaded
