@@ -426,7 +426,7 @@ async def test_a_started_job_given_back_keeps_a_lease_while_postgresql_is_away(
 
     hand_back = stores.store.hand_back_jobs
     monkeypatch.setattr(stores.store, "upstream_results", _postgresql_away)
-    monkeypatch.setattr(stores.store, "hand_back_jobs", down)
+    monkeypatch.setattr(stores.store, "hand_back_jobs", _postgresql_away)
     worker.outcomes = later
     await worker._flush()  # a: b starts, its upstream results cannot be loaded
     await worker._settling
