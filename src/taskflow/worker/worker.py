@@ -6,6 +6,10 @@ running in PostgreSQL (one statement per claim batch) -> the runner executes the
 statement for everything that finished meanwhile: group commit) -> the leases are given
 back and retries indexed in one Redis round trip. Leases are heartbeated from claim until
 the outcome is durable, so a slow flush never lets a finished job be rescued.
+
+A DAG dependent can skip the index: the flush whose outcome releases it may start it for
+this worker in the same statement (``finish_and_start``, see ``_seats_for``); it runs at
+once, and its lease is taken in the Redis round trip behind the flush (``adopt.lua``).
 """
 
 from __future__ import annotations
@@ -237,10 +241,9 @@ class Worker:
 
     async def _claim_queue(self, queue: str, limit: int) -> tuple[int, int, float | None]:
         """(jobs started, jobs claimed, when its next delayed job comes due) of one
-        queue; see _claim. ``limit``
-        seats were reserved by the caller; they are held from the claim until its jobs
-        run (or go back), so that a flush does not give them to the jobs it releases
-        meanwhile."""
+        queue; see _claim. ``limit`` seats were reserved by the caller; they are held
+        from the claim until its jobs run (or go back), so that a flush does not give
+        them to the jobs it releases meanwhile."""
         sent = time.monotonic()
         try:
             result = await self.dispatch.claim(queue, limit, self.lease_ms)
@@ -482,9 +485,9 @@ class Worker:
         their ready set, no delayed job it saw there has come due since (by Redis's
         clock), and nothing was indexed since as far as the wake-up channel tells
         (enqueue.lua publishes after its ZADD, with Redis's time; only a message still on
-        its way goes unseen). The flush then claims
-        for this worker as its claimer would at that moment. The seats are held against
-        the claimer until the started jobs run."""
+        its way goes unseen), nor by this worker (its settles and give-backs). The flush
+        then claims for this worker as its claimer would at that moment. The seats are held against the claimer until the started jobs
+        run."""
         if (self._stopping or not self.cfg.flush_starts
                 or not any(self._may_release(o) for o in batch)):
             return 0, []
