@@ -203,6 +203,11 @@ class RedisDispatch:
                 pipe.get(k.lease_prefix + job_id)
             return await pipe.execute()
 
+    async def clock_us(self) -> int:
+        """Redis's clock in microseconds (what enqueue.lua and claim.lua stamp)."""
+        secs, micros = await self.client.time()
+        return secs * 1_000_000 + micros
+
     async def epoch(self) -> str | None:
         """The generation of the index this Redis holds (see :mod:`taskflow.index`), or
         None when it holds none: new, flushed or restarted empty."""
@@ -309,8 +314,7 @@ class WakeListener:
             await pubsub.subscribe(*self.wake_channels, *self.cancel_channels)
             # Whatever was published before the subscription went unheard: as if indexed
             # now (Redis's clock), so only claims from now on count as having seen it.
-            secs, micros = await self.dispatch.client.time()
-            self._indexed_at = dict.fromkeys(self._indexed_at, secs * 1_000_000 + micros)
+            self._indexed_at = dict.fromkeys(self._indexed_at, await self.dispatch.clock_us())
             self.event.set()  # anything published before the subscription is not lost
             async for message in pubsub.listen():
                 if message["channel"] in self.cancel_channels:
@@ -328,9 +332,8 @@ class WakeListener:
                         before = self._indexed_at[queue]
                         self._indexed_at[queue] = math.inf
                         self.event.set()
-                        secs, micros = await self.dispatch.client.time()
+                        when = await self.dispatch.clock_us()
                         self._indexed_at[queue] = before
-                        when = secs * 1_000_000 + micros
                     self._indexed_at[queue] = max(self._indexed_at[queue], when)
                     self.event.set()
         finally:

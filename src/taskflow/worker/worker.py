@@ -467,13 +467,20 @@ class Worker:
                     self._slot_freed.set()
 
     def _give_back_unrun(self, started: list[StartedJob]) -> None:
-        for job in started:
-            held = self.held.get(str(job.id))
-            if held is None or held.claim.token != job.lease_token:
-                continue
-            held.adopting = False
+        for held in self._stop_adopting(started):
             if held.task is None:
                 self._unstarted.setdefault(held.queue, []).append(held.claim)
+
+    def _stop_adopting(self, started: list[StartedJob]) -> list[_Held]:
+        """The heartbeat holds these jobs' leases from now on (their settle has run, or
+        will not take them); returns the entries still this attempt's."""
+        mine = []
+        for job in started:
+            held = self.held.get(str(job.id))
+            if held is not None and held.claim.token == job.lease_token:
+                held.adopting = False
+                mine.append(held)
+        return mine
 
     def _seats_for(self, batch: list[Outcome]) -> tuple[int, list[str]]:
         """How many of the dependents a flush releases it may start itself, in the same
@@ -486,8 +493,8 @@ class Worker:
         clock), and nothing was indexed since as far as the wake-up channel tells
         (enqueue.lua publishes after its ZADD, with Redis's time; only a message still on
         its way goes unseen), nor by this worker (its settles and give-backs). The flush
-        then claims for this worker as its claimer would at that moment. The seats are held against the claimer until the started jobs
-        run."""
+        then claims for this worker as its claimer would at that moment. The seats are
+        held against the claimer until the started jobs run."""
         if (self._stopping or not self.cfg.flush_starts
                 or not any(self._may_release(o) for o in batch)):
             return 0, []
@@ -598,10 +605,7 @@ class Worker:
                 # from now on rather than once the wake-up message comes round (see
                 # _indexed_here); the next claim tells.
                 self._drained.pop(queue, None)
-            for job in started:  # leased now, or the heartbeat's to take back
-                held = self.held.get(str(job.id))
-                if held is not None and held.claim.token == job.lease_token:
-                    held.adopting = False
+            self._stop_adopting(started)  # leased now, or the heartbeat's to take back
 
     def _nodes_at_hand(self, batch: list[Outcome]) -> dict[uuid.UUID, str | None]:
         """The node names of the batch's successes, for the jobs they release (their
@@ -652,13 +656,10 @@ class Worker:
             # _upstreams gave them to _unstarted: the heartbeat hands them back.
             log.exception("could not load the upstream results of %d jobs this worker "
                           "started; handing them back", len(started))
-            for job in started:
-                # Not to be adopted (see _flush): until they go back, the heartbeat holds
-                # their leases, as for claimed jobs whose start failed, so that no sweep
-                # takes them for lost attempts (and fails those on their last one).
-                held = self.held.get(str(job.id))
-                if held is not None and held.claim.token == job.lease_token:
-                    held.adopting = False
+            # Not to be adopted (see _flush): until they go back, the heartbeat holds
+            # their leases, as for claimed jobs whose start failed, so that no sweep takes
+            # them for lost attempts (and fails those on their last one).
+            self._stop_adopting(started)
             return started
         self._launch(started, upstream, too_large)
         return []
