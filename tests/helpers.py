@@ -13,6 +13,7 @@ from taskflow.config import Settings
 from taskflow.jobs import submit
 from taskflow.models import Job, NewJob
 from taskflow.runtime import Stores
+from taskflow.supervise import cancel_and_wait
 from taskflow.worker.builtins import builtin_registry
 from taskflow.worker.maintenance import Maintenance
 from taskflow.worker.registry import Registry
@@ -74,9 +75,7 @@ async def running_worker(
     finally:
         stop.set()
         await asyncio.wait_for(tasks[0], 30)
-        for t in tasks[1:]:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(*tasks[1:])
         await outbound.close()
         for t in tasks:
             if not t.cancelled() and t.exception() is not None:

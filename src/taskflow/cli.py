@@ -15,8 +15,9 @@ from taskflow.api.scopes import ADMIN, READ, SCOPES, WRITE
 from taskflow.adapters.migrate import MigrationChanged
 from taskflow.config import ConfigError, Settings, check_process_count, load_settings
 from taskflow.runtime import (
-    cancel, cluster_stats, open_stores, run_worker, servers, stop_event,
+    cluster_stats, open_stores, run_worker, servers, stop_event,
 )
+from taskflow.supervise import cancel_and_wait
 
 log = logging.getLogger("taskflow")
 
@@ -182,7 +183,7 @@ async def _work(settings: Settings, args: argparse.Namespace, db: str, rds: str)
                 await run_worker(settings, stores, stop, queues=args.queues,
                                  concurrency=args.concurrency)
         finally:
-            await cancel(stats)
+            await cancel_and_wait(stats)
 
 
 async def _notify(settings: Settings, args: argparse.Namespace, db: str, rds: str) -> None:
@@ -241,7 +242,7 @@ async def _serve(settings: Settings, args: argparse.Namespace, db: str, rds: str
         try:
             await run_api(app, sock, stop)
         finally:
-            await cancel(stats)
+            await cancel_and_wait(stats)
 
 
 async def _dev(settings: Settings, args: argparse.Namespace, db: str, rds: str) -> None:
@@ -273,7 +274,7 @@ async def _dev(settings: Settings, args: argparse.Namespace, db: str, rds: str) 
             stop.set()
             await api
             await notifier
-            await cancel(stats)
+            await cancel_and_wait(stats)
 
 
 def _dev_banner(url: str, db: str, rds: str, token: str) -> str:

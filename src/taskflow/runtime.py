@@ -15,6 +15,7 @@ from taskflow.adapters.postgres import PostgresStore, create_pool
 from taskflow.adapters.redis import RedisDispatch
 from taskflow.config import Settings
 from taskflow.index import IndexGuard
+from taskflow.supervise import cancel_and_wait, supervised
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +109,7 @@ async def run_worker(settings: Settings, stores: Stores, stop: asyncio.Event, *,
     try:
         await worker.run(stop)
     finally:
-        for duty in duties:
-            await cancel(duty)
+        await cancel_and_wait(*duties)
         await outbound.close()
 
 
@@ -125,15 +125,8 @@ def cluster_stats(settings: Settings, stores: Stores, queues: list[str]) -> asyn
     """The duty that refreshes the queue gauges (:mod:`taskflow.stats`) of ``queues``."""
     from taskflow.adapters.observe import Observer
     from taskflow.stats import refresh_forever
-    from taskflow.supervise import supervised
 
     observer = Observer(stores.dispatch, stores.store.pool)
     return asyncio.create_task(supervised(
         "queue stats",
         lambda: refresh_forever(observer, queues, settings.metrics.stats_interval)))
-
-
-async def cancel(task: asyncio.Task[None]) -> None:
-    """Cancel a duty and wait until it is done."""
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)

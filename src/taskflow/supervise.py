@@ -1,10 +1,12 @@
-"""Named, supervised background duties: one that dies is logged and restarted."""
+"""Named, supervised background duties: one that dies is logged and restarted; and
+stopping tasks so that they do stop."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -45,3 +47,30 @@ async def every(interval: float, step: Callable[[], Awaitable[object]]) -> None:
     while True:
         await step()
         await asyncio.sleep(interval)
+
+
+# How long a cancelled task gets to end before it is cancelled again.
+RECANCEL_AFTER = 0.5
+
+
+async def cancel_and_wait(*tasks: asyncio.Future[Any]) -> None:
+    """Cancel ``tasks`` and wait until every one has ended, cancelling again any still
+    running after :data:`RECANCEL_AFTER` seconds.
+
+    A cancellation can be lost: on Python 3.11 ``asyncio.wait_for`` returns the result of
+    an awaitable that completed in the same loop iteration as the cancel, dropping the
+    cancel (fixed in 3.12), and redis-py sends every command through it when a socket
+    timeout is set. The task then goes on as if never asked to stop, e.g. into a pub/sub
+    read that waits for ever. A task still running a while later is asked again, as
+    AnyIO's cancel scopes do; cleanup code a task runs when cancelled must end within
+    that while or be shielded."""
+    pending = {t for t in tasks if not t.done()}
+    for task in pending:
+        task.cancel()
+    while pending:
+        _, pending = await asyncio.wait(pending, timeout=RECANCEL_AFTER)
+        for task in pending:
+            log.debug("%r still running after its cancellation: cancelling it again", task)
+            task.cancel()
+    # Retrieved, so an error they ended with is not reported as never retrieved.
+    await asyncio.gather(*tasks, return_exceptions=True)

@@ -18,6 +18,7 @@ from msgspec import Struct
 from taskflow.config import settings_from_dict
 from taskflow.jobs import submit
 from taskflow.runtime import Stores, open_stores
+from taskflow.supervise import cancel_and_wait
 from tests.chaos import checks
 from tests.chaos.api import ApiClient
 from tests.chaos.observe import TRANSIENT, Probe, Recovery, retrying
@@ -272,8 +273,7 @@ class Chaos:
                                                 lambda: self.redis_clean(client))
         finally:
             await client.aclose()
-        watcher.cancel()
-        await asyncio.gather(watcher, return_exceptions=True)
+        await cancel_and_wait(watcher)
         self.stop_workers()
         conn = await retrying("PostgreSQL at the end", self.probe.connection)
         assert self.report.workload is not None
@@ -367,8 +367,7 @@ async def run_chaos(cfg: ChaosConfig) -> Report:
         if api is not None:
             api.kill()
         if watcher is not None:
-            watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
+            await cancel_and_wait(watcher)
         if chaos is not None:
             for role in chaos.workers:
                 if role is not None:

@@ -31,7 +31,7 @@ from taskflow.api.submit import KnownTasks, Submitter
 from taskflow.config import Settings
 from taskflow.console import console_routes
 from taskflow.runtime import Stores
-from taskflow.supervise import supervised
+from taskflow.supervise import cancel_and_wait, supervised
 from taskflow.worker.builtins import builtin_registry
 from taskflow.worker.registry import Registry, default_registry, import_handler_modules
 
@@ -85,9 +85,7 @@ def create_app(settings: Settings, stores: Stores, *, debug: bool = False,
         listening.append(asyncio.create_task(supervised("change feed", api.feed.run)))
 
     async def close() -> None:
-        for task in listening:
-            task.cancel()
-        await asyncio.gather(*listening, return_exceptions=True)
+        await cancel_and_wait(*listening)
         await submitter.close()
         await verifier.close()
 

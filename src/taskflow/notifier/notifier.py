@@ -23,7 +23,7 @@ from taskflow.adapters.outbox import DEAD_LETTERS, Delivery, OutboxStore, Settle
 from taskflow.config import NotifySettings
 from taskflow.notifier.backoff import Attempted, decide
 from taskflow.notifier.sinks import Sink
-from taskflow.supervise import supervised
+from taskflow.supervise import cancel_and_wait, supervised
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +53,7 @@ class Notifier:
         try:
             await self._loop(stop)
         finally:
-            listener.cancel()
-            gauge.cancel()
-            await asyncio.gather(listener, gauge, return_exceptions=True)
+            await cancel_and_wait(listener, gauge)
             for sink in self.sinks.values():
                 await sink.close()
 
@@ -120,14 +118,12 @@ class Notifier:
                 # left goes back to the outbox for another notifier.
                 done, _ = await asyncio.wait([work], timeout=self.settings.shutdown_grace)
                 if not done:
-                    work.cancel()
-                    await asyncio.gather(work, return_exceptions=True)
+                    await cancel_and_wait(work)
             if work.done() and not work.cancelled() and work.exception() is not None:
                 raise work.exception()  # type: ignore[misc]
         finally:
             stopping.cancel()
-            keeping.cancel()
-            await asyncio.gather(keeping, return_exceptions=True)
+            await cancel_and_wait(keeping)
             if self._held:
                 await self._hand_back(list(self._held.values()))
 

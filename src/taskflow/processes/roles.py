@@ -30,8 +30,9 @@ from taskflow.processes.pages import (
 )
 from taskflow.processes.supervisor import Supervisor, watch_parent
 from taskflow.runtime import (
-    cancel, cluster_stats, maintenance_duty, open_stores, run_worker, stop_event,
+    cluster_stats, maintenance_duty, open_stores, run_worker, stop_event,
 )
+from taskflow.supervise import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,7 @@ async def _supervise(supervisor: Supervisor, collector: PageCollector,
         async with serving():
             return await supervisor.run(stop)
     finally:
-        for duty in duties:
-            await cancel(duty)
+        await cancel_and_wait(*duties)
 
 
 def _processes_check(supervisor: Supervisor) -> Callable[[], Awaitable[None]]:

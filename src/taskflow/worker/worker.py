@@ -36,7 +36,7 @@ from taskflow.config import Settings
 from taskflow.jobs import note_unindexed
 from taskflow.models import Claim, DispatchEntry, Outcome, StartedJob
 from taskflow.states import DISPATCHABLE, JobState
-from taskflow.supervise import every, supervised
+from taskflow.supervise import cancel_and_wait, every, supervised
 from taskflow.worker.registry import JobContext, Registry
 from taskflow.worker.runner import Runner
 
@@ -153,8 +153,7 @@ class Worker:
                 await stop.wait()
             finally:
                 self._stopping = True  # flushes start nothing from now on
-                claimer.cancel()
-                await asyncio.gather(claimer, return_exceptions=True)
+                await cancel_and_wait(claimer)
                 if self._round is not None:
                     # A claim round is never cut short (see _claim): let it finish, so
                     # what it started is run or handed back below.
@@ -162,9 +161,7 @@ class Worker:
                 await self._shutdown()
         finally:
             # Even when the shutdown itself is cancelled: no duty outlives the worker.
-            for duty in duties:
-                duty.cancel()
-            await asyncio.gather(*duties, return_exceptions=True)
+            await cancel_and_wait(*duties)
             self.threads.shutdown(wait=False, cancel_futures=True)
             try:
                 await self.presence.leave(self.name)
