@@ -295,6 +295,8 @@ class WakeListener:
         # (enqueue.lua says when); infinite while not listening, when changes may go
         # unheard.
         self._indexed_at: dict[str, float] = dict.fromkeys(queues, math.inf)
+        # The channels whose subscription Redis has not confirmed yet.
+        self._unconfirmed: set[str] = set()
 
     @property
     def listening(self) -> bool:
@@ -309,15 +311,27 @@ class WakeListener:
     async def run(self) -> None:
         """Listen until cancelled. Raises when the connection fails (the supervisor
         restarts it); the event is set then too, so nobody sleeps on a dead listener."""
-        pubsub = self.dispatch.client.pubsub(ignore_subscribe_messages=True)
+        pubsub = self.dispatch.client.pubsub()
+        self._unconfirmed = {*self.wake_channels, *self.cancel_channels}
         try:
             await pubsub.subscribe(*self.wake_channels, *self.cancel_channels)
-            # Whatever was published before the subscription went unheard: as if indexed
-            # now (Redis's clock), so only claims from now on count as having seen it.
-            self._indexed_at = dict.fromkeys(self._indexed_at, await self.dispatch.clock_us())
-            self.event.set()  # anything published before the subscription is not lost
+            # subscribe() returns once the command is sent: the listener listens from
+            # Redis's confirmation of its last channel on (a message published between
+            # the two would go unheard).
             async for message in pubsub.listen():
-                if message["channel"] in self.cancel_channels:
+                kind = message["type"]
+                if kind == "subscribe":
+                    self._unconfirmed.discard(message["channel"])
+                    if not self._unconfirmed and not self.listening:
+                        # Whatever was published before went unheard: as if indexed now
+                        # (Redis's clock, read after the confirmation), so only claims from
+                        # now on count as having seen it.
+                        now = await self.dispatch.clock_us()
+                        self._indexed_at = dict.fromkeys(self._indexed_at, now)
+                        self.event.set()  # what was published before it is not lost
+                elif kind != "message":
+                    continue
+                elif message["channel"] in self.cancel_channels:
                     self.on_cancel(message["data"])
                 else:
                     queue = self.wake_channels[message["channel"]]
