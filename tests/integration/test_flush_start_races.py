@@ -11,7 +11,7 @@ from taskflow.jobs import submit_workflow
 from taskflow.models import Claim, NewJob, Outcome, WorkflowNode
 from taskflow.states import JobState
 from taskflow.worker.builtins import builtin_registry
-from taskflow.worker.registry import Registry
+from taskflow.worker.registry import Registry, RetryAfter
 from taskflow.worker.worker import Worker
 from tests.helpers import running_worker, submit_jobs, wait_for_states, wait_until
 
@@ -175,6 +175,38 @@ async def test_a_flush_does_not_start_ahead_of_what_the_last_one_queued(
     await _stop(worker, gate, outbound)
     listener.cancel()
     assert not any(worker._indexing.values())  # settled: flushes may start jobs again
+
+
+async def test_a_retry_due_at_once_in_the_same_flush_is_not_passed_over(stores, settings):
+    """a succeeds and releases b (priority 0); r (priority 5) fails in the same batch and
+    is retried at once (no delay). The flush must not start b: r, queued by that very
+    flush, outranks it, and a claim would have taken r first."""
+    registry, outbound = builtin_registry(settings.outbound)
+    tries = 0
+
+    @registry.task("again")
+    async def again(ctx):
+        nonlocal tries
+        tries += 1
+        if tries == 1:
+            raise RetryAfter(0, "once more, now")
+
+    worker = Worker(settings, stores.store, stores.dispatch, registry, concurrency=3)
+    listener = await _listen(worker)
+    workflow, ids = await submit_workflow(stores.store, stores.dispatch, "t", "w", [
+        WorkflowNode(name="a", job=NewJob(task="noop", max_attempts=1)),
+        WorkflowNode(name="b", after=("a",), job=NewJob(task="noop", max_attempts=1))])
+    [r] = await submit_jobs(stores, {"task": "again", "priority": 5})
+    assert await worker._claim(3) == (1, None)  # r and a; the queue is drained
+    await asyncio.gather(*[h.task for h in worker.held.values() if h.task])
+    assert {o.outcome for o in worker.outcomes} == {"succeeded", "retried"}
+    await worker._flush()  # a and r together
+    await worker._settling
+    assert (await stores.store.get_job(ids["b"])).state is JobState.QUEUED
+    claims = (await stores.dispatch.claim("default", 2, 10_000)).claims
+    assert [c.id for c in claims] == [str(r), str(ids["b"])]
+    await outbound.close()
+    listener.cancel()
 
 
 async def test_a_started_dependent_sees_its_upstream_results_as_postgresql_gives_them(

@@ -487,20 +487,25 @@ class Worker:
         Only when a job of the batch succeeded with dependents, not while stopping, and
         only in queues where no ready job could outrank them: the last claim emptied
         their ready set, no delayed job it saw there has come due since (by Redis's
-        clock), and nothing was indexed since as far as the wake-up channel tells
+        clock), nothing was indexed since as far as the wake-up channel tells
         (enqueue.lua publishes after its ZADD, with Redis's time; only a message still on
-        its way goes unseen), nor by this worker (its settles and give-backs). The flush
+        its way goes unseen), nor by this worker (its settles and give-backs), and no job
+        of the batch is retried there at once. The flush
         then claims for this worker as its claimer would at that moment. The seats are
         held against the claimer until the started jobs run."""
         if (self._stopping or not self.cfg.flush_starts
                 or not any(self._may_release(o) for o in batch)):
             return 0, []
         now = time.monotonic()
+        # A job of the batch retried at once is ready again from this very flush: it may
+        # outrank them too.
+        retried = {held.queue for o in batch if o.state is JobState.QUEUED
+                   and (held := self.held.get(str(o.id))) is not None}
         # A delayed job that came due (even while the round that drained its queue was
         # still claiming others) is ready for the next claim: it may outrank them.
         queues = [q for q, at in self._drained.items()
                   if not self._indexing.get(q) and not self.wake.indexed_since(q, at)
-                  and self._due_at.get(q, math.inf) > now]
+                  and self._due_at.get(q, math.inf) > now and q not in retried]
         seats = min(self._free(), self.cfg.claim_batch) if queues else 0
         return (seats, queues) if seats > 0 else (0, [])
 
