@@ -29,6 +29,12 @@ test: $(STAMP)
 test-unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit
 
+# ruff, at the version the GitHub workflow pins (.github/workflows/ci.yml).
+RUFF_VERSION := 0.17.6
+lint: $(STAMP)
+	$(PY) -m pip install -q "ruff==$(RUFF_VERSION)"
+	$(VENV)/bin/ruff check src tests benchmarks
+
 bench: $(STAMP)
 	$(PY) -m benchmarks
 

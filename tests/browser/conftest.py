@@ -38,8 +38,8 @@ class Stack:
         self.env = env
 
     @staticmethod
-    def token(tenant: str, *scopes: str) -> str:
-        return token(tenant, scopes or (READ, WRITE))
+    def token(name: str, *scopes: str) -> str:
+        return token(name, scopes or (READ, WRITE))
 
     @staticmethod
     def admin() -> str:

@@ -74,6 +74,10 @@ def test_ci_lints_tests_with_services_and_checks_the_artifacts():
     assert ci["on"]["push"]["branches"] == ["main"]
     jobs = ci["jobs"]
     assert "ruff check" in run_text(jobs["lint"])
+    # `make lint` (run by .ci/run) checks with the ruff the workflow pins.
+    pinned = re.search(r'"ruff==([\d.]+)"', run_text(jobs["lint"]))
+    made = re.search(r"^RUFF_VERSION := ([\d.]+)$", (REPO / "Makefile").read_text(), re.M)
+    assert pinned and made and pinned[1] == made[1], (pinned, made)
     assert set(jobs["test"]["services"]) == {"postgres", "redis"}
     assert jobs["test"]["env"]["TASKFLOW_DATABASE_URL"].startswith("postgresql://")
     assert "make test" in run_text(jobs["test"])

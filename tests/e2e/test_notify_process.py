@@ -154,9 +154,9 @@ async def test_sigterm_hands_back_and_exits_zero(iso, stores, receiver, tmp_path
 class DevWithEnv(Dev):
     """``taskflow dev`` with extra settings in its environment."""
 
-    def __init__(self, data_dir: Path, log: Path, **extra: str) -> None:
+    def __init__(self, folder: Path, log: Path, **extra: str) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TASKFLOW_")}
-        env.update(TASKFLOW_ENV="development", TASKFLOW_DATA_DIR=str(data_dir / "data"),
+        env.update(TASKFLOW_ENV="development", TASKFLOW_DATA_DIR=str(folder / "data"),
                    TASKFLOW_LOG_LEVEL="INFO", **extra)
         self.log_path = log
         self._log = open(log, "wb")

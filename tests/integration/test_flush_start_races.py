@@ -8,7 +8,7 @@ import asyncio
 from taskflow import metrics
 
 from taskflow.jobs import submit_workflow
-from taskflow.models import Claim, NewJob, Outcome, WorkflowNode
+from taskflow.models import NewJob, Outcome, WorkflowNode
 from taskflow.states import JobState
 from taskflow.worker.builtins import builtin_registry
 from taskflow.worker.registry import Registry, RetryAfter
