@@ -43,10 +43,13 @@ def bind_job(job_id: Any, task: str, queue: str, attempt: int, tenant: str) -> N
 
 def context() -> dict[str, Any]:
     """The context fields that are set."""
-    job = _JOB.get()
-    out = {} if job is None else {n: v for n, v in zip(_JOB_FIELDS, job) if v is not None}
-    for name, var in _VARS.items():
-        if name not in out and (value := var.get()) is not None:
+    job = dict(zip(_JOB_FIELDS, _JOB.get() or ()))
+    out = {}
+    for name, var in _VARS.items():  # in FIELDS order; a job's fields first
+        value = job.get(name)
+        if value is None:
+            value = var.get()
+        if value is not None:
             out[name] = value
     return out
 

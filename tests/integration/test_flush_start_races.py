@@ -10,6 +10,7 @@ from taskflow import metrics
 from taskflow.jobs import submit_workflow
 from taskflow.models import NewJob, Outcome, WorkflowNode
 from taskflow.states import JobState
+from taskflow.supervise import cancel_and_wait
 from taskflow.worker.builtins import builtin_registry
 from taskflow.worker.registry import Registry, RetryAfter
 from taskflow.worker.worker import Worker
@@ -119,7 +120,7 @@ async def test_a_flush_and_a_claim_round_never_fill_the_same_seat(stores, settin
                if j.state is JobState.RUNNING]
     assert worker.running <= 1 and len(running) <= 1, running
     await _stop(worker, gate, outbound)
-    listener.cancel()
+    await cancel_and_wait(listener)
 
 
 async def test_a_queue_the_last_round_did_not_reach_is_not_taken_for_drained(
@@ -144,7 +145,7 @@ async def test_a_queue_the_last_round_did_not_reach_is_not_taken_for_drained(
     b = await stores.store.get_job(ids["b"])
     assert b.state is JobState.QUEUED  # for the claimer: x first
     await _stop(worker, gate, outbound)
-    listener.cancel()
+    await cancel_and_wait(listener)
 
 
 async def test_a_flush_does_not_start_ahead_of_what_the_last_one_queued(
@@ -173,7 +174,7 @@ async def test_a_flush_does_not_start_ahead_of_what_the_last_one_queued(
     assert d.state is JobState.QUEUED
     settled.set()
     await _stop(worker, gate, outbound)
-    listener.cancel()
+    await cancel_and_wait(listener)
     assert not any(worker._indexing.values())  # settled: flushes may start jobs again
 
 
@@ -206,7 +207,7 @@ async def test_a_retry_due_at_once_in_the_same_flush_is_not_passed_over(stores, 
     claims = (await stores.dispatch.claim("default", 2, 10_000)).claims
     assert [c.id for c in claims] == [str(r), str(ids["b"])]
     await outbound.close()
-    listener.cancel()
+    await cancel_and_wait(listener)
 
 
 async def test_a_started_dependent_sees_its_upstream_results_as_postgresql_gives_them(
@@ -282,7 +283,7 @@ async def test_a_started_job_given_back_is_not_adopted_after_it_went_back_in_lin
     claims = (await stores.dispatch.claim("default", 1, 10_000)).claims
     assert [c.id for c in claims] == [str(ids["b"])]
     await outbound.close()
-    listener.cancel()
+    await cancel_and_wait(listener)
 
 
 async def test_a_heartbeat_before_the_settle_leaves_a_started_job_alone(
@@ -311,7 +312,7 @@ async def test_a_heartbeat_before_the_settle_leaves_a_started_job_alone(
     assert await stores.dispatch.lease_holders("default", [str(ids["b"])]) == [
         b.claim.token]
     await _stop(worker, gate, outbound)
-    listener.cancel()
+    await cancel_and_wait(listener)
 
 
 async def test_a_flush_between_two_queues_of_a_round_does_not_share_its_seats(
@@ -350,7 +351,7 @@ async def test_a_flush_between_two_queues_of_a_round_does_not_share_its_seats(
                if j.state is JobState.RUNNING]
     assert worker.running <= 2 and len(running) <= 2, running
     await _stop(worker, gate, outbound)
-    listener.cancel()
+    await cancel_and_wait(listener)
 
 
 async def test_a_delayed_job_due_during_the_round_that_drained_its_queue_goes_first(
@@ -386,7 +387,7 @@ async def test_a_delayed_job_due_during_the_round_that_drained_its_queue_goes_fi
     await worker._claim(2)
     assert (await stores.store.get_job(ids["b"])).state is JobState.QUEUED  # y first
     await _stop(worker, gate, outbound)
-    listener.cancel()
+    await cancel_and_wait(listener)
 
 
 async def test_a_wake_up_from_an_older_release_holds_off_flush_starts_until_the_next_claim(
@@ -411,7 +412,7 @@ async def test_a_wake_up_from_an_older_release_holds_off_flush_starts_until_the_
     await worker._flush()  # a: b starts here
     assert metrics.FLUSH_STARTS._default.value == before + 1
     await _stop(worker, gate, outbound)
-    listener.cancel()
+    await cancel_and_wait(listener)
 
 
 async def test_a_worker_clock_ahead_of_redis_does_not_spin_on_a_delayed_job(
@@ -479,7 +480,7 @@ async def test_a_started_job_given_back_keeps_a_lease_while_postgresql_is_away(
     b = await stores.store.get_job(ids["b"])
     assert b.state is JobState.QUEUED and b.attempts == 0
     await outbound.close()
-    listener.cancel()
+    await cancel_and_wait(listener)
 
 
 async def test_a_flush_does_not_start_ahead_of_what_the_last_settle_indexed(
@@ -536,4 +537,4 @@ async def test_a_late_settle_leaves_a_lease_someone_else_took_and_stops_the_hand
     assert await stores.dispatch.client.get(lease_key) == "someone-else"
     gate.set()
     await outbound.close()
-    listener.cancel()
+    await cancel_and_wait(listener)

@@ -78,3 +78,22 @@ def test_an_error_names_the_exception_and_the_last_five_frames_with_their_source
     assert all(f.startswith(f'  File "{__file__}", line ') for f in frames[::2])
     assert frames[-2].endswith(", in _deep")
     assert frames[-1] == '    raise ValueError("no more \\x00 depth")'
+
+
+async def test_log_context_names_the_job_of_its_own_task_only():
+    import asyncio
+
+    from taskflow import logs
+
+    logs.bind(worker="w1", tenant="from-the-request")
+
+    async def job(job_id: str, tenant: str) -> dict:
+        logs.bind_job(job_id, "noop", "default", 1, tenant)
+        await asyncio.sleep(0)  # the other job's task binds meanwhile
+        return logs.context()
+
+    first, second = await asyncio.gather(job("j1", "t1"), job("j2", "t2"))
+    assert list(first.items()) == [("job_id", "j1"), ("task", "noop"), ("queue", "default"),
+                                   ("attempt", 1), ("worker", "w1"), ("tenant", "t1")]
+    assert second["job_id"] == "j2" and second["tenant"] == "t2"
+    assert logs.context() == {"worker": "w1", "tenant": "from-the-request"}
