@@ -1,7 +1,11 @@
-"""The wake listener counts itself listening only once its subscriptions are in effect
-in Redis, not from sending SUBSCRIBE. A flush starts released jobs only in queues
+"""The worker's wake listener and the API's change feed start from Redis's confirmation
+of their subscriptions, not from sending SUBSCRIBE (a message published in between is
+dropped by Redis). The wake listener: a flush starts released jobs only in queues
 where nothing indexed since the last claim could have gone unheard (see the worker's
-``_seats_for``), so a listener that says it hears everything must."""
+``_seats_for``), so a listener that says it hears everything must. The change feed wakes
+every waiter to read PostgreSQL again when its subscription starts: a waiter woken before
+Redis has it could read before a change whose message is then lost, and wait for nothing
+until its time runs out."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 import redis.asyncio as aioredis
 
 from taskflow.adapters.redis import RedisDispatch, WakeListener
+from taskflow.api.watch import ChangeFeed
 from taskflow.supervise import cancel_and_wait
 from tests.helpers import wait_until
 
@@ -75,17 +80,18 @@ class HoldingProxy:
 
 
 @contextlib.asynccontextmanager
-async def listener_behind_proxy(redis_url: str):
+async def behind_proxy(redis_url: str):
+    """A RedisDispatch whose connections go through a HoldingProxy (held on SUBSCRIBE),
+    and a way to run a listener's ``run`` that is stopped at the end."""
     url = urlsplit(redis_url)
     proxy = HoldingProxy(url.hostname or "127.0.0.1", url.port or 6379, b"SUBSCRIBE")
     port = await proxy.start()
     client = aioredis.Redis.from_url(
         urlunsplit(url._replace(netloc=f"127.0.0.1:{port}")), decode_responses=True,
         socket_timeout=5.0)
-    listener = WakeListener(RedisDispatch(client), ["default"])
     running: list[asyncio.Task[None]] = []
     try:
-        yield proxy, listener, lambda: running.append(asyncio.create_task(listener.run()))
+        yield proxy, RedisDispatch(client), lambda run: running.append(asyncio.create_task(run()))
     finally:
         await cancel_and_wait(*running)
         await proxy.close()
@@ -97,12 +103,32 @@ async def _listening(listener: WakeListener) -> bool:
 
 
 async def test_not_listening_before_redis_takes_the_subscription(servers):
-    async with listener_behind_proxy(servers.redis_url) as (proxy, listener, start):
+    async with behind_proxy(servers.redis_url) as (proxy, dispatch, start):
+        listener = WakeListener(dispatch, ["default"])
         proxy.hold()
-        start()
+        start(listener.run)
         await asyncio.wait_for(proxy.held.wait(), 5)  # SUBSCRIBE sent, not in Redis
         await asyncio.sleep(0.3)  # time enough to read Redis's clock on another link
         assert not listener.listening
         assert listener.indexed_since("default", 0)  # anything may have gone unheard
         proxy.release()
         await wait_until(lambda: _listening(listener), timeout=5)
+
+
+async def test_the_change_feed_wakes_its_waiters_once_redis_has_the_subscription(
+        servers, redis_client):
+    async with behind_proxy(servers.redis_url) as (proxy, dispatch, start):
+        feed = ChangeFeed(dispatch)
+        with feed.watch(["job-1"]) as watcher:
+            proxy.hold()
+            start(feed.run)
+            await asyncio.wait_for(proxy.held.wait(), 5)  # SUBSCRIBE sent, not in Redis
+            await asyncio.sleep(0.1)
+            watcher.changed.clear()  # had it been woken, it has read PostgreSQL since
+            # The job changes now: Redis drops the message (nobody is subscribed yet).
+            assert await redis_client.publish(feed.channel, "job-1") == 0
+            proxy.release()
+
+            async def woken() -> bool:
+                return watcher.changed.is_set()
+            await wait_until(woken, timeout=5)  # to read again: the change is seen

@@ -106,16 +106,21 @@ class ChangeFeed:
     async def run(self) -> None:
         """Listen until cancelled (under :func:`taskflow.supervise.supervised`, which
         restarts it when the connection fails). Every waiter reads again when the
-        subscription starts and when it ends: messages sent meanwhile are lost."""
-        pubsub = self.dispatch.client.pubsub(ignore_subscribe_messages=True)
+        subscription starts and when it ends: messages sent meanwhile are lost. It starts
+        when Redis confirms it, not when SUBSCRIBE is sent: a waiter woken in between
+        could read PostgreSQL before a change whose message Redis then drops."""
+        pubsub = self.dispatch.client.pubsub()
         try:
             await pubsub.subscribe(self.channel)
-            self.wake_all()
             while True:
                 # No read timeout on an idle subscription (socket_timeout would end it).
                 message = await pubsub.get_message(timeout=None)
-                if message is not None:
+                if message is None:
+                    continue
+                if message["type"] == "message":
                     self.notify(message["data"])
+                elif message["type"] == "subscribe":
+                    self.wake_all()
         finally:
             self.wake_all()
             await pubsub.aclose()
