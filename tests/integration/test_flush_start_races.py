@@ -264,7 +264,7 @@ async def _postgresql_away(*args, **kwargs):
 
 
 async def test_a_started_job_given_back_is_not_adopted_after_it_went_back_in_line(
-        stores, settings, monkeypatch):
+        stores, settings, monkeypatch, caplog):
     """a's flush starts b, whose other upstream ended earlier: its results must be loaded,
     and PostgreSQL fails. The heartbeat hands b back (queued, indexed, lease given back)
     before the flush's settle (behind it in Redis) has run: that settle must not then take
@@ -278,6 +278,8 @@ async def test_a_started_job_given_back_is_not_adopted_after_it_went_back_in_lin
     assert (await stores.store.get_job(ids["b"])).state is JobState.RUNNING
     await worker._heartbeat()  # b goes back
     assert (await stores.store.get_job(ids["b"])).state is JobState.QUEUED
+    # The heartbeat held b's lease until then (it had none: expected, not lost by Redis).
+    assert "Redis had lost" not in caplog.text
     settled.set()
     await worker._settling
     claims = (await stores.dispatch.claim("default", 1, 10_000)).claims

@@ -732,18 +732,22 @@ class Worker:
         asked = [self.held[i].claim for i in {*beat.retaken, *beat.cancel} if i in self.held]
         current = await self.store.running_attempts(asked)
         given_up = []
+        lost = 0
         for job_id in beat.retaken:
             held = self.held.get(job_id)
             if held is None or held.task is None:
-                continue  # not started yet: start_jobs decides whether it is ours
+                # Not started yet (start_jobs decides whether it is ours), or started by
+                # a flush and going back unrun: the heartbeat holds its lease, which it
+                # never had (see _load_and_launch): not lost by Redis.
+                continue
+            lost += 1
             if job_id in current:
                 metrics.LEASES_RETAKEN.labels(queue).inc()
             else:
                 given_up.append(held.claim)
-        if beat.retaken:
+        if lost:
             log.warning("Redis had lost %d of our leases; took back %d that PostgreSQL "
-                        "says are still ours", len(beat.retaken),
-                        len(beat.retaken) - len(given_up))
+                        "says are still ours", lost, lost - len(given_up))
         if given_up:
             # Rescued or ended meanwhile: not ours. Give back what we just took.
             await self.dispatch.release(queue, given_up)
