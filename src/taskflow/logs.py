@@ -45,7 +45,7 @@ def context() -> dict[str, Any]:
     """The context fields that are set."""
     job = dict(zip(_JOB_FIELDS, _JOB.get() or ()))
     out = {}
-    for name, var in _VARS.items():  # in FIELDS order; a job's fields first
+    for name, var in _VARS.items():  # in FIELDS order; the job's value before a bound one
         value = job.get(name)
         if value is None:
             value = var.get()
