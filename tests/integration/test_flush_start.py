@@ -22,12 +22,16 @@ def _node(name: str, *after: str, task: str = "collect", **job) -> WorkflowNode:
         payload={"name": name, **job.pop("payload", {})}, **job))
 
 
-def _collector(seen: dict, *, nap: float = 0.0) -> Registry:
+def _collector(seen: dict, gates: dict[str, asyncio.Event] | None = None) -> Registry:
+    """``collect`` records the upstream results it got; a job whose payload names a
+    ``gate`` ends only once the test opens it (``gates[name].set()``)."""
     registry = Registry()
 
     @registry.task("collect")
     async def collect(ctx):
         seen[ctx.payload["name"]] = dict(ctx.upstream_results)
+        if ctx.payload.get("gate"):
+            await gates[ctx.payload["gate"]].wait()
         if ctx.payload.get("nap"):
             await asyncio.sleep(ctx.payload["nap"])
         return {"from": ctx.payload["name"], "list": [1, 2.5, None, "x"]}
@@ -53,21 +57,24 @@ async def _leases_left(stores) -> int:
 async def test_a_worker_runs_what_its_flush_releases_with_the_results_it_has(
         stores, settings):
     seen: dict = {}
-    # The roots nap, so that their flushes come after every submit below has been
+    # The roots end only once every job below has been submitted and they have been
     # claimed (a flush starts nothing in a queue indexed since its last claim).
-    nodes = [_node("a", payload={"nap": 0.2}), _node("b", "a"), _node("c", "a"),
+    roots = asyncio.Event()
+    nodes = [_node("a", payload={"gate": "roots"}), _node("b", "a"), _node("c", "a"),
              _node("d", "b", "c")]
     before = _flush_starts()
-    async with running_worker(stores, settings, _collector(seen)) as worker:
+    async with running_worker(stores, settings, _collector(seen, {"roots": roots})) as worker:
         await _listening(worker)
         _, ids = await submit_workflow(stores.store, stores.dispatch, "t", "w", nodes)
         # Jobs outside a workflow: results keyed by the upstream's id (it has no node).
         [plain] = (await submit(stores.store, stores.dispatch, [NewJob(
-            task="collect", payload={"name": "plain", "nap": 0.2}, max_attempts=1,
+            task="collect", payload={"name": "plain", "gate": "roots"}, max_attempts=1,
             tenant="t")])).created
         [after] = (await submit(stores.store, stores.dispatch, [NewJob(
             task="collect", payload={"name": "after"}, max_attempts=1, tenant="t",
             depends_on=(plain.id,))])).created
+        await wait_for_states(stores, [ids["a"], plain.id], {"running"})
+        roots.set()
         done = await wait_for_states(stores, [*ids.values(), plain.id, after.id],
                                      {"succeeded"})
     # b, c (released by a), d (by b and c) and after (by plain): none claimed.
@@ -119,17 +126,26 @@ async def test_results_at_hand_past_the_budget_fail_the_job_unrun(stores, server
 
 async def test_a_ready_job_that_outranks_the_released_ones_runs_first(stores, servers):
     """With one seat, a job indexed while the upstream runs (priority 10) goes before the
-    dependent its flush releases (priority 0): the flush starts nothing once something
-    was indexed since the last claim."""
+    dependent its flush releases (priority 0), end to end. (The rule that makes the flush
+    start nothing then, with seats free, is pinned down in test_flush_start_races.py:
+    test_a_job_indexed_since_the_last_claim_keeps_the_flush_from_starting.)"""
     cfg = make_settings(servers, worker={"concurrency": 1})
     seen: dict = {}
-    nodes = [_node("a", payload={"nap": 0.4}), _node("b", "a")]
-    async with running_worker(stores, cfg, _collector(seen)) as worker:
+    indexed = asyncio.Event()
+    nodes = [_node("a", payload={"gate": "indexed"}), _node("b", "a")]
+    async with running_worker(stores, cfg, _collector(seen, {"indexed": indexed})) as worker:
         await _listening(worker)
         _, ids = await submit_workflow(stores.store, stores.dispatch, "t", "w", nodes)
         await wait_for_states(stores, [ids["a"]], {"running"})
         [urgent] = await submit_jobs(stores, {"task": "collect", "priority": 10,
                                               "payload": {"name": "urgent"}})
+
+
+        async def heard() -> bool:  # the worker has heard of urgent's index change
+            at = worker._drained.get("default")
+            return at is None or worker.wake.indexed_since("default", at)
+        await wait_until(heard)
+        indexed.set()  # a ends only now
         jobs = {j.id: j for j in await wait_for_states(
             stores, [*ids.values(), urgent], {"succeeded"})}
     assert jobs[urgent].started_at < jobs[ids["b"]].started_at

@@ -178,6 +178,33 @@ async def test_a_flush_does_not_start_ahead_of_what_the_last_one_queued(
     assert not any(worker._indexing.values())  # settled: flushes may start jobs again
 
 
+async def test_a_job_indexed_since_the_last_claim_keeps_the_flush_from_starting(
+        stores, settings):
+    """a ran; urgent (priority 10) was indexed after a's claim emptied the queue, and the
+    worker heard of it (enqueue.lua's message, with Redis's time). a's flush, with seats
+    free, must not start b (priority 0): urgent outranks it."""
+    worker, gate, outbound = _gated(stores, settings, concurrency=2)
+    listener = await _listen(worker)
+    workflow, ids = await submit_workflow(stores.store, stores.dispatch, "t", "w", [
+        WorkflowNode(name="a", job=NewJob(task="noop", max_attempts=1)),
+        WorkflowNode(name="b", after=("a",), job=NewJob(task="noop", max_attempts=1))])
+    assert await worker._claim(2) == (1, None)  # a; the ready set is empty now
+    await asyncio.gather(*[h.task for h in worker.held.values() if h.task])
+    [urgent] = await submit_jobs(stores, {"task": "noop", "priority": 10})
+    at = worker._drained["default"]
+
+    async def heard() -> bool:
+        return worker.wake.indexed_since("default", at)
+    await wait_until(heard)
+    await worker._flush()  # a: releases b
+    assert (await stores.store.get_job(ids["b"])).state is JobState.QUEUED
+    await worker._settling
+    claims = (await stores.dispatch.claim("default", 2, 10_000)).claims
+    assert [c.id for c in claims] == [str(urgent), str(ids["b"])]
+    await outbound.close()
+    await cancel_and_wait(listener)
+
+
 async def test_a_retry_due_at_once_in_the_same_flush_is_not_passed_over(stores, settings):
     """a succeeds and releases b (priority 0); r (priority 5) fails in the same batch and
     is retried at once (no delay). The flush must not start b: r, queued by that very
