@@ -46,6 +46,22 @@ async def wait_for_states(
     return await wait_until(check, timeout)
 
 
+async def ends_within(waited: asyncio.Future[Any], seconds: float,
+                      *also: asyncio.Future[Any]) -> bool:
+    """Whether ``waited`` ends within ``seconds``. If not, it and ``also`` are cancelled
+    (more than once: a task under test may drop a cancel) so that the caller fails
+    without leaving them running."""
+    done, _ = await asyncio.wait({waited}, timeout=seconds)
+    if done:
+        return True
+    for _ in range(3):
+        for future in (waited, *also):
+            future.cancel()
+        await asyncio.sleep(0)
+    await asyncio.wait({waited, *also}, timeout=5)
+    return False
+
+
 async def submit_jobs(stores: Stores, *specs: dict[str, Any]) -> list[Any]:
     jobs = [NewJob(**{"max_attempts": 3, **spec}) for spec in specs]
     result = await submit(stores.store, stores.dispatch, jobs)

@@ -9,7 +9,7 @@ import random
 from taskflow.adapters.redis import WakeListener
 from taskflow import supervise
 from taskflow.supervise import cancel_and_wait
-from tests.helpers import running_worker
+from tests.helpers import ends_within, running_worker
 
 # Enough tries that, without the second delivery, a listener left running is all but
 # certain: about one cancel in three landed in the window on this machine.
@@ -25,13 +25,8 @@ async def test_a_wake_listener_stops_whenever_it_is_cancelled(stores, monkeypatc
         # Anywhere in its start: the subscribe, reading Redis's clock, the first read.
         await asyncio.sleep(rng.uniform(0, 0.004))
         stopping = asyncio.create_task(cancel_and_wait(task))
-        done, _ = await asyncio.wait({stopping}, timeout=5)
-        if not done:
-            stopping.cancel()
-            for _ in range(3):
-                task.cancel()
-                await asyncio.sleep(0)
-        assert done, f"try {attempt}: the listener kept running after it was cancelled"
+        assert await ends_within(stopping, 5, task), (
+            f"try {attempt}: the listener kept running after it was cancelled")
         assert task.cancelled()
         assert not listener.listening  # it tells it is no longer listening
 

@@ -3,6 +3,7 @@ import asyncio
 import pytest
 
 from taskflow.supervise import cancel_and_wait, supervised
+from tests.helpers import ends_within
 
 
 async def test_a_failing_duty_is_restarted():
@@ -41,11 +42,7 @@ async def test_cancellation_turned_into_an_error_by_a_library_still_stops_the_du
     task = asyncio.create_task(supervised("duty", duty, min_backoff=0.001))
     await started.wait()
     task.cancel()
-    done, _ = await asyncio.wait({task}, timeout=2)
-    if task not in done:  # clean up before failing
-        task.cancel()
-        await asyncio.wait({task})
-    assert task in done, "the duty swallowed its cancellation and kept running"
+    assert await ends_within(task, 2), "the duty swallowed its cancellation and kept running"
     assert task.cancelled() and converted == 1
 
 
@@ -70,13 +67,8 @@ async def test_a_cancellation_lost_inside_a_duty_is_delivered_again():
     task = asyncio.create_task(supervised("duty", duty))
     await started.wait()
     stopping = asyncio.create_task(cancel_and_wait(task))
-    done, _ = await asyncio.wait({stopping}, timeout=5)
-    if not done:  # clean up before failing
-        stopping.cancel()
-        task.cancel()
-        task.cancel()
-        await asyncio.wait({task})
-    assert done, "the duty kept running after its lost cancellation"
+    assert await ends_within(stopping, 5, task), (
+        "the duty kept running after its lost cancellation")
     assert task.cancelled() and cancels == 2
 
 

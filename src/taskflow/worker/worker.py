@@ -490,9 +490,9 @@ class Worker:
         clock), nothing was indexed since as far as the wake-up channel tells
         (enqueue.lua publishes after its ZADD, with Redis's time; only a message still on
         its way goes unseen), nor by this worker (its settles and give-backs), and no job
-        of the batch is retried there at once. The flush
-        then claims for this worker as its claimer would at that moment. The seats are
-        held against the claimer until the started jobs run."""
+        of the batch is retried there at once. The flush then claims for this worker as
+        its claimer would at that moment. The seats are held against the claimer until
+        the started jobs run."""
         if (self._stopping or not self.cfg.flush_starts
                 or not any(self._may_release(o) for o in batch)):
             return 0, []
