@@ -57,7 +57,9 @@ async def create_pool(
         command_timeout=command_timeout,
         # Plan every execution with the table as it is now. A cached generic plan made
         # while `jobs` was small is a sequential scan joined to the batch, and it stays
-        # cached as the table grows: 500 outcomes took 40 ms instead of 8 ms.
+        # cached as the table grows: 500 outcomes took 40 ms instead of 8 ms. (The
+        # outcome flush's two writes use generic plans under settings that keep them on
+        # the keys: migration 0009.)
         # random_page_cost: the hot rows are cached (or on SSD), so an index lookup is
         # nearly as cheap as a sequential read; with the default of 4 the planner scans
         # all of `jobs` to update a batch of 100 (a DAG layer's flush: 5.7 -> 2.7 ms).
