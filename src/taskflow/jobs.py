@@ -50,9 +50,9 @@ async def _index(
         if len({e.queue for e in entries}) == 1:
             await dispatch.enqueue(entries)
         else:
-            async with dispatch.client.pipeline(transaction=False) as pipe:
-                await dispatch.enqueue(entries, pipe)
-                await pipe.execute()
+            batch = dispatch.batch()
+            await dispatch.enqueue(entries, batch)
+            await batch.execute()
     except Exception:
         log.exception("committed %d jobs but could not index them in Redis; the "
                       "reconciler will", len(entries))

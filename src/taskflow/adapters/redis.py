@@ -16,6 +16,8 @@ from importlib import resources
 import msgspec
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from taskflow.models import Claim, DispatchEntry, StartedJob
 from taskflow.states import DISPATCHABLE
@@ -55,6 +57,52 @@ class QueueKeys(msgspec.Struct, frozen=True):
                    f"{base}:lease:", f"{base}:cancel:", f"{base}:wake", f"{base}:cancelled")
 
 
+class ScriptBatch:
+    """Commands for one round trip to Redis, script calls included. A redis-py ``Script``
+    queued on a pipeline makes the pipeline's ``execute`` ask ``SCRIPT EXISTS`` first, on
+    a connection of its own: a second round trip every time. Here script calls go out as
+    bare ``EVALSHA``. When Redis refuses one with ``NOSCRIPT`` (it lost its scripts:
+    restarted, flushed, failed over), that call did not run, and a later one may have run
+    without it (an enqueue of a retry before the release of its lease, say: another
+    client had loaded that script back), so every script call from the first refused one
+    on runs again, in order, loading its script. The scripts batched must therefore be
+    idempotent (release, adopt and enqueue are). Not for MULTI/EXEC: there a refused call
+    cannot be run again on its own (see :meth:`RedisDispatch.reindex`)."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._pipe = client.pipeline(transaction=False)
+        self._calls: list[tuple[AsyncScript, list, list] | None] = []
+
+    async def script(self, script: AsyncScript, keys: list, args: list) -> None:
+        self._pipe.evalsha(script.sha, len(keys), *keys, *args)
+        self._calls.append((script, keys, args))
+
+    async def publish(self, channel: str, message: str) -> None:
+        self._pipe.publish(channel, message)
+        self._calls.append(None)
+
+    async def execute(self) -> list:
+        """The replies, in order; raises the first error, as a pipeline does."""
+        try:
+            replies = await self._pipe.execute(raise_on_error=False)
+        finally:
+            await self._pipe.reset()
+        refused = next((i for i, reply in enumerate(replies)
+                        if isinstance(reply, NoScriptError)), len(replies))
+        for i in range(refused, len(replies)):
+            call = self._calls[i]
+            if call is not None:
+                script, keys, args = call
+                try:
+                    replies[i] = await script(keys=keys, args=args)  # loads it on NOSCRIPT
+                except aioredis.ResponseError as exc:  # as the pipeline would have
+                    replies[i] = exc
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
+
 class RedisDispatch:
     """The dispatch operations workers and the API perform on Redis."""
 
@@ -72,6 +120,19 @@ class RedisDispatch:
         self._adopt = client.register_script(_load("adopt"))
         self.epoch_key = f"{prefix}:epoch"
         self.changed_channel = f"{prefix}:changed"
+
+    def batch(self) -> ScriptBatch:
+        """Commands to send in one round trip (see :class:`ScriptBatch`)."""
+        return ScriptBatch(self.client)
+
+    @staticmethod
+    async def _call(
+        script: AsyncScript, keys: list, args: list, pipe: Pipeline | ScriptBatch | None,
+    ) -> object:
+        """Run ``script`` now (``pipe`` None) or queue it on ``pipe``."""
+        if isinstance(pipe, ScriptBatch):
+            return await pipe.script(script, keys, args)
+        return await script(keys=keys, args=args, client=pipe)
 
     @classmethod
     def from_url(
@@ -96,7 +157,7 @@ class RedisDispatch:
         return keys
 
     async def enqueue(
-        self, entries: Iterable[DispatchEntry], pipe: Pipeline | None = None
+        self, entries: Iterable[DispatchEntry], pipe: Pipeline | ScriptBatch | None = None
     ) -> int:
         """Index jobs (one script call per queue); returns how many were added."""
         by_queue: dict[str, list[str | int]] = {}
@@ -106,9 +167,8 @@ class RedisDispatch:
         for queue, args in by_queue.items():
             k = self.keys(queue)
             # With a pipeline, awaiting only queues the call; the count comes from execute().
-            result = await self._enqueue(
-                keys=[k.ready, k.delayed], args=[k.lease_prefix, k.wake, *args], client=pipe
-            )
+            result = await self._call(self._enqueue, [k.ready, k.delayed],
+                                      [k.lease_prefix, k.wake, *args], pipe)
             if pipe is None:
                 added += result
         return added
@@ -143,13 +203,13 @@ class RedisDispatch:
         await self._cancel(keys=[k.cancel_prefix + job_id], args=[k.cancel, job_id, ttl_ms])
 
     async def release(
-        self, queue: str, claims: Sequence[Claim], pipe: Pipeline | None = None
+        self, queue: str, claims: Sequence[Claim], pipe: Pipeline | ScriptBatch | None = None
     ) -> None:
         k = self.keys(queue)
         args: list[str] = [k.lease_prefix]
         for c in claims:
             args += (c.id, c.token)
-        await self._release(keys=[k.inflight], args=args, client=pipe)
+        await self._call(self._release, [k.inflight], args, pipe)
 
     async def settle(
         self, released: dict[str, list[Claim]], requeued: Sequence[DispatchEntry],
@@ -165,23 +225,22 @@ class RedisDispatch:
         by_queue: dict[str, list[str]] = {}
         for job in started:
             by_queue.setdefault(job.queue, []).extend((str(job.id), job.lease_token))
-        async with self.client.pipeline(transaction=False) as pipe:
-            for queue, claims in released.items():
-                await self.release(queue, claims, pipe)
-            for queue, pairs in by_queue.items():
-                k = self.keys(queue)
-                await self._adopt(keys=[k.inflight], args=[k.lease_prefix, lease_ms, *pairs],
-                                  client=pipe)
-            if requeued:
-                await self.enqueue(requeued, pipe)
-            if changed:
-                await self.publish_changed(changed, pipe)
-            replies = await pipe.execute()
+        batch = self.batch()
+        for queue, claims in released.items():
+            await self.release(queue, claims, batch)
+        for queue, pairs in by_queue.items():
+            k = self.keys(queue)
+            await batch.script(self._adopt, [k.inflight], [k.lease_prefix, lease_ms, *pairs])
+        if requeued:
+            await self.enqueue(requeued, batch)
+        if changed:
+            await self.publish_changed(changed, batch)
+        replies = await batch.execute()
         adopted = replies[len(released):len(released) + len(by_queue)]
         return [job_id for lost in adopted for job_id in lost]
 
     async def publish_changed(
-        self, ids: Iterable[object], pipe: Pipeline | None = None
+        self, ids: Iterable[object], pipe: Pipeline | ScriptBatch | None = None
     ) -> None:
         """One message on the changed channel naming jobs (or workflows) whose state
         changed, space-separated. A hint only: listeners read PostgreSQL for the state,
