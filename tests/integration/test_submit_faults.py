@@ -297,3 +297,30 @@ async def test_idempotent_replays_in_a_group_commit_take_no_room_from_the_quota(
     assert answers[3][0]
     assert await stores.store.pool.fetchval(
         "SELECT count(*) FROM jobs WHERE tenant = 'a' AND queue = 'shared'") == 3
+
+
+async def test_a_batch_that_fails_after_its_commit_answers_every_job_it_created(
+        stores, settings, monkeypatch):
+    # An error past the INSERT's commit that is not PostgreSQL or Redis being away (here
+    # in the idempotency lookup that follows it) made the group commit halve the batch
+    # and send the halves again with the same ids: each failed on the primary key and
+    # was answered 500, for jobs that exist (a client retrying without a key would make
+    # them twice).
+    from taskflow.adapters.postgres import PostgresStore
+
+    real, broke = PostgresStore._with_existing, []
+
+    async def with_existing(self, jobs, rows):
+        if len(jobs) > 1 and not broke:
+            broke.append(len(jobs))
+            raise RuntimeError("past the commit")
+        return await real(self, jobs, rows)
+
+    monkeypatch.setattr(PostgresStore, "_with_existing", with_existing)
+    submitter = _submitter(stores, settings, backend_timeout=30)
+    jobs = [NewJob(task="noop", max_attempts=1) for _ in range(8)]
+    answers = await asyncio.wait_for(_behind_a_stalled_commit(submitter, stores, jobs), 10)
+    assert broke == [8]
+    assert all(not isinstance(a, BaseException) and a[0] for a in answers), answers
+    assert [a[1].id for a in answers] == [j.id for j in jobs]
+    assert await _count(stores) == 9  # the stalled first one and these 8, once each

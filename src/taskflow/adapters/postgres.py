@@ -256,10 +256,20 @@ class PostgresStore:
         exist for the job's tenant. When the connection breaks or the statement times
         out, the commit may still have happened: the jobs are looked up by id, and if
         they exist this returns as if nothing had gone wrong (so that a caller never
-        answers "failed" for jobs that were created)."""
+        answers "failed" for jobs that were created). Likewise when a job's id is taken:
+        ids are made here (UUIDv7), so these very jobs were inserted before, by a caller
+        that sends them again after an error past the commit (the API's group commit
+        halves a failed batch and sends the halves again)."""
         try:
             return await self._insert_jobs(jobs)
         except MAYBE_COMMITTED:
+            found = await self._created_anyway(jobs)
+            if found is None:
+                raise
+            return found
+        except asyncpg.UniqueViolationError as exc:
+            if exc.constraint_name != "jobs_pkey":
+                raise
             found = await self._created_anyway(jobs)
             if found is None:
                 raise
