@@ -262,13 +262,9 @@ class PostgresStore:
         halves a failed batch and sends the halves again)."""
         try:
             return await self._insert_jobs(jobs)
-        except MAYBE_COMMITTED:
-            found = await self._created_anyway(jobs)
-            if found is None:
-                raise
-            return found
-        except asyncpg.UniqueViolationError as exc:
-            if exc.constraint_name != "jobs_pkey":
+        except (*MAYBE_COMMITTED, asyncpg.UniqueViolationError) as exc:
+            if (isinstance(exc, asyncpg.UniqueViolationError)
+                    and exc.constraint_name != "jobs_pkey"):
                 raise
             found = await self._created_anyway(jobs)
             if found is None:
