@@ -324,3 +324,24 @@ async def test_a_batch_that_fails_after_its_commit_answers_every_job_it_created(
     assert all(not isinstance(a, BaseException) and a[0] for a in answers), answers
     assert [a[1].id for a in answers] == [j.id for j in jobs]
     assert await _count(stores) == 9  # the stalled first one and these 8, once each
+
+
+async def test_an_id_taken_is_not_taken_for_created_unless_these_jobs_were_sent_before(
+        stores):
+    """The converse of the test above (review): a batch only partly in the table, or an
+    id another tenant's job has, must fail on the primary key as before, not be answered
+    as created while its other jobs were never written."""
+    import asyncpg
+
+    [a] = (await stores.store.insert_jobs([NewJob(task="noop", max_attempts=1)])).created
+    again = NewJob(task="noop", max_attempts=1, id=a.id)
+    b = NewJob(task="noop", max_attempts=1)
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await stores.store.insert_jobs([again, b])  # b was never sent
+    theirs = NewJob(task="other", max_attempts=1, tenant="beta", id=a.id)
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await stores.store.insert_jobs([theirs])
+    assert await _count(stores) == 1
+    # The same jobs again (what the group commit's halving does): answered as created.
+    result = await stores.store.insert_jobs([again])
+    assert [e.id for e in result.created] == [a.id]

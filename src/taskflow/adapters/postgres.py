@@ -263,21 +263,32 @@ class PostgresStore:
         try:
             return await self._insert_jobs(jobs)
         except (*MAYBE_COMMITTED, asyncpg.UniqueViolationError) as exc:
-            if (isinstance(exc, asyncpg.UniqueViolationError)
-                    and exc.constraint_name != "jobs_pkey"):
+            sent_before = isinstance(exc, asyncpg.UniqueViolationError)
+            if sent_before and exc.constraint_name != "jobs_pkey":
                 raise
-            found = await self._created_anyway(jobs)
+            found = await self._created_anyway(jobs, sent_before=sent_before)
             if found is None:
                 raise
             return found
 
-    async def _created_anyway(self, jobs: Sequence[NewJob]) -> InsertResult | None:
+    async def _created_anyway(
+        self, jobs: Sequence[NewJob], *, sent_before: bool = False,
+    ) -> InsertResult | None:
+        """What an insert of ``jobs`` that failed after its commit made, or None (the
+        caller's error stands). ``sent_before``: they were inserted by an earlier attempt,
+        whose one statement made every one of them, bar the idempotent replays."""
         try:
             rows = await self.pool.fetch(QUERIES["created_jobs"], [j.id for j in jobs])
         except Exception:  # noqa: BLE001 - still unreachable: the caller's error stands
             return None
-        if not rows:
-            return None
+        sent = {j.id: j for j in jobs}
+        if not rows or any((r["tenant"], r["task"]) != (sent[r["id"]].tenant,
+                                                      sent[r["id"]].task) for r in rows):
+            return None  # not these jobs: an id taken by another (a caller that made ids)
+        found = {r["id"] for r in rows}
+        if sent_before and any(j.id not in found and j.idempotency_key is None
+                               for j in jobs):
+            return None  # not all of them were sent before: this insert made nothing
         log.warning("the insert of %d jobs failed after its commit; answering with the "
                     "jobs it created", len(jobs))
         return await self._with_existing(jobs, rows)

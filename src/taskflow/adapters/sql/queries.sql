@@ -62,7 +62,8 @@ SELECT * FROM created;
 
 -- name: created_jobs
 -- After an insert that failed in a way that may have come after its commit: what it made.
-SELECT id, queue, priority, run_at, state, created_at FROM jobs WHERE id = ANY($1::uuid[]);
+SELECT id, tenant, task, queue, priority, run_at, state, created_at FROM jobs
+WHERE id = ANY($1::uuid[]);
 
 -- name: lock_upstreams
 -- Marks jobs as having dependents and returns their current state. The row lock makes a
