@@ -81,3 +81,21 @@ async def test_the_outbox_sees_each_ending_of_a_flush_once(stores, outbox):
     assert sorted((r["job_id"], r["event"]) for r in rows) == sorted(
         (o.id, f"job.{o.state.value}") for o in outcomes)
     assert {r["job_id"] for r in rows} == set(ids)
+
+
+async def test_a_release_that_passes_over_a_cancelled_dependent_writes_no_event_for_it(
+        stores, outbox):
+    """The release also updates dependents cancelled meanwhile (their count of pending
+    upstreams), cancelled to cancelled: not an ending, so the trigger's comparison of new
+    and old rows must leave it out (one job.cancelled for b, from its cancel)."""
+    await outbox.insert_subscription("t", ["job.succeeded", "job.cancelled"], None, None,
+                                     "https://hooks.example/s", None)
+    nodes = [WorkflowNode(name="a", job=NewJob(task="noop", max_attempts=1)),
+             WorkflowNode(name="b", after=("a",), job=NewJob(task="noop", max_attempts=1))]
+    _, ids = await submit_workflow(stores.store, stores.dispatch, "t", "w", nodes)
+    assert await stores.store.cancel_waiting_job(ids["b"], "t") is not None
+    [a] = await _running(stores, 1)
+    rows = await _finish_in_caller_settings(stores, [_outcome(a)], seats=1)
+    assert (ids["b"], "cancelled") in {(r["id"], r["state"]) for r in rows}  # passed over
+    events = sorted((r["job_id"] == ids["a"], r["event"]) for r in await outbox_rows(outbox))
+    assert events == [(False, "job.cancelled"), (True, "job.succeeded")]
