@@ -6,7 +6,8 @@
 -- DAG (pg_stat_statements with track_planning). Both reach every row by key, and the
 -- release already pinned the keyed plan with enable_* settings; now both statements run
 -- under those settings with one generic plan per connection, which the settings keep
--- keyed whatever the table's size when it was made. The rest is as in 0008.
+-- keyed whatever the table's size when it was made. The rest is as in 0008,
+-- but for the release under an IF, so that the settings are restored in one place.
 --
 -- The outbox trigger fires inside the first statement, so under those settings too: its
 -- one join (the transition tables, new against old) becomes a hashed NOT IN, which no
@@ -86,70 +87,64 @@ BEGIN
                         NULL::uuid[], u.result
     FROM unnest(m_ids, m_queues, m_priorities, m_run_ats, m_states, m_results)
          AS u(id, queue, priority, run_at, state, result);
-    IF NOT true = ANY (m_fanout) THEN
-        PERFORM set_config('plan_cache_mode', saved_plan_mode, true),
-                set_config('enable_seqscan', saved_seqscan, true),
-                set_config('enable_hashjoin', saved_hashjoin, true),
-                set_config('enable_mergejoin', saved_mergejoin, true);
-        RETURN;  -- the common case: nobody waits on these jobs
+    IF true = ANY (m_fanout) THEN  -- some have dependents (commonly none has)
+        -- Release: one decrement per (dependent, succeeded upstream) edge. The count stays
+        -- true for dependents cancelled meanwhile too (a retry may revive them), but only
+        -- blocked ones move. Dependents are locked in id order so that concurrent flushes
+        -- cannot deadlock on them.
+        RETURN QUERY
+        WITH succeeded AS (
+            SELECT u.id FROM unnest(m_ids, m_states, m_fanout) AS u(id, state, fanout)
+            WHERE u.state = 'succeeded' AND u.fanout
+        ), counts AS (
+            SELECT d.job_id, count(*)::integer AS n, array_agg(d.upstream_id) AS ups
+            FROM succeeded AS s JOIN job_dependencies AS d ON d.upstream_id = s.id
+            GROUP BY d.job_id
+        ), locked AS (
+            SELECT j.id, c.n, c.ups, j.priority AS rank_priority,
+                   j.state = 'blocked' AND j.pending_upstreams = c.n AND NOT j.cancel_requested
+                   AND j.run_at <= clock_timestamp() AND j.queue = ANY (start_queues) AS startable
+            FROM counts AS c JOIN jobs AS j ON j.id = c.job_id
+            WHERE j.state IN ('blocked', 'cancelled') ORDER BY j.id FOR NO KEY UPDATE OF j
+        ), seated AS (
+            SELECT l.id, l.n, l.ups,
+                   CASE WHEN l.startable THEN row_number() OVER (
+                       PARTITION BY l.startable ORDER BY l.rank_priority DESC, l.id) END AS seat
+            FROM locked AS l
+        ), chosen AS (
+            SELECT s.id, s.n, s.ups,
+                   CASE WHEN s.seat <= seats THEN token_prefix || s.seat END AS token
+            FROM seated AS s
+        )
+        UPDATE jobs AS j
+        SET pending_upstreams = j.pending_upstreams - l.n,
+            state = CASE WHEN j.state = 'cancelled' THEN 'cancelled'
+                         WHEN j.pending_upstreams - l.n > 0 THEN 'blocked'
+                         WHEN l.token IS NOT NULL THEN 'running'
+                         WHEN j.run_at > clock_timestamp() THEN 'scheduled'
+                         ELSE 'queued' END::job_state,
+            run_at = CASE WHEN j.state = 'blocked' AND j.pending_upstreams - l.n = 0
+                          THEN greatest(j.run_at, now()) ELSE j.run_at END,
+            attempts = j.attempts + (l.token IS NOT NULL)::integer,
+            lease_token = coalesce(l.token, j.lease_token),
+            worker = CASE WHEN l.token IS NULL THEN j.worker ELSE start_worker END,
+            started_at = CASE WHEN l.token IS NULL THEN j.started_at ELSE now() END
+        FROM chosen AS l
+        WHERE j.id = l.id AND j.state IN ('blocked', 'cancelled')
+        RETURNING j.id, j.queue, j.priority, j.run_at, j.state,
+                  CASE WHEN l.token IS NOT NULL THEN j.task END,
+                  CASE WHEN l.token IS NOT NULL THEN j.payload::text END,
+                  CASE WHEN l.token IS NOT NULL THEN j.attempts END,
+                  CASE WHEN l.token IS NOT NULL THEN j.max_attempts END,
+                  CASE WHEN l.token IS NOT NULL THEN j.retry_policy::text END,
+                  CASE WHEN l.token IS NOT NULL THEN j.timeout END,
+                  l.token,
+                  CASE WHEN l.token IS NOT NULL THEN j.tenant END,
+                  CASE WHEN l.token IS NOT NULL THEN j.upstream_count END,
+                  CASE WHEN l.token IS NOT NULL THEN j.has_dependents END,
+                  CASE WHEN l.token IS NOT NULL THEN j.node END,
+                  CASE WHEN l.token IS NOT NULL THEN l.ups END, NULL::text;
     END IF;
-
-    -- Release: one decrement per (dependent, succeeded upstream) edge. The count stays
-    -- true for dependents cancelled meanwhile too (a retry may revive them), but only
-    -- blocked ones move. Dependents are locked in id order so that concurrent flushes
-    -- cannot deadlock on them.
-    RETURN QUERY
-    WITH succeeded AS (
-        SELECT u.id FROM unnest(m_ids, m_states, m_fanout) AS u(id, state, fanout)
-        WHERE u.state = 'succeeded' AND u.fanout
-    ), counts AS (
-        SELECT d.job_id, count(*)::integer AS n, array_agg(d.upstream_id) AS ups
-        FROM succeeded AS s JOIN job_dependencies AS d ON d.upstream_id = s.id
-        GROUP BY d.job_id
-    ), locked AS (
-        SELECT j.id, c.n, c.ups, j.priority AS rank_priority,
-               j.state = 'blocked' AND j.pending_upstreams = c.n AND NOT j.cancel_requested
-               AND j.run_at <= clock_timestamp() AND j.queue = ANY (start_queues) AS startable
-        FROM counts AS c JOIN jobs AS j ON j.id = c.job_id
-        WHERE j.state IN ('blocked', 'cancelled') ORDER BY j.id FOR NO KEY UPDATE OF j
-    ), seated AS (
-        SELECT l.id, l.n, l.ups,
-               CASE WHEN l.startable THEN row_number() OVER (
-                   PARTITION BY l.startable ORDER BY l.rank_priority DESC, l.id) END AS seat
-        FROM locked AS l
-    ), chosen AS (
-        SELECT s.id, s.n, s.ups,
-               CASE WHEN s.seat <= seats THEN token_prefix || s.seat END AS token
-        FROM seated AS s
-    )
-    UPDATE jobs AS j
-    SET pending_upstreams = j.pending_upstreams - l.n,
-        state = CASE WHEN j.state = 'cancelled' THEN 'cancelled'
-                     WHEN j.pending_upstreams - l.n > 0 THEN 'blocked'
-                     WHEN l.token IS NOT NULL THEN 'running'
-                     WHEN j.run_at > clock_timestamp() THEN 'scheduled'
-                     ELSE 'queued' END::job_state,
-        run_at = CASE WHEN j.state = 'blocked' AND j.pending_upstreams - l.n = 0
-                      THEN greatest(j.run_at, now()) ELSE j.run_at END,
-        attempts = j.attempts + (l.token IS NOT NULL)::integer,
-        lease_token = coalesce(l.token, j.lease_token),
-        worker = CASE WHEN l.token IS NULL THEN j.worker ELSE start_worker END,
-        started_at = CASE WHEN l.token IS NULL THEN j.started_at ELSE now() END
-    FROM chosen AS l
-    WHERE j.id = l.id AND j.state IN ('blocked', 'cancelled')
-    RETURNING j.id, j.queue, j.priority, j.run_at, j.state,
-              CASE WHEN l.token IS NOT NULL THEN j.task END,
-              CASE WHEN l.token IS NOT NULL THEN j.payload::text END,
-              CASE WHEN l.token IS NOT NULL THEN j.attempts END,
-              CASE WHEN l.token IS NOT NULL THEN j.max_attempts END,
-              CASE WHEN l.token IS NOT NULL THEN j.retry_policy::text END,
-              CASE WHEN l.token IS NOT NULL THEN j.timeout END,
-              l.token,
-              CASE WHEN l.token IS NOT NULL THEN j.tenant END,
-              CASE WHEN l.token IS NOT NULL THEN j.upstream_count END,
-              CASE WHEN l.token IS NOT NULL THEN j.has_dependents END,
-              CASE WHEN l.token IS NOT NULL THEN j.node END,
-              CASE WHEN l.token IS NOT NULL THEN l.ups END, NULL::text;
     PERFORM set_config('plan_cache_mode', saved_plan_mode, true),
             set_config('enable_seqscan', saved_seqscan, true),
             set_config('enable_hashjoin', saved_hashjoin, true),
