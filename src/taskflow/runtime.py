@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -70,6 +71,17 @@ async def open_stores(
         await store.close()
 
 
+def freeze_startup_heap() -> None:
+    """Take what a role has loaded by the time it serves (modules, settings, pools: ~90,000
+    objects) out of the cyclic garbage collector's sight, once, garbage collected first.
+    Each full collection walks every tracked object: those made one ~30 ms stop of the
+    event loop, twice per 10,000 jobs in a worker's drain (~20 % of its time went to
+    collections), and in the middle of requests. Frozen objects are still freed by
+    reference counting; only cycles among them would stay, and startup leaves none."""
+    gc.collect()
+    gc.freeze()
+
+
 def stop_event(forward: Callable[[int], None] | None = None) -> asyncio.Event:
     """Set on SIGTERM or SIGINT; a second signal exits at once. ``forward`` is called
     with each signal first (a supervisor passes it on to its children)."""
@@ -106,6 +118,7 @@ async def run_worker(settings: Settings, stores: Stores, stop: asyncio.Event, *,
     worker = Worker(settings, stores.store, stores.dispatch, registry,
                     queues=queues, concurrency=concurrency)
     duties = [maintenance_duty(settings, stores, worker.queues)] if maintenance else []
+    freeze_startup_heap()
     try:
         await worker.run(stop)
     finally:

@@ -13,6 +13,7 @@ import uvicorn
 from litestar import Litestar
 
 from taskflow.api.fastpath import asgi_app
+from taskflow.runtime import freeze_startup_heap
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ async def run_api(app: Litestar, sock: socket.socket, stop: asyncio.Event) -> No
         backlog=4096,
     )
     server = _Server(config)
+    freeze_startup_heap()
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     stopping = asyncio.create_task(stop.wait())
     try:

@@ -10,6 +10,7 @@ from taskflow.config import Settings
 from taskflow.notifier.notifier import Notifier
 from taskflow.notifier.sinks import Sink
 from taskflow.outbound import OutboundClient
+from taskflow.runtime import freeze_startup_heap
 
 log = logging.getLogger(__name__)
 
@@ -53,4 +54,5 @@ async def run_notifier(settings: Settings, outbox: OutboxStore, database_url: st
 
     checks = {"postgres": lambda: outbox.pool.fetchval("SELECT 1"), "listen": listening}
     async with ops_server(settings.notify.metrics_host, port, checks):
+        freeze_startup_heap()
         await notifier.run(stop)
