@@ -60,3 +60,45 @@ async def test_a_changed_migration_is_refused(servers, settings, tmp_path):
         admin = await asyncpg.connect(servers.database_url)
         await admin.execute('DROP DATABASE IF EXISTS "taskflow_migrate_changed" WITH (FORCE)')
         await admin.close()
+
+
+async def test_open_jobs_are_backfilled_from_a_database_with_jobs(servers, settings, tmp_path):
+    # Migration 0010 over a database already holding unfinished and finished jobs: each
+    # unfinished one gets its open_jobs row, each finished one its job_ends row.
+    import shutil
+
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    for number, path in migration_files(settings.migrations_path):
+        if number < 10:
+            shutil.copy(path, folder)
+    url = await _fresh_database(servers, "taskflow_migrate_backfill")
+    conn = await asyncpg.connect(url)
+    try:
+        await migrate(conn, folder)
+        await conn.execute("""
+            INSERT INTO jobs (id, tenant, task, queue, run_at, state, max_attempts,
+                              finished_at, workflow_id)
+            SELECT gen_random_uuid(), 't' || (i % 2), 'noop', 'q', now(),
+                   CASE WHEN i % 3 = 0 THEN 'succeeded' ELSE 'queued' END::job_state, 1,
+                   CASE WHEN i % 3 = 0 THEN now() - i * interval '1 second' END,
+                   CASE WHEN i % 5 = 0 THEN gen_random_uuid() END
+            FROM generate_series(1, 30) AS i""")
+        shutil.copy(settings.migrations_path / "0010_open_jobs.sql", folder)
+        assert await migrate(conn, folder) == ["0010_open_jobs.sql"]
+        assert await conn.fetchval("""
+            SELECT (SELECT array_agg((id, tenant, queue, workflow_id) ORDER BY id)
+                    FROM jobs WHERE finished_at IS NULL)
+                   = (SELECT array_agg((id, tenant, queue, workflow_id) ORDER BY id)
+                      FROM open_jobs)""")
+        assert await conn.fetchval("""
+            SELECT (SELECT array_agg((id, tenant, finished_at) ORDER BY id)
+                    FROM jobs WHERE finished_at IS NOT NULL)
+                   = (SELECT array_agg((job_id, tenant, finished_at) ORDER BY job_id)
+                      FROM job_ends)""")
+        assert await conn.fetchval("SELECT count(*) FROM open_jobs") == 20
+    finally:
+        await conn.close()
+        admin = await asyncpg.connect(servers.database_url)
+        await admin.execute('DROP DATABASE IF EXISTS "taskflow_migrate_backfill" WITH (FORCE)')
+        await admin.close()

@@ -250,18 +250,17 @@ SELECT * FROM taskflow_cancel_dependents($1::uuid[], $2::job_state[]);
 
 -- name: running_jobs_started_before
 -- Candidates for the rescuer's PostgreSQL-side sweep: of the next $3 unfinished jobs after
--- id $2 (a keyset page of jobs_unfinished, whatever their state), the attempts running
--- for longer than a lease. The page bounds each pass whatever the backlog: filtering on
--- state in the scan instead read every waiting job behind the few running ones (there is
--- no index on state, on purpose: see jobs_unfinished), a million per pass under a
--- backlog of a million. Every row has the page's last id and size (a page with no
--- candidate is one row of NULLs but for them), so the sweep goes round all unfinished
--- jobs over its passes.
+-- id $2 (a keyset page of open_jobs, migration 0010, whatever their state), the attempts
+-- running for longer than a lease. The page bounds each pass whatever the backlog:
+-- filtering on state in the scan instead read every waiting job behind the few running
+-- ones (there is no index on state, on purpose: see jobs_unfinished in 0001), a million
+-- per pass under a backlog of a million. Every row has the page's last id and size (a
+-- page with no candidate is one row of NULLs but for them), so the sweep goes round all
+-- unfinished jobs over its passes.
 WITH page AS MATERIALIZED (
-    SELECT id, queue, lease_token, state, started_at FROM jobs
-    WHERE finished_at IS NULL AND id > $2
-    ORDER BY id
-    LIMIT $3
+    SELECT j.id, j.queue, j.lease_token, j.state, j.started_at
+    FROM (SELECT id FROM open_jobs WHERE id > $2 ORDER BY id LIMIT $3) AS o
+    JOIN jobs AS j ON j.id = o.id
 )
 SELECT last.id AS last_id, last.n AS scanned, p.id, p.queue, p.lease_token
 FROM (SELECT (SELECT id FROM page ORDER BY id DESC LIMIT 1) AS id,
@@ -331,10 +330,12 @@ FROM (SELECT job_id, noted FROM jobs_unindexed
 LEFT JOIN jobs AS j ON j.id = u.job_id;
 
 -- name: dispatchable_jobs_page
--- Keyset page of the jobs that belong in the Redis dispatch index (reconciler).
-SELECT id, queue, priority, run_at, state FROM jobs
-WHERE finished_at IS NULL AND state IN ('queued', 'scheduled') AND id > $1
-ORDER BY id
+-- Keyset page of the jobs that belong in the Redis dispatch index (reconciler), read in
+-- the order of open_jobs (migration 0010).
+SELECT j.id, j.queue, j.priority, j.run_at, j.state
+FROM open_jobs AS o JOIN jobs AS j ON j.id = o.id
+WHERE o.id > $1 AND j.state IN ('queued', 'scheduled')
+ORDER BY o.id
 LIMIT $2;
 
 -- name: get_tenant_job
@@ -433,11 +434,10 @@ FROM jobs WHERE workflow_id = $1 ORDER BY id;
 -- name: count_active_jobs
 -- Unfinished jobs of each (tenant, queue) pair, for tenant_limits.max_active. Each count
 -- stops at $3 (the largest bound asked about), so its cost is bounded by the limit and
--- not by the tenant's backlog (index jobs_tenant_queue_unfinished, migration 0005).
+-- not by the tenant's backlog (open_jobs_tenant_queue, migration 0010).
 SELECT k.tenant, k.queue,
-       (SELECT count(*) FROM (SELECT 1 FROM jobs AS j
-                              WHERE j.tenant = k.tenant AND j.queue = k.queue
-                                AND j.finished_at IS NULL
+       (SELECT count(*) FROM (SELECT 1 FROM open_jobs AS o
+                              WHERE o.tenant = k.tenant AND o.queue = k.queue
                               LIMIT $3) AS s) AS active
 FROM unnest($1::text[], $2::text[]) AS k(tenant, queue);
 
@@ -591,18 +591,17 @@ RETURNING id, queue, priority, run_at, state, has_dependents;
 
 -- name: blocked_counts
 -- Jobs waiting on their upstreams, by queue, for the metrics (taskflow.stats). At most $1
--- unfinished jobs are looked at (the jobs_unfinished index, oldest first), so a refresh
--- costs the same whatever the backlog; beyond that the counts are lower bounds.
-SELECT queue, count(*) FILTER (WHERE state = 'blocked')::int AS blocked
-FROM (SELECT queue, state FROM jobs WHERE finished_at IS NULL ORDER BY id LIMIT $1)
-     AS unfinished
-GROUP BY queue;
+-- unfinished jobs are looked at (open_jobs, oldest first), so a refresh costs the same
+-- whatever the backlog; beyond that the counts are lower bounds.
+SELECT j.queue, count(*) FILTER (WHERE j.state = 'blocked')::int AS blocked
+FROM (SELECT id FROM open_jobs ORDER BY id LIMIT $1) AS o JOIN jobs AS j ON j.id = o.id
+GROUP BY j.queue;
 
 -- name: queue_backlog
 -- Jobs waiting by queue for GET /queues ($1 NULL: every tenant's): the oldest $2
--- unfinished jobs that are not running, read oldest first (through jobs_unfinished, or
--- jobs_tenant_unfinished of migration 0007 for one tenant; the branch whose one-time
--- filter is false reads nothing), so the oldest ready job is in the sample and queues
+-- unfinished jobs that are not running, read oldest first (through open_jobs, or
+-- open_jobs_tenant_id for one tenant, migration 0010; the branch whose one-time filter
+-- is false reads nothing), so the oldest ready job is in the sample and queues
 -- get their share by age. A scheduled job that is due counts as ready (a worker promotes
 -- it when it claims). Running jobs are counted apart (running_jobs). The caller asks for
 -- one row more than it reports, to tell a full count from a capped one.
@@ -614,13 +613,13 @@ SELECT queue,
        min(run_at) FILTER (WHERE state IN ('queued', 'scheduled')
                            AND run_at <= now()) AS oldest_ready_due,
        count(*)::int AS counted
-FROM ((SELECT queue, state, run_at FROM jobs
-       WHERE $1::text IS NULL AND finished_at IS NULL AND state <> 'running'
-       ORDER BY id LIMIT $2)
+FROM ((SELECT j.queue, j.state, j.run_at FROM open_jobs AS o JOIN jobs AS j ON j.id = o.id
+       WHERE $1::text IS NULL AND j.state <> 'running'
+       ORDER BY o.id LIMIT $2)
       UNION ALL
-      (SELECT queue, state, run_at FROM jobs
-       WHERE tenant = $1 AND finished_at IS NULL AND state <> 'running'
-       ORDER BY tenant, id LIMIT $2)) AS unfinished
+      (SELECT j.queue, j.state, j.run_at FROM open_jobs AS o JOIN jobs AS j ON j.id = o.id
+       WHERE o.tenant = $1 AND j.state <> 'running'
+       ORDER BY o.tenant, o.id LIMIT $2)) AS unfinished
 GROUP BY queue;
 
 -- name: running_jobs
@@ -634,27 +633,30 @@ GROUP BY GROUPING SETS ((queue), (worker));
 
 -- name: finished_by_minute
 -- Jobs that ended in [$2, $3), by queue, minute and final state ($1 NULL: every tenant's),
--- through jobs_finished, or jobs_tenant_finished for one tenant (migration 0007; the
--- branch whose one-time filter is false reads nothing). The API reads a few minutes at a
--- time and keeps the closed ones (taskflow.api.ended), so its cost follows the rate.
-SELECT queue, date_trunc('minute', finished_at) AS minute, state::text AS state,
+-- found through job_ends (every tenant's, or one tenant's; migration 0010; the branch
+-- whose one-time filter is false reads nothing). The job's own finished_at decides: a job
+-- redriven and ended again has a job_ends row per end, and only its last end counts, once.
+-- The API reads a few minutes at a time and keeps the closed ones (taskflow.api.ended),
+-- so its cost follows the rate.
+SELECT j.queue, date_trunc('minute', j.finished_at) AS minute, j.state::text AS state,
        count(*)::int AS n
-FROM ((SELECT queue, finished_at, state FROM jobs
-       WHERE $1::text IS NULL AND finished_at >= $2 AND finished_at < $3)
-      UNION ALL
-      (SELECT queue, finished_at, state FROM jobs
-       WHERE tenant = $1 AND finished_at >= $2 AND finished_at < $3)) AS ended
-GROUP BY queue, minute, state;
+FROM jobs AS j
+WHERE j.id IN ((SELECT e.job_id FROM job_ends AS e
+                WHERE $1::text IS NULL AND e.finished_at >= $2 AND e.finished_at < $3)
+               UNION ALL
+               (SELECT e.job_id FROM job_ends AS e
+                WHERE e.tenant = $1 AND e.finished_at >= $2 AND e.finished_at < $3))
+  AND j.finished_at >= $2 AND j.finished_at < $3
+GROUP BY j.queue, minute, j.state;
 
 -- name: list_workflows
 -- Workflows newest first, keyset-paged on the time-ordered id ($1 NULL: every tenant's),
 -- each with at most $4 of its jobs counted by state, so a page costs at most its size
 -- times $4 rows whatever the workflows' sizes (the caller asks for one more than it
 -- shows, to tell a full count from a capped one), and whether any job is unfinished
--- (through jobs_workflow_unfinished, migration 0007: one probe).
+-- (through open_jobs_workflow, migration 0010: one probe).
 SELECT w.id, w.tenant, w.name, w.created_at, c.total, c.unfinished, c.succeeded, c.failed,
-       c.unfinished > 0 OR EXISTS (SELECT 1 FROM jobs AS u
-                                   WHERE u.workflow_id = w.id AND u.finished_at IS NULL)
+       c.unfinished > 0 OR EXISTS (SELECT 1 FROM open_jobs AS u WHERE u.workflow_id = w.id)
            AS running
 FROM (SELECT * FROM workflows
       WHERE ($1::text IS NULL OR tenant = $1) AND ($2::uuid IS NULL OR id < $2)
