@@ -11,8 +11,9 @@ from typing import Any
 
 from taskflow.config import Settings
 from taskflow.jobs import submit
-from taskflow.models import Job, NewJob
+from taskflow.models import Job, NewJob, Outcome
 from taskflow.runtime import Stores
+from taskflow.states import JobState
 from taskflow.supervise import cancel_and_wait
 from taskflow.worker.builtins import builtin_registry
 from taskflow.worker.maintenance import Maintenance
@@ -66,6 +67,20 @@ async def submit_jobs(stores: Stores, *specs: dict[str, Any]) -> list[Any]:
     jobs = [NewJob(**{"max_attempts": 3, **spec}) for spec in specs]
     result = await submit(stores.store, stores.dispatch, jobs)
     return [e.id for e in result.created]
+
+
+async def start_claimed(stores: Stores, count: int, queue: str = "default") -> list[Any]:
+    """Claim up to ``count`` jobs of ``queue`` and start them for worker "w", no worker
+    running: the jobs started, their leases in Redis."""
+    claims = (await stores.dispatch.claim(queue, count, 10_000)).claims
+    return await stores.store.start_jobs(claims, "w")
+
+
+def outcome_of(job: Any, state: JobState = JobState.SUCCEEDED) -> Outcome:
+    """The outcome of a started job's attempt: a result of 1, or the error "boom"."""
+    return Outcome(job.id, job.lease_token, state, state.value, 0.0,
+                   result="1" if state is JobState.SUCCEEDED else None,
+                   error=None if state is JobState.SUCCEEDED else "boom")
 
 
 @contextlib.asynccontextmanager

@@ -9,24 +9,13 @@ from taskflow.adapters.sql import QUERIES
 from taskflow.jobs import submit_workflow
 from taskflow.models import NewJob, Outcome, WorkflowNode
 from taskflow.states import JobState
-from tests.helpers import submit_jobs
+from tests.helpers import outcome_of, start_claimed, submit_jobs
 from tests.integration.outbox_helpers import outbox_rows
 
 PINNED = ("plan_cache_mode", "enable_seqscan", "enable_hashjoin", "enable_mergejoin")
 # Not the values the function pins (nor the pool's): a restore to anything else shows.
 CALLERS = {"plan_cache_mode": "auto", "enable_seqscan": "on", "enable_hashjoin": "on",
            "enable_mergejoin": "on"}
-
-
-async def _running(stores, count: int) -> list:
-    claims = (await stores.dispatch.claim("default", count, 10_000)).claims
-    return await stores.store.start_jobs(claims, "w")
-
-
-def _outcome(job, state: JobState = JobState.SUCCEEDED) -> Outcome:
-    return Outcome(job.id, job.lease_token, state, state.value, 0.0,
-                   result="1" if state is JobState.SUCCEEDED else None,
-                   error=None if state is JobState.SUCCEEDED else "boom")
 
 
 async def _finish_in_caller_settings(stores, outcomes: list[Outcome], seats: int) -> list:
@@ -50,19 +39,19 @@ async def test_every_way_out_of_a_flush_restores_the_planner_settings(stores):
              WorkflowNode(name="g", after=("f",), job=NewJob(task="noop", max_attempts=1))]
     _, ids = await submit_workflow(stores.store, stores.dispatch, "t", "w", nodes)
     [lone] = await submit_jobs(stores, {"task": "noop"})
-    running = {j.id: j for j in await _running(stores, 3)}
+    running = {j.id: j for j in await start_claimed(stores, 3)}
     assert set(running) == {ids["a"], ids["f"], lone}
 
     # Nobody waits on the job: the early way out.
-    rows = await _finish_in_caller_settings(stores, [_outcome(running[lone])], seats=1)
+    rows = await _finish_in_caller_settings(stores, [outcome_of(running[lone])], seats=1)
     assert [(r["id"], r["state"]) for r in rows] == [(lone, "succeeded")]
     # A release that starts its dependent.
-    rows = await _finish_in_caller_settings(stores, [_outcome(running[ids["a"]])], seats=1)
+    rows = await _finish_in_caller_settings(stores, [outcome_of(running[ids["a"]])], seats=1)
     assert {(r["id"], r["state"]) for r in rows} == {(ids["a"], "succeeded"),
                                                      (ids["b"], "running")}
     # A failure that cancels its dependent.
     rows = await _finish_in_caller_settings(
-        stores, [_outcome(running[ids["f"]], JobState.FAILED)], seats=1)
+        stores, [outcome_of(running[ids["f"]], JobState.FAILED)], seats=1)
     assert {(r["id"], r["state"]) for r in rows} >= {(ids["f"], "failed"),
                                                      (ids["g"], "cancelled")}
 
@@ -73,8 +62,8 @@ async def test_the_outbox_sees_each_ending_of_a_flush_once(stores, outbox):
     await outbox.insert_subscription("default", ["job.succeeded", "job.failed"], None, None,
                                      "https://hooks.example/s", None)
     ids = await submit_jobs(stores, *[{"task": "noop"}] * 40)
-    jobs = await _running(stores, 40)
-    outcomes = [_outcome(j, JobState.FAILED if i % 4 == 0 else JobState.SUCCEEDED)
+    jobs = await start_claimed(stores, 40)
+    outcomes = [outcome_of(j, JobState.FAILED if i % 4 == 0 else JobState.SUCCEEDED)
                 for i, j in enumerate(jobs)]
     await _finish_in_caller_settings(stores, outcomes, seats=0)
     rows = await outbox_rows(outbox)
@@ -94,8 +83,8 @@ async def test_a_release_that_passes_over_a_cancelled_dependent_writes_no_event_
              WorkflowNode(name="b", after=("a",), job=NewJob(task="noop", max_attempts=1))]
     _, ids = await submit_workflow(stores.store, stores.dispatch, "t", "w", nodes)
     assert await stores.store.cancel_waiting_job(ids["b"], "t") is not None
-    [a] = await _running(stores, 1)
-    rows = await _finish_in_caller_settings(stores, [_outcome(a)], seats=1)
+    [a] = await start_claimed(stores, 1)
+    rows = await _finish_in_caller_settings(stores, [outcome_of(a)], seats=1)
     assert (ids["b"], "cancelled") in {(r["id"], r["state"]) for r in rows}  # passed over
     events = sorted((r["job_id"] == ids["a"], r["event"]) for r in await outbox_rows(outbox))
     assert events == [(False, "job.cancelled"), (True, "job.succeeded")]

@@ -11,25 +11,14 @@ from taskflow.adapters.overview import OverviewStore
 from taskflow.adapters.postgres import _outcome_columns
 from taskflow.adapters.sql import QUERIES
 from taskflow.jobs import submit_workflow
-from taskflow.models import NewJob, Outcome, WorkflowNode
+from taskflow.models import NewJob, WorkflowNode
 from taskflow.states import JobState
-from tests.helpers import submit_jobs
+from tests.helpers import outcome_of, start_claimed, submit_jobs
 
 CONSISTENT = """
 SELECT (SELECT array_agg(id ORDER BY id) FROM jobs WHERE finished_at IS NULL)
            IS NOT DISTINCT FROM (SELECT array_agg(id ORDER BY id) FROM open_jobs)
 """
-
-
-async def _running(stores, count: int) -> list:
-    claims = (await stores.dispatch.claim("default", count, 10_000)).claims
-    return await stores.store.start_jobs(claims, "w")
-
-
-def _outcome(job, state: JobState = JobState.SUCCEEDED) -> Outcome:
-    return Outcome(job.id, job.lease_token, state, state.value, 0.0,
-                   result="1" if state is JobState.SUCCEEDED else None,
-                   error=None if state is JobState.SUCCEEDED else "boom")
 
 
 async def _ends(stores, job_id) -> int:
@@ -42,10 +31,10 @@ async def test_ending_jobs_is_a_hot_update_and_leaves_open_jobs(stores):
     opened = await stores.store.pool.fetch(
         "SELECT id, tenant, queue FROM open_jobs WHERE id = ANY($1::uuid[])", ids)
     assert {r["id"] for r in opened} == set(ids)
-    running = await _running(stores, 20)
+    running = await start_claimed(stores, 20)
     assert await stores.store.pool.fetchval(
         "SELECT count(*) FROM open_jobs WHERE id = ANY($1::uuid[])", ids) == 20
-    outcomes = [_outcome(j, JobState.SUCCEEDED if i % 2 else JobState.FAILED)
+    outcomes = [outcome_of(j, JobState.SUCCEEDED if i % 2 else JobState.FAILED)
                 for i, j in enumerate(running)]
     counts = ("SELECT pg_stat_get_xact_tuples_updated('jobs'::regclass), "
               "pg_stat_get_xact_tuples_hot_updated('jobs'::regclass)")
@@ -69,7 +58,7 @@ async def test_a_redriven_job_is_open_again_and_its_last_end_counts_once(stores)
     [job_id] = await submit_jobs(stores, {"task": "noop", "max_attempts": 1})
     claims = (await stores.dispatch.claim("default", 1, 10_000)).claims
     [job] = await stores.store.start_jobs(claims, "w")
-    await stores.store.finish_jobs([_outcome(job, JobState.FAILED)])
+    await stores.store.finish_jobs([outcome_of(job, JobState.FAILED)])
     await stores.dispatch.release("default", claims)
     assert await _ends(stores, job_id) == 1
     redriven = await OutboxStore(stores.store.pool).redrive([job_id], "default")
@@ -78,8 +67,8 @@ async def test_a_redriven_job_is_open_again_and_its_last_end_counts_once(stores)
     assert await stores.store.pool.fetchval(
         "SELECT count(*) FROM open_jobs WHERE id = $1", job_id) == 1
     assert await stores.store.pool.fetchval(CONSISTENT)
-    [again] = await _running(stores, 1)
-    await stores.store.finish_jobs([_outcome(again)])
+    [again] = await start_claimed(stores, 1)
+    await stores.store.finish_jobs([outcome_of(again)])
     assert await _ends(stores, job_id) == 2  # one row per end
     ended = await stores.store.get_job(job_id)
     overview = OverviewStore(stores.store.pool)
@@ -98,12 +87,12 @@ async def test_a_release_over_a_cancelled_dependent_records_no_second_end(stores
              WorkflowNode(name="b", job=NewJob(task="noop", max_attempts=1)),
              WorkflowNode(name="c", after=("a", "b"), job=NewJob(task="noop", max_attempts=1))]
     _, ids = await submit_workflow(stores.store, stores.dispatch, "t", "w", nodes)
-    running = {j.id: j for j in await _running(stores, 2)}
-    await stores.store.finish_jobs([_outcome(running[ids["b"]], JobState.FAILED)])
+    running = {j.id: j for j in await start_claimed(stores, 2)}
+    await stores.store.finish_jobs([outcome_of(running[ids["b"]], JobState.FAILED)])
     assert (await stores.store.get_job(ids["c"])).state is JobState.CANCELLED
     assert await _ends(stores, ids["c"]) == 1
     # a's success passes over c, cancelled already: c stays cancelled, ended once.
-    await stores.store.finish_and_start([_outcome(running[ids["a"]])], ["default"], 1,
+    await stores.store.finish_and_start([outcome_of(running[ids["a"]])], ["default"], 1,
                                         "w", "p.")
     assert await _ends(stores, ids["c"]) == 1
     assert await stores.store.pool.fetchval(
