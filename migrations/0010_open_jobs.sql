@@ -37,10 +37,12 @@ CREATE TABLE job_ends (
 CREATE INDEX job_ends_finished ON job_ends (finished_at);
 CREATE INDEX job_ends_tenant_finished ON job_ends (tenant, finished_at);
 
--- No write to jobs from here to the commit (older processes still running wait): the
+-- Nothing touches jobs from here to the commit (processes still running wait): the
 -- backfill and the triggers below must see the same jobs, or a job written between them
--- would be missing from open_jobs for good. Reads go on until the indexes are dropped.
-LOCK TABLE jobs IN SHARE ROW EXCLUSIVE MODE;
+-- would be missing from open_jobs for good. The strongest lock at once, not a write lock
+-- now and the one DROP INDEX needs later: a reader waiting to write in between would
+-- deadlock with this migration.
+LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE;
 INSERT INTO open_jobs (id, tenant, queue, workflow_id)
 SELECT id, tenant, queue, workflow_id FROM jobs WHERE finished_at IS NULL;
 INSERT INTO job_ends (job_id, tenant, finished_at)

@@ -106,3 +106,27 @@ async def test_a_truncate_of_jobs_empties_both(stores):
     await stores.store.pool.execute("TRUNCATE jobs")
     assert await stores.store.pool.fetchval(
         "SELECT (SELECT count(*) FROM open_jobs) + (SELECT count(*) FROM job_ends)") == 0
+
+
+async def test_retry_cancel_and_a_job_born_cancelled_keep_both_tables_right(stores):
+    [failed_id, waiting_id] = await submit_jobs(
+        stores, {"task": "noop", "max_attempts": 1},
+        {"task": "noop", "delay": 3600})
+    claims = (await stores.dispatch.claim("default", 1, 10_000)).claims
+    [job] = await stores.store.start_jobs(claims, "w")
+    assert job.id == failed_id
+    await stores.store.finish_jobs([outcome_of(job, JobState.FAILED)])
+    # Born cancelled: its upstream has failed already.
+    [doomed_id] = await submit_jobs(stores, {"task": "noop", "depends_on": (failed_id,)})
+    assert (await stores.store.get_job(doomed_id)).state is JobState.CANCELLED
+    assert await _ends(stores, doomed_id) == 1
+    # Cancelled while it waits.
+    assert await stores.store.cancel_waiting_job(waiting_id, "default") is not None
+    assert await _ends(stores, waiting_id) == 1
+    assert await stores.store.pool.fetchval(CONSISTENT)
+    # Retried: open again, and the dependent it doomed waits for it again.
+    assert await stores.store.retry_job(failed_id, "default") is not None
+    opened = await stores.store.pool.fetch(
+        "SELECT id FROM open_jobs WHERE id = ANY($1::uuid[])", [failed_id, doomed_id])
+    assert {r["id"] for r in opened} == {failed_id, doomed_id}
+    assert await stores.store.pool.fetchval(CONSISTENT)

@@ -297,8 +297,10 @@ WITH made AS (
 SELECT coalesce((SELECT generation FROM made), (SELECT generation FROM dispatch_index))
            AS generation,
        EXISTS (SELECT 1 FROM made)
-       AND NOT EXISTS (SELECT 1 FROM jobs
-                       WHERE finished_at IS NULL AND state IN ('queued', 'scheduled'))
+       AND NOT EXISTS (SELECT 1 FROM open_jobs AS o
+                       CROSS JOIN LATERAL (SELECT 1 FROM jobs WHERE jobs.id = o.id
+                                           AND jobs.state IN ('queued', 'scheduled')
+                                           LIMIT 1) AS j)
            AS fresh;
 
 -- name: confirm_indexed
