@@ -20,13 +20,12 @@ import aiohttp
 
 from benchmarks.bench_api import SECRET, ApiProcess
 from benchmarks.common import (
-    COUNT_SUCCEEDED, FAST_WORKER, RESET, WorkerProcess, percentile, report, servers, stores,
+    COUNT_SUCCEEDED, FAST_WORKER, WorkerProcess, percentile, report, reset, servers, stores,
 )
 from taskflow.adapters.embedded import free_port
 from taskflow.api.auth import mint_token
 from taskflow.api.scopes import READ, WRITE
 from taskflow.config import AuthSettings
-from taskflow.index import IndexGuard
 from taskflow.jobs import submit
 from taskflow.models import NewJob
 
@@ -104,13 +103,6 @@ def report_latencies(small: dict[str, list[float]], large: dict[str, list[float]
             a, b = percentile(small[name], p) * 1000, percentile(large[name], p) * 1000
             report(f"{name} p{p}, backlog {FIRST:,} / {BACKLOG:,}", b, "ms",
                    f"(vs {a:.2f} ms: ratio {b / a:.2f})")
-
-
-async def reset(s) -> None:
-    """A new deployment, as an API process starting on it first claims it."""
-    await s.store.pool.execute(RESET)
-    await s.dispatch.client.flushdb()
-    await IndexGuard(s.store, s.dispatch).check(may_rebuild=False)
 
 
 async def main(srv, api: ApiProcess) -> None:

@@ -16,7 +16,7 @@ import asyncio
 import statistics
 import time
 
-from benchmarks.common import RESET, drain, report, servers, stores
+from benchmarks.common import drain, report, reset, servers, stores
 from taskflow.jobs import submit, submit_workflow
 from taskflow.models import NewJob, WorkflowNode
 
@@ -60,13 +60,13 @@ async def main(srv) -> None:
                 await submit(s.store, s.dispatch, [NewJob(task="noop", max_attempts=1)
                                                    for _ in range(min(1000, n - i))])
             flats.append(await drain(srv, s, n))
-            await s.store.pool.execute(RESET)
+            await reset(s)
 
             began = time.perf_counter()
             await submit_workflow(s.store, s.dispatch, "bench", "layers", nodes)
             submitted = time.perf_counter() - began
             dags.append(await drain(srv, s, n))
-            await s.store.pool.execute(RESET)
+            await reset(s)
         report(f"submit workflow of {n:,} jobs", submitted, "s", "(one transaction)")
 
         two = pairs(n)

@@ -13,7 +13,7 @@ import os
 import time
 
 from benchmarks.common import (
-    FAST_WORKER, RESET, WorkerProcess, drain, percentile, report, servers, stores,
+    FAST_WORKER, WorkerProcess, drain, percentile, report, reset, servers, stores,
 )
 from taskflow.jobs import submit
 from taskflow.models import NewJob
@@ -32,8 +32,7 @@ async def enqueue_rates(s) -> None:
         await submit(s.store, s.dispatch, [noop() for _ in range(min(1000, N - i))])
     report("enqueue, batches of 1,000", N / (time.perf_counter() - began), "jobs/s")
 
-    await s.store.pool.execute(RESET)
-    await s.dispatch.client.flushdb()
+    await reset(s)
     singles = min(N, 5000)
     pending = iter(range(singles))
 
@@ -45,8 +44,7 @@ async def enqueue_rates(s) -> None:
     await asyncio.gather(*(producer() for _ in range(32)))
     report("enqueue, one job per call, 32 concurrent", singles / (time.perf_counter() - began),
            "jobs/s")
-    await s.store.pool.execute(RESET)
-    await s.dispatch.client.flushdb()
+    await reset(s)
 
 
 DRAIN_GOAL = 12_000  # no-op jobs/s machine-wide, with --processes as found best
@@ -61,8 +59,7 @@ async def drain_rate(srv, s) -> None:
         rates[processes] = N / seconds
         report(f"drain {N:,} noop jobs, --processes {processes}", rates[processes], "jobs/s",
                f"({seconds:.2f}s, first start to last finish; goal >= {DRAIN_GOAL:,})")
-        await s.store.pool.execute(RESET)
-        await s.dispatch.client.flushdb()
+        await reset(s)
     report("drain scaling, --processes 2 / --processes 1", rates[2] / rates[1], "x",
            f"(best {max(rates.values()):,.0f} jobs/s against the goal of {DRAIN_GOAL:,})")
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from benchmarks.common import RESET, Servers, drain, report, servers, stores
+from benchmarks.common import Servers, drain, report, reset, servers, stores
 from taskflow.adapters.outbox import OutboxStore
 from taskflow.jobs import submit
 from taskflow.models import NewJob
@@ -85,7 +85,7 @@ async def drain_cost(srv: Servers, s) -> float:
                 await s.store.pool.execute(f"ALTER TABLE jobs {verb} TRIGGER {trigger}")
             await queue_jobs(s, noop)
             times[enabled].append(await drain(srv, s, N))
-            await s.store.pool.execute(RESET)
+            await reset(s)
     off, on = min(times[False]), min(times[True])
     report(f"drain {N:,} noop jobs, outbox triggers off", N / off, "jobs/s",
            f"(best of {ROUNDS}: {off:.2f}s)")
@@ -156,7 +156,7 @@ async def dead_letters(srv: Servers, s, drain_seconds: float) -> None:
     report(f"{N:,} failing jobs, no DLQ", N / alone, "jobs/s",
            f"({alone:.2f}s first start to last finish; {alone / drain_seconds:.2f}x the "
            "noop drain)")
-    await s.store.pool.execute(RESET)
+    await reset(s)
 
     folder = Path(tempfile.mkdtemp(prefix="kafka-", dir=srv.data_dir))  # removed with it
     broker, bootstrap = start_broker(folder)
@@ -180,7 +180,7 @@ async def dead_letters(srv: Servers, s, drain_seconds: float) -> None:
         notifier.stop()
         broker.kill()
         broker.wait()
-        await s.store.pool.execute(RESET)
+        await reset(s)
         await s.store.pool.execute(OUTBOX_RESET)
 
 
@@ -215,7 +215,7 @@ async def webhooks(srv: Servers, s) -> None:
     finally:
         notifier.stop()
         await runner.cleanup()
-        await s.store.pool.execute(RESET)
+        await reset(s)
         await s.store.pool.execute(OUTBOX_RESET)
 
 
@@ -238,8 +238,7 @@ async def redrive(srv: Servers, s) -> None:
     assert len(done.ids) == REDRIVE and sum(await s.dispatch.depth("default")) == REDRIVE
     report(f"redrive {REDRIVE:,} dead letters by filter", REDRIVE / seconds, "jobs/s",
            f"({seconds:.2f}s in pages of {deadletters.PAGE})")
-    await s.store.pool.execute(RESET)
-    await s.dispatch.client.flushdb()
+    await reset(s)
 
 
 async def main(srv: Servers) -> None:

@@ -23,7 +23,7 @@ import urllib.request
 from pathlib import Path
 
 from benchmarks.common import (
-    COUNT_SUCCEEDED, FAST_WORKER, RESET, RUN_WINDOW, cpu_seconds, percentile, report, servers,
+    COUNT_SUCCEEDED, FAST_WORKER, RUN_WINDOW, cpu_seconds, percentile, report, reset, servers,
     stores,
 )
 from taskflow.jobs import submit
@@ -73,8 +73,7 @@ async def _drain_once(srv, s, module: str) -> tuple[float, float]:
     finally:
         _stop(worker)
     seconds = float(await s.store.pool.fetchval(RUN_WINDOW))
-    await s.store.pool.execute(RESET)
-    await s.dispatch.client.flushdb()
+    await reset(s)
     done0, cpu0 = first or (0, 0.0)
     return N / seconds, (last - cpu0) / (N - done0) * 1e6
 

@@ -18,6 +18,7 @@ import asyncpg
 
 from taskflow.adapters.embedded import EmbeddedPostgres, EmbeddedRedis
 from taskflow.config import Settings, settings_from_dict
+from taskflow.index import IndexGuard
 from taskflow.runtime import Stores, open_stores
 
 
@@ -133,6 +134,16 @@ RUN_WINDOW = ("SELECT extract(epoch FROM max(finished_at) - min(started_at)) FRO
               "WHERE state = 'succeeded'")
 RESET = ("TRUNCATE jobs, job_attempts, job_dependencies, workflows, jobs_unindexed, "
          "dispatch_index")
+
+
+async def reset(s: Stores) -> None:
+    """Empty PostgreSQL and Redis, and claim the index generation as the first process of
+    a new deployment does. A RESET alone left Redis holding the old generation, and every
+    worker started after it rebuilt the dispatch index from PostgreSQL while it drained: of
+    the drains of one run, only the first was timed without a rebuild."""
+    await s.store.pool.execute(RESET)
+    await s.dispatch.client.flushdb()
+    await IndexGuard(s.store, s.dispatch).check(may_rebuild=False)
 # One worker process sized for throughput: many handlers, large claim batches.
 FAST_WORKER = {"TASKFLOW_WORKER__CONCURRENCY": "500", "TASKFLOW_WORKER__CLAIM_BATCH": "500"}
 
