@@ -97,7 +97,8 @@ class WorkerSettings(Struct, frozen=True, forbid_unknown_fields=True):
 
 def check_process_count(value: int | str, key: str) -> None:
     """A number of processes is 1 or more, or 0 / "auto" for one per core."""
-    if isinstance(value, str) and (value == "auto" or value.isdigit()):
+    # isascii: str.isdigit() also takes digits int() refuses, such as "²".
+    if isinstance(value, str) and (value == "auto" or value.isascii() and value.isdigit()):
         return
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return

@@ -33,6 +33,8 @@ async def server():
             return web.Response(status=404, text="no such thing")
         if name == "busy":
             return web.Response(status=429, headers={"Retry-After": "0"}, text="slow down")
+        if name == "busy-odd":  # a digit int() and float() refuse
+            return web.Response(status=429, headers={"Retry-After": "\u00b2"}, text="wait")
         if name == "redirect":
             raise web.HTTPFound("http://127.0.0.1:1/elsewhere")
         return web.Response(status=500)
@@ -59,10 +61,11 @@ async def test_http_task_statuses(stores, settings, server):
         {"task": "http", "payload": {"url": f"{base}/redirect"}, "max_attempts": 5},
         {"task": "http", "payload": {"url": "http://127.0.0.1:1/refused"}, "max_attempts": 2},
         {"task": "http", "payload": {"url": "ftp://example.com/x"}, "max_attempts": 5},
+        {"task": "http", "payload": {"url": f"{base}/busy-odd"}, "max_attempts": 2},
     )
     async with running_worker(stores, settings):
         jobs = await wait_for_states(stores, ids, DONE, timeout=20)
-    ok, flaky, missing, busy, redirect, refused, ftp = jobs_in_order(jobs, ids)
+    ok, flaky, missing, busy, redirect, refused, ftp, odd = jobs_in_order(jobs, ids)
     assert ok.state is JobState.SUCCEEDED
     assert msgspec.json.decode(ok.result["body"]) == {"method": "POST", "got": {"a": 1},
                                                       "header": "yes"}
@@ -74,6 +77,8 @@ async def test_http_task_statuses(stores, settings, server):
     assert refused.state is JobState.FAILED and refused.attempts == 2  # connection: retried
     assert "ConnectionError" in refused.error
     assert ftp.state is JobState.FAILED and "http(s) URL" in ftp.error
+    # An unreadable Retry-After is a 429 like any other: retried, and said as such.
+    assert odd.state is JobState.FAILED and odd.attempts == 2 and "answered 429" in odd.error
 
 
 async def test_http_task_cannot_reach_internal_addresses_unless_allowed(

@@ -218,8 +218,10 @@ async def test_events_arrive_in_order_and_resume_without_gaps(stores, settings):
             rest = await client.get(f"/tasks/{job_id}/events",
                                     headers={"Last-Event-ID": event["id"]})
             assert _events(rest.text) == events[i + 1:]
-        bad = await client.get(f"/tasks/{job_id}/events", headers={"Last-Event-ID": "x"})
-        assert bad.status_code == 422 and bad.json()["field"] == "Last-Event-ID"
+        # "\xb2" is "²" as a header's Latin-1: a digit to str.isdigit(), not to int().
+        for value in ("x", b"\xb2.1", b"1.\xb3"):
+            bad = await client.get(f"/tasks/{job_id}/events", headers={"Last-Event-ID": value})
+            assert bad.status_code == 422 and bad.json()["field"] == "Last-Event-ID", value
     assert len(feed) == 0
 
 

@@ -92,6 +92,7 @@ def test_decisions():
 def test_retry_after_forms():
     assert parse_retry_after("120") == 120
     assert parse_retry_after(None) is None and parse_retry_after("soon") is None
+    assert parse_retry_after("\u00b2") is None  # a digit float() refuses
     when = (NOW + timedelta(seconds=90)).strftime("%a, %d %b %Y %H:%M:%S GMT")
     assert parse_retry_after(when, now=NOW) == 90
     past = (NOW - timedelta(hours=1)).strftime("%a, %d %b %Y %H:%M:%S GMT")

@@ -153,6 +153,7 @@ async def test_a_page_fetched_while_its_child_exited_is_not_kept():
 def test_process_counts():
     assert process_count(3) == 3 and process_count("3") == 3
     assert process_count(0) == process_count("auto") == cpu_count() >= 1
+    assert process_count("0") == cpu_count()  # as a command line or a settings file gives it
 
 
 @pytest.mark.parametrize(("argv", "value"), [
@@ -162,7 +163,8 @@ def test_work_takes_a_process_count(argv, value):
     assert _parser().parse_args(argv).processes == value
 
 
-def test_a_bad_process_count_is_refused(capsys):
+@pytest.mark.parametrize("value", ["-1", "\u00b2", "two"])
+def test_a_bad_process_count_is_refused(capsys, value):
     with pytest.raises(SystemExit):
-        _parser().parse_args(["serve", "--workers", "-1"])
+        _parser().parse_args(["serve", "--workers", value])
     assert "not a number of processes" in capsys.readouterr().err

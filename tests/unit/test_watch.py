@@ -80,7 +80,7 @@ def test_terminal_without_attempts_and_results():
 
 def test_event_ids_parse_strictly():
     assert parse_id("3.2") == (3, 2) and parse_id(format_id((10, 3))) == (10, 3)
-    for bad in ("", "3", "3.", ".2", "a.b", "3.4", "-1.2", "1.2.3"):
+    for bad in ("", "3", "3.", ".2", "a.b", "3.4", "-1.2", "1.2.3", "\u00b2.1", "1.\u00b3"):
         assert parse_id(bad) is None, bad
 
 

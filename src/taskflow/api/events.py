@@ -63,7 +63,9 @@ def format_id(key: EventId) -> str:
 def parse_id(text: str) -> EventId | None:
     """An id as :func:`format_id` writes it; None when it is not one."""
     n, dot, phase = text.strip().partition(".")
-    if not dot or not n.isdigit() or not phase.isdigit() or int(phase) > 3:
+    # isascii: str.isdigit() also takes digits int() refuses, such as "²".
+    if (not dot or not (n + phase).isascii() or not n.isdigit() or not phase.isdigit()
+            or int(phase) > 3):
         return None
     return int(n), int(phase)
 

@@ -39,8 +39,10 @@ def cpu_count() -> int:
 
 
 def process_count(setting: int | str) -> int:
-    """``worker.processes`` / ``api.workers`` as a number: 0 or ``auto`` is one per core."""
-    return cpu_count() if setting in (0, "auto") else int(setting)
+    """``worker.processes`` / ``api.workers`` as a number: 0 or ``auto`` is one per core
+    (a command line or a settings file may give either as text)."""
+    count = 0 if setting == "auto" else int(setting)
+    return count or cpu_count()
 
 
 def child_options(slot: int, folder: str, parent_fd: int) -> list[str]:

@@ -94,7 +94,7 @@ class HttpTask:
         if 200 <= status < 300:
             return {"status": status, "body": text}
         message = f"{spec.method} {spec.url} answered {status}: {text[:500]}"
-        if status == 429 and retry_after and retry_after.isdigit():
+        if status == 429 and retry_after and retry_after.isascii() and retry_after.isdigit():
             raise RetryAfter(float(retry_after), message)
         if status in _RETRYABLE or status >= 500:
             raise ConnectionError(message)
