@@ -69,6 +69,12 @@ def test_a_life_observed_step_by_step_keeps_its_ids_when_replayed():
     for job, attempts in snapshots:
         for event_id, state in _seen(job, attempts):
             assert live[event_id] == state
+    # A stream that starts at any moment after the unrecorded blocked one shows, before
+    # the current state, exactly what the final replay has before it (so a client that
+    # resumes from the current state has missed nothing), the first attempt's run too.
+    for job, attempts in snapshots[1:]:
+        *before, (current, _) = _seen(job, attempts)
+        assert before == [e for e in final if parse_id(e[0]) < parse_id(current)], job.state
 
 
 def test_terminal_without_attempts_and_results():

@@ -75,7 +75,10 @@ def job_events(job: Job, attempts: list[Attempt]) -> list[tuple[EventId, JobEven
     events: list[tuple[EventId, JobEvent]] = []
     n = len(attempts)
     state = job.state
-    if n:  # it waited before its first attempt (blocked first, maybe: not recorded)
+    phase = _PHASE[state]
+    # It waited before its first attempt (blocked first, maybe: not recorded), also while
+    # that attempt runs: a stream starting then shows what a later replay shows.
+    if n or phase == 2:
         events.append(((0, 1), JobEvent(job_id=job.id, state=JobState.QUEUED, attempt=0,
                                         at=job.created_at)))
     for i, a in enumerate(attempts):
@@ -87,7 +90,6 @@ def job_events(job: Job, attempts: list[Attempt]) -> list[tuple[EventId, JobEven
                 job_id=job.id, state=_between(a), attempt=a.attempt, at=a.finished_at,
                 outcome=a.outcome, error=a.error)))
     last = attempts[-1] if attempts else None
-    phase = _PHASE[state]
     if phase == 2:
         current = JobEvent(job_id=job.id, state=state, attempt=job.attempts,
                            at=job.started_at)
