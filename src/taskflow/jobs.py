@@ -73,9 +73,11 @@ async def note_unindexed(store: PostgresStore, entries: Sequence[DispatchEntry])
 async def announce(dispatch: RedisDispatch, ids: Sequence[object]) -> None:
     """Tell waiting API clients that these jobs (or workflows) changed state. Best effort:
     the change is durable already, and a waiter that misses the message reads PostgreSQL
-    again by its deadline (see ``api/watch.py``)."""
+    again by its deadline (see ``api/watch.py``). A message names at most 1,000 ids: a
+    cancelled workflow may end far more jobs at once."""
     try:
-        await dispatch.publish_changed(ids)
+        for i in range(0, len(ids), 1000):
+            await dispatch.publish_changed(ids[i:i + 1000])
     except Exception as exc:  # noqa: BLE001 - see the docstring
         log.warning("could not announce %d changed jobs (%r)", len(ids), exc)
 
@@ -109,9 +111,12 @@ async def cancel(
     requeues it, say).
     """
     for _ in range(3):
-        job = await store.cancel_waiting_job(job_id, tenant)
-        if job is not None:
-            await announce(dispatch, [job.id, *([job.workflow_id] if job.workflow_id else [])])
+        cancelled = await store.cancel_waiting_job(job_id, tenant)
+        if cancelled is not None:
+            job, descendants = cancelled
+            # The descendants it cancelled ended too: their waiters are told as well.
+            await announce(dispatch, [job.id, *descendants,
+                                      *([job.workflow_id] if job.workflow_id else [])])
             return CancelResult(Cancel.CANCELLED, job)
         job = await store.request_running_job_cancel(job_id, tenant)
         if job is not None:
@@ -186,8 +191,8 @@ async def cancel_workflow(
     """Cancel every unfinished job of a workflow; returns how many were running (their
     workers are told to stop them, and they end cancelled). A Redis failure is raised:
     the flags are durable, so repeating the request is safe."""
-    running = await store.cancel_workflow(workflow_id)
-    await announce(dispatch, [workflow_id])
+    running, cancelled = await store.cancel_workflow(workflow_id)
+    await announce(dispatch, [workflow_id, *cancelled])
     for job_id, queue in running:
         await dispatch.request_cancel(queue, str(job_id))
     return len(running)

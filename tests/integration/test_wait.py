@@ -225,6 +225,33 @@ async def test_events_arrive_in_order_and_resume_without_gaps(stores, settings):
     assert len(feed) == 0
 
 
+async def test_waiters_on_jobs_a_cancel_ends_with_it_answer_at_once(stores, settings):
+    # No worker: nothing but the cancels ends these jobs. Each waiter waits up to 20 s.
+    async with _api(stores, settings) as (client, feed, _):
+        upstream = await _submit(client, task="noop", delay=120)
+        dependent = await _submit(client, task="noop", depends_on=[upstream])
+        created = await client.post("/workflows", json={"name": "w", "jobs": [
+            {"name": "a", "task": "noop", "delay": 120},
+            {"name": "b", "task": "noop", "after": ["a"]}]})
+        assert created.status_code == 201, created.text
+        members = created.json()["jobs"]
+        outside = await _submit(client, task="noop", depends_on=[members["b"]])
+        ids = [dependent, members["a"], members["b"], outside]
+        waiting = [asyncio.create_task(client.get(f"/tasks/{i}?wait=20")) for i in ids]
+        await wait_until(lambda: asyncio.sleep(0, len(feed) == len(ids)))
+        began = time.monotonic()
+        assert (await client.post(f"/tasks/{upstream}/cancel")).status_code == 200
+        workflow_id = created.json()["id"]
+        assert (await client.post(f"/workflows/{workflow_id}/cancel")).status_code == 200
+        answers = await asyncio.gather(*waiting)
+        # Told by the cancels' messages: the dependent cancelled with its upstream, the
+        # workflow's scheduled and blocked members, and a job outside it that waited on
+        # one of them.
+        assert [a.json()["state"] for a in answers] == ["cancelled"] * len(ids)
+        assert time.monotonic() - began < 10
+    assert len(feed) == 0
+
+
 async def test_workflow_wait_and_events(stores, settings):
     async with _api(stores, settings) as (client, feed, _):
         created = await client.post("/workflows", json={"name": "w", "jobs": [

@@ -609,14 +609,19 @@ class PostgresStore:
                                      [k[1] for k in keys], limit)
         return {(r["tenant"], r["queue"]): r["active"] for r in rows}
 
-    async def cancel_waiting_job(self, job_id: uuid.UUID, tenant: str) -> Job | None:
+    async def cancel_waiting_job(
+        self, job_id: uuid.UUID, tenant: str
+    ) -> tuple[Job, list[uuid.UUID]] | None:
         """blocked/scheduled/queued -> cancelled, and its blocked descendants with it (one
-        transaction); None if the job is not waiting."""
+        transaction): the job, and the ids of the descendants; None if the job is not
+        waiting."""
+        descendants: list[uuid.UUID] = []
         async with self.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(QUERIES["cancel_waiting_job"], job_id, tenant)
             if row is not None and row["has_dependents"]:
-                await conn.fetch(QUERIES["cancel_dependents"], [job_id], ["cancelled"])
-        return None if row is None else _job(row)
+                descendants = [r["id"] for r in await conn.fetch(
+                    QUERIES["cancel_dependents"], [job_id], ["cancelled"])]
+        return None if row is None else (_job(row), descendants)
 
     async def request_running_job_cancel(self, job_id: uuid.UUID, tenant: str) -> Job | None:
         """Flags a running job for cancellation; None if the job is not running."""
@@ -644,15 +649,18 @@ class PostgresStore:
         row = await self.pool.fetchrow(QUERIES["get_tenant_workflow"], workflow_id, tenant)
         return None if row is None else Workflow(**row)
 
-    async def cancel_workflow(self, workflow_id: uuid.UUID) -> list[tuple[uuid.UUID, str]]:
+    async def cancel_workflow(
+        self, workflow_id: uuid.UUID
+    ) -> tuple[list[tuple[uuid.UUID, str]], list[uuid.UUID]]:
         """Cancel a workflow's waiting jobs (and any job outside it that depends on them)
         and flag its running ones; returns the (id, queue) of those running jobs, whose
-        workers must be told."""
+        workers must be told, and the ids of the jobs it cancelled."""
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(QUERIES["cancel_workflow_jobs"], workflow_id)
-            cancelled = [r["id"] for r in rows
-                         if r["state"] == "cancelled" and r["has_dependents"]]
-            if cancelled:
-                await conn.fetch(QUERIES["cancel_dependents"], cancelled,
-                                 ["cancelled"] * len(cancelled))
-        return [(r["id"], r["queue"]) for r in rows if r["state"] == "running"]
+            cancelled = [r["id"] for r in rows if r["state"] == "cancelled"]
+            fanning = [r["id"] for r in rows
+                       if r["state"] == "cancelled" and r["has_dependents"]]
+            if fanning:
+                cancelled += [r["id"] for r in await conn.fetch(
+                    QUERIES["cancel_dependents"], fanning, ["cancelled"] * len(fanning))]
+        return [(r["id"], r["queue"]) for r in rows if r["state"] == "running"], cancelled
