@@ -73,6 +73,10 @@ async def run_api(app: Litestar, sock: socket.socket, stop: asyncio.Event) -> No
     try:
         await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        # Waits answer the state as it is and event streams end now, not when the
+        # graceful shutdown's time is up: uvicorn would then cancel them, a 500 for
+        # each, and for POST /tasks?wait= one that says nothing of the job it created.
+        app.state.api.feed.close()
         server.should_exit = True
         stopping.cancel()
         await serving

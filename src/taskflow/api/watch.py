@@ -62,6 +62,14 @@ class ChangeFeed:
         self.channel = dispatch.changed_channel
         self._by_key: dict[str, set[Watcher]] = {}
         self._count = 0
+        self.closing = False
+
+    def close(self) -> None:
+        """The process is stopping: every wait answers the state as it is now and every
+        event stream ends (its client resumes with ``Last-Event-ID``), those that start
+        from now on too, so that open requests end within the graceful shutdown."""
+        self.closing = True
+        self.wake_all()
 
     def __len__(self) -> int:
         """Waiters registered now."""
@@ -141,7 +149,7 @@ async def wait_until(
 ) -> T:
     """Read until ``done(value)`` or ``seconds`` pass, reading again only when the feed
     says one of ``keys`` changed; answers the last value read. With ``receive``, stops
-    as soon as the client disconnects."""
+    as soon as the client disconnects; once the feed closes, answers what it reads."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     with feed.watch(keys) as watcher:
@@ -151,7 +159,7 @@ async def wait_until(
             while True:
                 watcher.changed.clear()
                 value = await read()  # after registering: a change from now on wakes us
-                if done(value) or watcher.gone:
+                if done(value) or watcher.gone or feed.closing:
                     return value
                 remaining = deadline - loop.time()
                 if remaining <= 0:

@@ -393,7 +393,7 @@ async def _job_stream(api: ApiContext, job_id: uuid.UUID, after: tuple[int, int]
                         data=msgspec.json.encode(event).decode(), event=event.state.value,
                         id=format_id(key), retry=RETRY_MS if first else None)
                     after, first = key, False
-            if job.state in TERMINAL:
+            if job.state in TERMINAL or api.feed.closing:  # closing: see ChangeFeed.close
                 return
             step = await pace.pause(watcher.changed)
             if step == "stop":  # the client reconnects with Last-Event-ID

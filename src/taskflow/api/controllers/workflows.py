@@ -267,8 +267,8 @@ async def _workflow_stream(api: ApiContext, workflow: Workflow, last: str | None
                                              event=view.state.value, id=event_id,
                                              retry=RETRY_MS if first else None)
                 last, first = event_id, False
-            if view.state is not WorkflowState.RUNNING:
-                return
+            if view.state is not WorkflowState.RUNNING or api.feed.closing:
+                return  # closing: see ChangeFeed.close
             step = await pace.pause(watcher.changed)
             if step == "stop":  # the client reconnects with Last-Event-ID
                 return
