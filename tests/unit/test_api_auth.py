@@ -59,6 +59,20 @@ async def test_configured_tenant_claim_and_scope_forms():
         await verifier.verify(jwt.encode(claims(org="o1", scope=7), SECRET))
     with pytest.raises(InvalidToken, match="exp"):
         await verifier.verify(jwt.encode({"org": "o1"}, SECRET))
+    # Tenants PostgreSQL could not store: the token is refused (a 401), not the request
+    # it reaches (a 422 about an unencodable value).
+    for tenant in ("a\x00b", "a\ud800"):
+        with pytest.raises(InvalidToken, match="not a tenant name"):
+            await verifier.verify(jwt.encode(claims(org=tenant), SECRET))
+
+
+async def test_time_claims_beyond_a_float_are_the_ends_of_time():
+    # Signed and valid to PyJWT, which compares integers: caching them raised an
+    # OverflowError (a 500 on every request with such a token).
+    verifier = TokenVerifier(AuthSettings(), SECRET)
+    token = jwt.encode(claims(exp=10**400, nbf=-(10**400)), SECRET)
+    first = await verifier.verify(token)
+    assert first.tenant == "acme" and await verifier.verify(token) is first  # cached
 
 
 async def test_cached_token_still_expires():

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import math
 import os
 import secrets
 import time
@@ -283,8 +284,8 @@ class TokenVerifier:
         if self.cache_size:
             if len(self._cache) >= self.cache_size:
                 self._cache.clear()  # simple bound; a cold cache only costs verification
-            self._cache[token] = (principal, float(claims.get("nbf", 0)),
-                                  float(claims["exp"]), jwk)
+            self._cache[token] = (principal, _moment(claims.get("nbf", 0)),
+                                  _moment(claims["exp"]), jwk)
         return principal
 
     async def _still_published(self, jwk: jwt.PyJWK) -> bool:
@@ -353,6 +354,10 @@ class TokenVerifier:
         if not isinstance(tenant, str) or not tenant:
             raise InvalidToken(f"token has no {self.auth.tenant_claim!r} claim (the tenant)",
                                reason="claims")
+        if "\x00" in tenant or not tenant.isascii() and _unencodable(tenant):
+            raise InvalidToken(f"token's {self.auth.tenant_claim!r} claim is not a tenant "
+                               "name PostgreSQL can store (a NUL or a lone surrogate)",
+                               reason="claims")
         raw = claims.get("scope") or claims.get("scp") or ()
         scopes = raw.split() if isinstance(raw, str) else raw
         if not isinstance(scopes, list | tuple) or not all(isinstance(s, str) for s in scopes):
@@ -360,6 +365,23 @@ class TokenVerifier:
                                reason="claims")
         sub = claims.get("sub")
         return Principal(tenant, sub if isinstance(sub, str) else None, frozenset(scopes))
+
+
+def _moment(claim: Any) -> float:
+    """A time claim PyJWT accepted, as a float: one beyond a float's range (an integer
+    such as 10**400) is the start or end of time."""
+    try:
+        return float(claim)
+    except OverflowError:
+        return math.inf if claim > 0 else -math.inf
+
+
+def _unencodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 class JwtAuthMiddleware(AbstractAuthenticationMiddleware):
