@@ -15,6 +15,8 @@ from taskflow.config import RetryPolicy
 from taskflow.ids import uuid7
 from taskflow.states import JobState
 
+LAST_DUE_MS = 253_402_300_800_000  # 10000-01-01T00:00:00Z, past every due time
+
 PRIORITY_MIN = -1000
 PRIORITY_MAX = 1000
 
@@ -71,6 +73,12 @@ class DispatchEntry(Struct, frozen=True):
         """Due time in whole milliseconds, which is what Redis compares. A scheduled job's
         is rounded up, so it is never claimed before its run_at (rounded down, it could
         start up to 1 ms early); a queued job's is rounded down, so it is ready at once."""
+        if self.run_at.tzinfo is None:
+            # PostgreSQL's -infinity or infinity, which asyncpg reads as a naive
+            # datetime.min or max: due at once, or at the end of time. The API refuses
+            # such due times, but a row may hold one, and one entry must not fail a whole
+            # enqueue, reconciler pass or rebuild.
+            return 0 if self.run_at == datetime.min else LAST_DUE_MS
         ms = self.run_at.timestamp() * 1000
         return math.ceil(ms) if self.state is JobState.SCHEDULED else math.floor(ms)
 

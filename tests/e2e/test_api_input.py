@@ -31,6 +31,10 @@ BAD_SUBMITS = [
     (b'{"task": "noop", "labels": {"k": 1}}', 422, "labels[...]", "Expected `str`"),
     (b'{"task": "noop", "run_at": "tomorrow"}', 422, "run_at", "Invalid RFC3339"),
     (b'{"task": "noop", "run_at": "2030-01-01T00:00:00"}', 422, "run_at", "timezone"),
+    # PostgreSQL's -infinity to asyncpg, and year 0 in UTC: neither is a due time.
+    (b'{"task": "noop", "run_at": "0001-01-01T00:00:00Z"}', 422, "run_at", "not before 1970"),
+    (b'{"task": "noop", "run_at": "0001-01-01T00:00:00+01:00"}', 422, "run_at",
+     "not before 1970"),
     (b'{"task": "noop", "delay": 5, "run_at": "2030-01-01T00:00:00Z"}', 422, None,
      "`delay` and `run_at` are exclusive"),
     (b'{"task": "no-such-task"}', 422, "task", "no worker knows the task 'no-such-task'"),
@@ -42,6 +46,11 @@ BAD_SUBMITS = [
      "unknown field `x`"),
     (b'{"task": "noop", "payload": {"blob": "' + b"x" * 5000 + b'"}}', 413, "payload",
      "api.max_payload_bytes"),
+    # Too deep to be read back (Python's recursion limit), or to be decoded at all.
+    (b'{"task": "noop", "payload": ' + b"[" * 101 + b"]" * 101 + b"}", 422, "payload",
+     "nested more than 100 levels"),
+    (b'{"task": "noop", "payload": ' + b"[" * 2000 + b"]" * 2000 + b"}", 400, None,
+     "nest too deeply"),
     # PostgreSQL cannot store NUL: a clear 422, not a 500 (and not for anyone else)
     (b'{"task": "noop", "payload": {"a": "x\\u0000y"}}', 422, "payload", "NUL character"),
     (b'{"task": "noop", "labels": {"k": "x\\u0000"}}', 422, "labels.k", "NUL character"),

@@ -55,6 +55,21 @@ async def test_waiting_jobs_without_a_generation_are_a_lost_index(stores, settin
     assert not await IndexGuard(stores.store, stores.dispatch).check()
 
 
+async def test_a_row_due_at_minus_infinity_does_not_stop_a_rebuild(stores, settings):
+    # Such a due time got into PostgreSQL through the API once (run_at
+    # 0001-01-01T00:00:00Z), and its entry failed every enqueue, reconciler pass and
+    # rebuild that held it, with the other jobs in them.
+    await _new_deployment(stores)
+    ids = await submit_jobs(stores, *[{"task": "noop"} for _ in range(3)])
+    await stores.store.pool.execute(
+        "UPDATE jobs SET run_at = '-infinity' WHERE id = $1", ids[0])
+    await stores.dispatch.client.flushdb()
+    maintenance = Maintenance(settings, stores.store, stores.dispatch, ["default"])
+    assert not await maintenance.index.check()
+    assert await maintenance.reconcile() == len(ids)
+    assert sum(await stores.dispatch.depth("default")) == len(ids)
+
+
 async def test_only_unconfirmed_enqueues_are_reindexed(stores, settings):
     cfg = msgspec.structs.replace(settings, maintenance=msgspec.structs.replace(
         settings.maintenance, unconfirmed_grace=0.05))

@@ -59,6 +59,13 @@ def test_a_scheduled_due_time_is_rounded_up_and_a_queued_one_down():
     assert later.due_ms - at.timestamp() * 1000 < 1
     ready = DispatchEntry(uuid7(), "q", 0, at, JobState.QUEUED)
     assert ready.due_ms / 1000 <= at.timestamp()  # due already: ready at once
+    # PostgreSQL's -infinity and infinity, as asyncpg reads them back (naive): at once,
+    # and after every real time; .timestamp() raised for both.
+    assert DispatchEntry(uuid7(), "q", 0, datetime.min, JobState.QUEUED).due_ms == 0
+    last = DispatchEntry(uuid7(), "q", 0, datetime.max, JobState.SCHEDULED).due_ms
+    assert last > DispatchEntry(uuid7(), "q", 0, datetime(9999, 12, 31, 23, 59, 59,
+                                                          tzinfo=timezone.utc),
+                                JobState.SCHEDULED).due_ms
 
 
 def _deep(n: int) -> None:

@@ -24,7 +24,7 @@ from taskflow.api.controllers.notifications import (
 from taskflow.api.controllers.queues import QueueController
 from taskflow.api.controllers.tasks import TaskController
 from taskflow.api.controllers.workflows import WorkflowController
-from taskflow.api.errors import EXCEPTION_HANDLERS, invalid_body
+from taskflow.api.errors import EXCEPTION_HANDLERS, ApiError, invalid_body
 from taskflow.api.metrics import ApiMetrics
 from taskflow.api.openapi import use_msgspec_schemas
 from taskflow.api.submit import KnownTasks, Submitter
@@ -54,6 +54,9 @@ class StrictRequest(Request[Any, Any, Any]):
             return msgspec.json.decode(await self.body(), type=field.annotation)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             raise invalid_body(exc) from None
+        except RecursionError:  # ~1,000 levels of arrays and objects
+            raise ApiError(400, "request body is not usable JSON: its arrays and objects "
+                           "nest too deeply") from None
 
 
 def known_tasks(settings: Settings) -> KnownTasks:

@@ -22,6 +22,8 @@ from taskflow.api.schemas import JobSpec, Problem
 from taskflow.config import Settings
 from taskflow.models import NewJob
 
+EARLIEST_RUN_AT = datetime(1970, 1, 1, tzinfo=UTC)
+
 
 class QuotaExceeded(ApiError):
     """A tenant has as many unfinished jobs in a queue as it may have (429)."""
@@ -57,6 +59,11 @@ class Quotas:
                            f"{spec.queue!r}", field=f"{where}priority")
         ahead = spec.delay
         if spec.run_at is not None:
+            if spec.run_at < EARLIEST_RUN_AT:
+                # Nothing is due earlier than now anyway, and the first instants of year 1
+                # are PostgreSQL's -infinity to asyncpg, or no Python time once in UTC.
+                raise ApiError(422, f"{where}run_at: not before {EARLIEST_RUN_AT:%Y-%m-%d}",
+                               field=f"{where}run_at")
             ahead = (spec.run_at - datetime.now(UTC)).total_seconds()
         if ahead is not None and ahead > limits.max_delay:
             name = "run_at" if spec.run_at is not None else "delay"

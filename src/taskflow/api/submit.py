@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 
 # A JSON \u0000 escape (not an escaped backslash followed by "u0000").
 _NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+# Levels of arrays and objects a payload may nest (Ruby's JSON and Rails stop at 100 too).
+# Around 1,000 a job could be stored but not read back: encoding it hit Python's
+# recursion limit, a 500 on every GET that showed it.
+MAX_PAYLOAD_DEPTH = 100
 
 
 class KnownTasks:
@@ -112,6 +116,10 @@ class Submitter:
         if size > self.max_payload:
             raise ApiError(413, f"{where}payload: {size} bytes is over the limit of "
                            f"{self.max_payload} (api.max_payload_bytes)", field=f"{where}payload")
+        # Each level takes two bytes at least: a small payload cannot be too deep.
+        if size > 2 * MAX_PAYLOAD_DEPTH and _deeper_than(spec.payload, MAX_PAYLOAD_DEPTH):
+            raise ApiError(422, f"{where}payload: arrays and objects nested more than "
+                           f"{MAX_PAYLOAD_DEPTH} levels deep", field=f"{where}payload")
         policy = self.settings.policy_for(spec.task)
         retry_policy = None
         if spec.backoff is not None:
@@ -280,6 +288,19 @@ def _fail(batch: Sequence[_Waiting], exc: BaseException) -> None:
         if not waiting.answer.done():
             waiting.answer.set_exception(exc)
             waiting.answer.exception()  # retrieved: a gone client must not warn
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` (decoded JSON) nests arrays and objects more than ``limit``
+    levels deep; level by level, without recursion."""
+    level, depth = [value], 0
+    while containers := [v for v in level if isinstance(v, dict | list)]:
+        depth += 1
+        if depth > limit:
+            return True
+        level = [child for v in containers
+                 for child in (v.values() if isinstance(v, dict) else v)]
+    return False
 
 
 def _notify(spec: NotifySpec | None) -> JobNotify | None:

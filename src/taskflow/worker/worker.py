@@ -310,7 +310,7 @@ class Worker:
         now = time.time()
         for job in started:
             queue = job.queue
-            if job.run_at is not None:
+            if job.run_at is not None and job.run_at.tzinfo is not None:  # not +-infinity
                 metrics.JOB_WAIT.labels(queue).observe(max(0.0, now - job.run_at.timestamp()))
             held = self.held[str(job.id)]
             held.has_dependents = job.has_dependents
