@@ -107,6 +107,12 @@ async def test_invalid_workflows_are_rejected_naming_the_problem(client: Client,
     assert (await client.get("/tasks")).body["items"] == []  # nothing was written
 
 
+async def test_a_workflow_name_with_a_nul_is_a_422_naming_it(client: Client):
+    reply = await client.post("/workflows", json={"name": "a\u0000", "jobs": [
+        {"name": "a", "task": "noop"}]})
+    assert reply.status == 422 and reply.body["field"] == "name", reply
+
+
 async def test_cycle_is_named_in_order(client: Client):
     reply = await client.post("/workflows", json={"name": "loop", "jobs": [
         {"name": "x", "task": "noop"},

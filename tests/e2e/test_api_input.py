@@ -55,6 +55,10 @@ BAD_SUBMITS = [
     (b'{"task": "noop", "payload": {"a": "x\\u0000y"}}', 422, "payload", "NUL character"),
     (b'{"task": "noop", "labels": {"k": "x\\u0000"}}', 422, "labels.k", "NUL character"),
     (b'{"task": "noop", "idempotency_key": "\\u0000"}', 422, "idempotency_key", "NUL"),
+    (b'{"task": "noop", "notify": {"email": ["a\\u0000@example.com"]}}', 422,
+     "notify.email[0]", "matching regex"),
+    (b'{"task": "noop", "notify": {"webhook": "http://example.com/\\u0000"}}', 422,
+     "notify.webhook", "matching regex"),
 ]
 
 
@@ -137,4 +141,8 @@ async def test_unknown_routes_ids_and_methods_are_problem_documents(client: Clie
 async def test_nul_in_a_list_filter_is_a_4xx(client: Client):
     reply = await client.get("/tasks?queue=a%00b")
     assert reply.status == 422, reply
-    assert "cannot be stored" in reply.body["detail"]
+    assert "NUL character" in reply.body["detail"], reply.body
+    assert "$" not in reply.body["detail"]  # not asyncpg's dump of the arguments
+    reply = await client.get("/tasks?created_after=9999-12-31T23:59:59-01:00")
+    assert reply.status == 422, reply
+    assert "outside what PostgreSQL can store" in reply.body["detail"], reply.body

@@ -166,12 +166,24 @@ CONFLICT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def _unstorable(exc: asyncpg.DataError) -> str:
+    text = str(exc)
+    if "0x00" in text or "\\u0000" in text or "\x00" in text:
+        return ("a text value in the request contains a NUL character (\\u0000), which "
+                "PostgreSQL cannot store")
+    if "out of range" in text:
+        return "a time or number in the request is outside what PostgreSQL can store"
+    return f"a value in the request cannot be stored ({type(exc).__name__})"
+
+
 def on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     if isinstance(exc, asyncpg.DataError):
         # A value PostgreSQL cannot store (a NUL character, say) that the request checks
-        # did not catch: the client's input, so a 4xx, not a 500.
-        return _response(Problem("Unprocessable Content", 422,
-                                 f"a value in the request cannot be stored: {exc}"))
+        # did not catch: the client's input, so a 4xx, not a 500. Said in our words:
+        # asyncpg's text shows the statement's arguments, the values of other fields too.
+        log.info("%s %s: a value PostgreSQL refuses: %r", request.method, request.url.path,
+                 exc)
+        return _response(Problem("Unprocessable Content", 422, _unstorable(exc)))
     if isinstance(exc, CONFLICT_ERRORS):
         log.warning("%s %s: transaction conflict: %r", request.method, request.url.path, exc)
         return _response(Problem("Service Unavailable", 503,

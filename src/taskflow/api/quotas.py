@@ -46,10 +46,7 @@ class Quotas:
     def check_spec(self, spec: JobSpec, where: str = "") -> float | None:
         """422 naming the field when ``spec`` breaks its queue's limits; returns the
         timeout the job gets (its own, or the queue's bound when it has none)."""
-        if spec.queue not in self.queues:
-            listed = ", ".join(sorted(self.queues)[:20])
-            raise ApiError(422, f"{where}queue: no queue {spec.queue!r} (declared: {listed}; "
-                           "see the queues setting)", field=f"{where}queue")
+        self.check_queue(spec.queue, f"{where}queue")
         limits = self.settings.limits_for(spec.queue)
         if spec.max_attempts is not None and spec.max_attempts > limits.max_attempts:
             raise ApiError(422, f"{where}max_attempts: at most {limits.max_attempts} in queue "
@@ -78,6 +75,13 @@ class Quotas:
             return spec.timeout
         own = self.settings.timeout_for(spec.task)
         return own if 0 < own <= limits.max_timeout else limits.max_timeout
+
+    def check_queue(self, queue: str, field: str) -> None:
+        """422 naming ``field`` when ``queue`` is not a declared one."""
+        if queue not in self.queues:
+            listed = ", ".join(sorted(self.queues)[:20])
+            raise ApiError(422, f"{field}: no queue {queue!r} (declared: {listed}; "
+                           "see the queues setting)", field=field)
 
     async def check_active(self, jobs: Sequence[NewJob]) -> None:
         """429 when a batch would take a tenant past ``max_active`` in a queue."""

@@ -56,12 +56,12 @@ class Backoff(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=Tru
 
 
 # local@domain.tld, without the characters that would let one address pass for several
-# (commas, semicolons, brackets, quotes, spaces).
-EMAIL_PATTERN = r"^[^@\s,;<>()\[\]\\\"]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$"
+# (commas, semicolons, brackets, quotes, spaces), nor NUL, which PostgreSQL cannot store.
+EMAIL_PATTERN = r"^[^@\s,;<>()\[\]\\\"\x00]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$"
 EmailAddress = Annotated[str, Meta(min_length=3, max_length=254, pattern=EMAIL_PATTERN,
                                    description="an email address (local@domain.tld)")]
 WebhookUrl = Annotated[str, Meta(
-    min_length=8, max_length=2048, pattern=r"^https?://[^\s]+$",
+    min_length=8, max_length=2048, pattern=r"^https?://[^\s\x00]+$",
     description="http(s) URL; must resolve to an address outbound requests may reach")]
 JobEvent = Literal["succeeded", "failed", "cancelled"]
 MAX_RECIPIENTS = 50
@@ -198,7 +198,7 @@ class WorkflowJobSpec(JobSpec, frozen=True, forbid_unknown_fields=True, kw_only=
 class WorkflowSpec(Struct, frozen=True, forbid_unknown_fields=True):
     """A graph of jobs submitted together, all or none; edges go by job name."""
 
-    name: Annotated[str, Meta(min_length=1, max_length=200)]
+    name: Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[^\x00]+$")]  # no NUL
     jobs: Annotated[list[WorkflowJobSpec], Meta(min_length=1, max_length=MAX_WORKFLOW)]
 
 

@@ -105,6 +105,8 @@ class SubscriptionController(Controller):
     async def create(self, request: Request[Any, Principal, Any], state: State,
                      data: JSONBody[SubscriptionSpec]) -> SubscriptionCreated:
         api: ApiContext = state.api
+        if data.queue is not None:  # one no job can be in would never hear of one
+            api.submitter.quotas.check_queue(data.queue, "queue")
         if data.webhook is not None:
             await api.submitter.targets.webhook(data.webhook, "webhook")
         async with api.deadline():
