@@ -158,6 +158,14 @@ class Receiver:
 class _Inbox:
     def __init__(self) -> None:
         self.messages: list[Any] = []
+        self.busy: set[str] = set()  # recipients refused for now (451)
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
+                          rcpt_options: list[str]) -> str:
+        if address in self.busy:
+            return "451 4.2.1 mailbox busy, try again later"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.messages.append(envelope)

@@ -107,8 +107,10 @@ async def test_invalid_workflows_are_rejected_naming_the_problem(client: Client,
     assert (await client.get("/tasks")).body["items"] == []  # nothing was written
 
 
-async def test_a_workflow_name_with_a_nul_is_a_422_naming_it(client: Client):
-    reply = await client.post("/workflows", json={"name": "a\u0000", "jobs": [
+@pytest.mark.parametrize("name", ["a\u0000", "nightly\r\nBcc: x@example.com"])
+async def test_a_workflow_name_with_a_control_character_is_a_422_naming_it(client: Client,
+                                                                           name):
+    reply = await client.post("/workflows", json={"name": name, "jobs": [
         {"name": "a", "task": "noop"}]})
     assert reply.status == 422 and reply.body["field"] == "name", reply
 

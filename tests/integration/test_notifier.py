@@ -138,6 +138,48 @@ async def test_broker_down_then_up_loses_nothing(stores, servers, outbox, broker
     assert count(r.key.decode() for r in records) == {str(i): 1 for i in failed}
 
 
+async def test_a_broker_lost_under_a_started_producer_neither_hangs_nor_duplicates(
+        stores, servers, outbox, broker):
+    # The broker goes away after the producer started: aiokafka's send waits for it
+    # without end, and so did the notifier's delivery (holding its claim) and its
+    # shutdown (the producer's stop flushes), which then published the rows it had
+    # handed back, which the next notifier published too.
+    settings, topic = kafka_settings(servers, broker, shutdown_grace=0.5)
+    try:
+        async with running_notifier(settings, outbox, servers) as notifier:
+            await wait_until(lambda: outbox.pool.fetchval("SELECT count(*) FROM outbox_sinks"))
+            first = await submit_jobs(stores, FAIL)
+            async with running_worker(stores, settings):
+                await wait_for_states(stores, first, DONE)
+                await all_delivered(outbox, 1)
+                broker.stop()
+                later = await submit_jobs(stores, *[FAIL] * 3)
+                await wait_for_states(stores, later, DONE)
+
+            async def retried() -> bool:  # each attempt ends within its timeout
+                rows = await outbox_rows(outbox)
+                return len(rows) == 4 and all(r["attempts"] >= 2 for r in rows[1:])
+
+            await wait_until(retried, 30)
+            began = asyncio.get_running_loop().time()
+        # Stopped within the grace and the bounded stop of the producer.
+        assert notifier.done() and asyncio.get_running_loop().time() - began < 8
+        broker.start()
+        async with running_notifier(settings, outbox, servers):
+            await all_delivered(outbox, 4, timeout=60)
+    finally:
+        if broker.process is None:
+            broker.start()
+    # The first record, acknowledged before the broker was killed, need not have outlived
+    # it (a broker of one, killed: Kafka's durability is its replicas); the others went
+    # to the broker that came back, each once.
+    records = await read_topic(broker.bootstrap, topic, 3)
+    keys = count(r.key.decode() for r in records)
+    assert {k: n for k, n in keys.items() if k != str(first[0])} == {
+        str(i): 1 for i in later}
+    assert keys.get(str(first[0]), 1) == 1
+
+
 async def test_receiver_500_500_200_is_one_webhook_id_three_attempts(
         stores, servers, outbox, receiver):
     settings = notify_settings(servers)
@@ -361,7 +403,7 @@ class _BrokenSink:
     def __init__(self) -> None:
         self.calls = 0
 
-    async def deliver(self, items):
+    async def deliver(self, items, done):
         self.calls += 1
         raise KeyError("a bug")
 
@@ -414,3 +456,101 @@ async def test_a_slow_delivery_keeps_its_claim(stores, servers, outbox, receiver
     assert len(receiver.received) == 3 and len(set(receiver.ids_delivered())) == 3
     rows = await outbox_rows(outbox)
     assert [r["attempts"] for r in rows] == [1, 1, 1]
+
+
+async def test_a_stopped_notifier_records_what_went_out_and_hands_back_the_rest(
+        stores, servers, outbox):
+    # One batch: a hook answered at once and one that hangs. Stopped while the second
+    # hangs, the notifier records the first as delivered (handing it back would send it
+    # again) and hands back the second alone.
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    calls = {"ok": 0, "slow": 0}
+
+    async def hook(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        calls[name] += 1
+        if name == "slow":
+            await asyncio.sleep(30)
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/{name}", hook)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        settings = notify_settings(servers, shutdown_grace=0.5, webhook_timeout=20.0)
+        ok, slow = (await submit(stores.store, stores.dispatch, [
+            NewJob(task="noop", max_attempts=1, notify=JobNotify(on=("succeeded",),
+                                                 webhook=str(server.make_url(f"/{name}"))))
+            for name in ("ok", "slow")])).created
+        async with running_worker(stores, settings):
+            await wait_for_states(stores, [ok.id, slow.id], DONE)
+        async with running_notifier(settings, outbox, servers):
+            await wait_until(lambda: asyncio.sleep(0, calls == {"ok": 1, "slow": 1}))
+    finally:
+        await server.close()
+    rows = {r["job_id"]: r for r in await outbox.pool.fetch(
+        "SELECT job_id, status, attempts FROM outbox")}
+    assert (rows[ok.id]["status"], rows[ok.id]["attempts"]) == ("delivered", 1)
+    assert (rows[slow.id]["status"], rows[slow.id]["attempts"]) == ("pending", 0)
+    assert calls["ok"] == 1
+
+
+async def test_an_email_the_mail_library_will_not_write_fails_alone(
+        stores, servers, outbox, smtp):
+    # A workflow named with a line break (the library takes any name) makes a Subject
+    # the email package refuses. That row fails; the batch's other mail goes out once.
+    from taskflow.jobs import submit_workflow
+    from taskflow.models import WorkflowNode
+
+    settings = notify_settings(servers, smtp={"host": "127.0.0.1", "port": smtp.port,
+                                              "from": "taskflow@example.com"})
+    await outbox.insert_subscription("default", ["workflow.succeeded", "job.succeeded"],
+                                     None, None, None, ["ops@example.com"])
+    _, jobs = await submit_workflow(stores.store, stores.dispatch, "default",
+                                    "nightly\r\nBcc: victim@example.com",
+                                    [WorkflowNode(name="a", job=NewJob(task="noop", max_attempts=1))])
+    async with running_worker(stores, settings):
+        await wait_for_states(stores, list(jobs.values()), DONE)
+    async with running_notifier(settings, outbox, servers):
+
+        async def settled() -> bool:
+            return await statuses(outbox) == {"delivered": 1, "failed": 1}
+
+        await wait_until(settled)
+    failed = await outbox.pool.fetchrow(
+        "SELECT event, attempts, last_error FROM outbox WHERE status = 'failed'")
+    assert failed["event"] == "workflow.succeeded" and failed["attempts"] == 1
+    assert "cannot be written as an email" in failed["last_error"]
+    assert [m.rcpt_tos for m in smtp.messages()] == [["ops@example.com"]]  # sent once
+    assert "victim" not in str(smtp.recipients())
+
+
+async def test_recipients_refused_for_now_get_the_retry_alone(stores, servers, outbox, smtp):
+    settings = notify_settings(servers, smtp={"host": "127.0.0.1", "port": smtp.port,
+                                              "from": "taskflow@example.com"})
+    smtp.inbox.busy = {"busy@example.com"}
+    result = await submit(stores.store, stores.dispatch, [NewJob(
+        task="noop", max_attempts=1, notify=JobNotify(on=("succeeded",),
+                                      email=("ops@example.com", "busy@example.com")))])
+    job_id = result.created[0].id
+    async with running_worker(stores, settings):
+        await wait_for_states(stores, [job_id], DONE)
+    async with running_notifier(settings, outbox, servers):
+
+        async def retried() -> bool:
+            rows = await outbox_rows(outbox)
+            return rows[0]["attempts"] >= 2 and rows[0]["status"] == "pending"
+
+        await wait_until(retried)
+        smtp.inbox.busy = set()
+        await all_delivered(outbox, 1)
+    # ops@ had it from the first attempt, and only busy@ from a later one.
+    assert sorted(m.rcpt_tos for m in smtp.messages()) == [
+        ["busy@example.com"], ["ops@example.com"]]
+    row = (await outbox_rows(outbox))[0]
+    assert "busy@example.com: 451" in (await outbox.pool.fetchval(
+        "SELECT error FROM outbox_attempts WHERE outbox_id = $1 ORDER BY id LIMIT 1",
+        row["id"]))

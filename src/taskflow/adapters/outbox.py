@@ -54,6 +54,7 @@ class Settlement(msgspec.Struct, frozen=True):
     outcome: str            # delivered | retried | failed | handed_back
     delay: float = 0.0      # for retried: seconds until the next attempt
     error: str | None = None
+    target: str | None = None  # for retried: what the row goes to from now on, if fewer
 
 
 class NotificationRecord(msgspec.Struct, frozen=True):
@@ -128,7 +129,8 @@ class OutboxStore:
         rows = await self.pool.fetch(
             QUERIES["outbox_settle"], [s.id for s in settlements],
             [s.token for s in settlements], [s.outcome for s in settlements],
-            [s.delay for s in settlements], [s.error for s in settlements])
+            [s.delay for s in settlements], [s.error for s in settlements],
+            [s.target for s in settlements])
         return {r["id"] for r in rows}
 
     async def next_due(self, channels: Sequence[str]) -> float | None:

@@ -198,7 +198,9 @@ class WorkflowJobSpec(JobSpec, frozen=True, forbid_unknown_fields=True, kw_only=
 class WorkflowSpec(Struct, frozen=True, forbid_unknown_fields=True):
     """A graph of jobs submitted together, all or none; edges go by job name."""
 
-    name: Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[^\x00]+$")]  # no NUL
+    # No control characters: no NUL (PostgreSQL cannot store it), no line breaks (the
+    # name goes in notification emails' Subject).
+    name: Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
     jobs: Annotated[list[WorkflowJobSpec], Meta(min_length=1, max_length=MAX_WORKFLOW)]
 
 

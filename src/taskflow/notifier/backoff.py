@@ -22,14 +22,16 @@ class Attempted(Struct, frozen=True):
     error: str | None = None
     retryable: bool = True
     retry_after: float | None = None  # the receiver's Retry-After, in seconds
+    target: str | None = None  # for a retry: the row's target from now on (fewer recipients)
 
     @classmethod
     def delivered(cls) -> Attempted:
         return cls(True)
 
     @classmethod
-    def retry(cls, error: str, retry_after: float | None = None) -> Attempted:
-        return cls(False, error, True, retry_after)
+    def retry(cls, error: str, retry_after: float | None = None,
+              target: str | None = None) -> Attempted:
+        return cls(False, error, True, retry_after, target)
 
     @classmethod
     def give_up(cls, error: str) -> Attempted:

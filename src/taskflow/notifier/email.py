@@ -3,6 +3,7 @@ recipients, in plain text."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from email.message import EmailMessage
 from typing import Any
@@ -13,6 +14,9 @@ import msgspec
 from taskflow.adapters.outbox import Delivery
 from taskflow.config import SmtpSettings
 from taskflow.notifier.backoff import Attempted
+from taskflow.notifier.sinks import Report
+
+log = logging.getLogger(__name__)
 
 
 def compose(item: Delivery, sender: str, api_url: str) -> EmailMessage:
@@ -46,9 +50,24 @@ def compose(item: Delivery, sender: str, api_url: str) -> EmailMessage:
     return msg
 
 
+def _partly_sent(refused: dict[str, Any]) -> Attempted:
+    """A message the server took for at least one recipient: delivered, unless some were
+    refused for now (4xx), to whom alone it goes again. Those refused for good (5xx) are
+    told in the log."""
+    later = [rcpt for rcpt, answer in refused.items() if answer.code < 500]
+    error = "; ".join(f"{rcpt}: {answer.code} {answer.message}"
+                      for rcpt, answer in refused.items())
+    if later:
+        return Attempted.retry(f"refused for now: {error}", target=",".join(later))
+    if refused:
+        log.warning("an email went out, but these recipients refused it: %s", error)
+    return Attempted.delivered()
+
+
 class EmailSink:
     """Sends a batch over one SMTP connection. A 5xx answer fails the message for good;
-    4xx answers and connection trouble retry it."""
+    4xx answers and connection trouble retry it. When the server takes some recipients
+    and refuses others for now (4xx), the retry goes to those others alone."""
 
     channel = "email"
     backend = "smtp"
@@ -63,42 +82,51 @@ class EmailSink:
             hostname=s.host, port=s.port, use_tls=s.tls, start_tls=s.starttls,
             username=s.username or None, password=s.password or None, timeout=s.timeout)
 
-    async def deliver(self, items: Sequence[Delivery]) -> list[Attempted]:
-        results: list[Attempted] = []
+    async def deliver(self, items: Sequence[Delivery], done: Report) -> None:
         smtp = self._client()
         try:
             await smtp.connect()
         except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
-            return [Attempted.retry(f"SMTP {self.settings.host}:{self.settings.port}: {exc}")
-                    for _ in items]
+            for item in items:
+                done(item, Attempted.retry(
+                    f"SMTP {self.settings.host}:{self.settings.port}: {exc}"))
+            return
         try:
             for n, item in enumerate(items):
+                if not item.subscribed:
+                    done(item, Attempted.give_up("the subscription was deleted"))
+                    continue
                 try:
-                    if not item.subscribed:
-                        results.append(Attempted.give_up("the subscription was deleted"))
-                        continue
-                    await smtp.send_message(compose(item, self.settings.sender, self.api_url))
-                    results.append(Attempted.delivered())
+                    message = compose(item, self.settings.sender, self.api_url)
+                except (ValueError, KeyError, msgspec.DecodeError) as exc:
+                    # Not one the mail library will write (a header with a line break),
+                    # whatever the server: this row fails, the batch goes on.
+                    done(item, Attempted.give_up(f"cannot be written as an email: {exc}"))
+                    continue
+                try:
+                    refused, _ = await smtp.send_message(message)
                 except aiosmtplib.SMTPRecipientsRefused as exc:
                     permanent = all(r.code >= 500 for r in exc.recipients)
                     error = "; ".join(f"{r.recipient}: {r.code} {r.message}"
                                       for r in exc.recipients)
-                    results.append(Attempted.give_up(error) if permanent
-                                   else Attempted.retry(error))
+                    done(item, Attempted.give_up(error) if permanent
+                         else Attempted.retry(error))
                 except aiosmtplib.SMTPResponseException as exc:
                     error = f"SMTP {exc.code} {exc.message}"
-                    results.append(Attempted.give_up(error) if exc.code >= 500
-                                   else Attempted.retry(error))
+                    done(item, Attempted.give_up(error) if exc.code >= 500
+                         else Attempted.retry(error))
                 except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
                     # The connection is gone: this one and the rest wait for the next try.
-                    results += [Attempted.retry(f"SMTP: {exc}")] * (len(items) - n)
+                    for rest in items[n:]:
+                        done(rest, Attempted.retry(f"SMTP: {exc}"))
                     break
+                else:
+                    done(item, _partly_sent(refused))
         finally:
             try:
                 await smtp.quit()
             except (TimeoutError, aiosmtplib.SMTPException, OSError):
                 smtp.close()
-        return results
 
     async def close(self) -> None:
         pass

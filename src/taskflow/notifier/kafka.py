@@ -14,6 +14,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from taskflow.adapters.outbox import Delivery
 from taskflow.config import KafkaSettings
 from taskflow.notifier.backoff import Attempted
+from taskflow.notifier.sinks import Report
 
 log = logging.getLogger(__name__)
 
@@ -65,32 +66,44 @@ class KafkaDeadLetters:
             self._producer = producer
         return self._producer
 
-    async def deliver(self, items: Sequence[Delivery]) -> list[Attempted]:
+    async def deliver(self, items: Sequence[Delivery], done: Report) -> None:
         try:
-            producer = await self._ready()
-            sent = [await producer.send(
-                        self.settings.topic, key=str(i.job_id).encode(),
-                        value=i.body.encode(), headers=[("event", i.event.encode())])
-                    for i in items]
-            acks = await asyncio.gather(*sent, return_exceptions=True)
+            # Bounded: with the broker away, aiokafka's send waits for its metadata
+            # without end, and the claim of the rows would be kept meanwhile.
+            acks = await asyncio.wait_for(self._publish(items), self.settings.request_timeout)
         except (TimeoutError, KafkaError, OSError) as exc:
             await self._reset()
-            return [Attempted.retry(f"Kafka: {type(exc).__name__}: {exc}")] * len(items)
-        results = []
-        for ack in acks:
+            for item in items:
+                done(item, Attempted.retry(f"Kafka: {type(exc).__name__}: {exc}".rstrip(": ")))
+            return
+        failed = False
+        for item, ack in zip(items, acks):
             if isinstance(ack, BaseException):
-                results.append(Attempted.retry(f"Kafka: {type(ack).__name__}: {ack}"))
+                failed = True
+                done(item, Attempted.retry(f"Kafka: {type(ack).__name__}: {ack}"))
             else:
-                results.append(Attempted.delivered())
-        if any(not r.ok for r in results):
+                done(item, Attempted.delivered())
+        if failed:
             await self._reset()  # start over with a fresh producer (and sequence numbers)
-        return results
+
+    async def _publish(self, items: Sequence[Delivery]) -> list[object]:
+        """Send every item, then wait for every acknowledgement (or its error)."""
+        producer = await self._ready()
+        sent = [await producer.send(
+                    self.settings.topic, key=str(i.job_id).encode(),
+                    value=i.body.encode(), headers=[("event", i.event.encode())])
+                for i in items]
+        return await asyncio.gather(*sent, return_exceptions=True)
 
     async def _reset(self) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:
             try:
-                await producer.stop()
+                # Bounded: stop() flushes what the producer holds and, with the broker
+                # away, waits for it without end (a notifier told to stop hung there,
+                # then published rows it had handed back, which another notifier
+                # published too). What it drops, the outbox still has.
+                await asyncio.wait_for(producer.stop(), self.settings.request_timeout)
             except Exception:  # it is broken already; a fresh one follows
                 log.debug("stopping a failed Kafka producer", exc_info=True)
 

@@ -151,15 +151,29 @@ class Notifier:
 
     async def _deliver_channel(self, channel: str, items: list[Delivery]) -> None:
         began = time.perf_counter()
+        results: dict[int, Attempted] = {}
         try:
-            results = await self.sinks[channel].deliver(items)
+            await self.sinks[channel].deliver(
+                items, lambda item, result: results.setdefault(item.id, result))
             metrics.NOTIFY_DURATION.labels(channel).observe(time.perf_counter() - began)
+        except asyncio.CancelledError:
+            # The shutdown's grace ran out: what went out is recorded, and only the rest
+            # is handed back (sent again by whoever claims it next).
+            await asyncio.shield(self._record(channel, items, results))
+            raise
         except Exception as exc:  # a bug in a sink: retry (with backoff), do not lose rows
             log.exception("the %s sink failed on %d rows", channel, len(items))
-            results = [Attempted.retry(f"internal error: {exc!r}")] * len(items)
-        settlements = [self._settlement(item, result) for item, result in zip(items, results)]
+            for item in items:
+                results.setdefault(item.id, Attempted.retry(f"internal error: {exc!r}"))
+        await self._record(channel, items, results)
+
+    async def _record(self, channel: str, items: list[Delivery],
+                      results: dict[int, Attempted]) -> None:
+        """Settle the items that have a result (the others stay held)."""
+        ended = [item for item in items if item.id in results]
+        settlements = [self._settlement(item, results[item.id]) for item in ended]
         await self._settle(settlements)
-        for item, s in zip(items, settlements):
+        for item, s in zip(ended, settlements):
             self._held.pop(s.id, None)
             metrics.NOTIFICATIONS.labels(channel, s.outcome).inc()
             if channel == "dead_letter" and s.outcome == "delivered":
@@ -172,7 +186,8 @@ class Notifier:
         # A dead letter never gives up: losing it would defeat the DLQ.
         limit = None if item.channel == "dead_letter" else self.settings.max_attempts
         decision = decide(result, item.attempts, limit, self.settings.retry, self.rng)
-        return Settlement(item.id, item.token, decision.outcome, decision.delay, result.error)
+        return Settlement(item.id, item.token, decision.outcome, decision.delay, result.error,
+                          result.target if decision.outcome == "retried" else None)
 
     async def _settle(self, settlements: list[Settlement]) -> None:
         """Record outcomes; PostgreSQL trouble is retried briefly (the deliveries are

@@ -12,6 +12,7 @@ from typing import Any
 from taskflow.adapters.outbox import Delivery
 from taskflow.config import RabbitMQSettings
 from taskflow.notifier.backoff import Attempted
+from taskflow.notifier.sinks import Report
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +41,17 @@ class RabbitMQDeadLetters:
             await self._channel.declare_queue(self.settings.queue, durable=True)
         return self._channel
 
-    async def deliver(self, items: Sequence[Delivery]) -> list[Attempted]:
+    async def deliver(self, items: Sequence[Delivery], done: Report) -> None:
         pika = self._pika
         try:
             channel = await self._ready()
         except (TimeoutError, OSError, pika.exceptions.AMQPError) as exc:
             await self._reset()
-            return [Attempted.retry(f"RabbitMQ: {type(exc).__name__}: {exc}")] * len(items)
+            for item in items:
+                done(item, Attempted.retry(f"RabbitMQ: {type(exc).__name__}: {exc}"))
+            return
 
-        async def publish(item: Delivery) -> Attempted:
+        async def publish(item: Delivery) -> bool:
             message = pika.Message(
                 item.body.encode(), content_type="application/json",
                 delivery_mode=pika.DeliveryMode.PERSISTENT, message_id=str(item.job_id),
@@ -57,13 +60,13 @@ class RabbitMQDeadLetters:
                 await channel.default_exchange.publish(
                     message, routing_key=self.settings.queue, timeout=self.settings.timeout)
             except (TimeoutError, OSError, pika.exceptions.AMQPError) as exc:
-                return Attempted.retry(f"RabbitMQ: {type(exc).__name__}: {exc}")
-            return Attempted.delivered()
+                done(item, Attempted.retry(f"RabbitMQ: {type(exc).__name__}: {exc}"))
+                return False
+            done(item, Attempted.delivered())
+            return True
 
-        results = list(await asyncio.gather(*(publish(i) for i in items)))
-        if any(not r.ok for r in results):
+        if not all(await asyncio.gather(*(publish(i) for i in items))):
             await self._reset()
-        return results
 
     async def _reset(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None

@@ -8,6 +8,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from urllib.parse import urlsplit
@@ -17,7 +18,10 @@ import msgspec
 
 from taskflow.adapters.outbox import Delivery
 from taskflow.notifier.backoff import Attempted, parse_retry_after
+from taskflow.notifier.sinks import Report
 from taskflow.outbound import BlockedDestination, OutboundClient
+
+log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = frozenset({408, 429})
 
@@ -61,8 +65,17 @@ class WebhookSink:
         self.global_secret = global_secret
         self.tenant_secret = tenant_secret
 
-    async def deliver(self, items: Sequence[Delivery]) -> list[Attempted]:
-        return list(await asyncio.gather(*(self._one(i) for i in items)))
+    async def deliver(self, items: Sequence[Delivery], done: Report) -> None:
+        async def one(item: Delivery) -> None:
+            try:
+                result = await self._one(item)
+            except Exception as exc:  # noqa: BLE001 - a bug, or the tenant's secret unread
+                # This row alone is retried: the others go on, each reported as it ends.
+                log.exception("webhook delivery of outbox row %d failed", item.id)
+                result = Attempted.retry(f"internal error: {exc!r}")
+            done(item, result)
+
+        await asyncio.gather(*(one(i) for i in items))
 
     async def _secret(self, item: Delivery) -> str:
         if item.subscription_id is not None:

@@ -496,10 +496,12 @@ WHERE id = ANY($1::bigint[]) AND claim_token = $2 AND status = 'pending';
 -- name: outbox_settle
 -- Records how each claimed row's attempt ended (delivered, retried after a delay,
 -- failed for good, or handed back unattempted at shutdown), fenced by the claim token:
--- a notifier whose claim expired and was taken over writes nothing.
+-- a notifier whose claim expired and was taken over writes nothing. A retry may narrow
+-- the row's target (an email some recipients took already goes to the others alone).
 WITH s AS (
-    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::float8[], $5::text[])
-        AS s(id, token, outcome, delay, error)
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::float8[], $5::text[],
+                         $6::text[])
+        AS s(id, token, outcome, delay, error, target)
 ), moved AS (
     UPDATE outbox AS o
     SET status = CASE s.outcome WHEN 'delivered' THEN 'delivered'
@@ -513,6 +515,8 @@ WITH s AS (
         delivered_at = CASE WHEN s.outcome = 'delivered' THEN now() END,
         last_error = CASE WHEN s.outcome IN ('retried', 'failed') THEN s.error
                           ELSE o.last_error END,
+        target = CASE WHEN s.outcome = 'retried' THEN coalesce(s.target, o.target)
+                      ELSE o.target END,
         claim_token = NULL
     FROM s
     WHERE o.id = s.id AND o.claim_token = s.token AND o.status = 'pending'
