@@ -554,3 +554,65 @@ async def test_recipients_refused_for_now_get_the_retry_alone(stores, servers, o
     assert "busy@example.com: 451" in (await outbox.pool.fetchval(
         "SELECT error FROM outbox_attempts WHERE outbox_id = $1 ORDER BY id LIMIT 1",
         row["id"]))
+
+
+
+async def test_a_record_cut_short_by_the_shutdown_is_made_again_not_handed_back(
+        stores, servers, outbox):
+    # The answered hook's record waits on a row lock (PostgreSQL slow) when the grace
+    # runs out and the delivering task is cancelled: the notifier records it once the
+    # lock goes, instead of handing it back to be sent again.
+    import asyncpg
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    calls = {"ok": 0, "slow": 0}
+    locker = await asyncpg.connect(servers.database_url)
+    locked = asyncio.Event()
+
+    async def hook(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        calls[name] += 1
+        if name == "slow":
+            await asyncio.sleep(30)
+        else:  # hold its outbox row before the notifier records the answer
+            await locker.execute("BEGIN")
+            await locker.execute("SELECT 1 FROM outbox WHERE target LIKE '%/ok' FOR UPDATE")
+            locked.set()
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/{name}", hook)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        settings = notify_settings(servers, shutdown_grace=0.3, webhook_timeout=20.0)
+        ok, slow = (await submit(stores.store, stores.dispatch, [
+            NewJob(task="noop", max_attempts=1, notify=JobNotify(
+                on=("succeeded",), webhook=str(server.make_url(f"/{name}"))))
+            for name in ("ok", "slow")])).created
+        async with running_worker(stores, settings):
+            await wait_for_states(stores, [ok.id, slow.id], DONE)
+        stop = asyncio.Event()
+        notifier = asyncio.create_task(run_notifier(settings, outbox, servers.database_url,
+                                                    stop, health_port=0))
+        try:
+            await wait_until(lambda: asyncio.sleep(0, locked.is_set() and calls["slow"]))
+            await asyncio.sleep(0.2)  # the record of the answer waits on the lock
+            stop.set()
+            await asyncio.sleep(1.5)  # the grace ran out, the delivery was cancelled
+            await locker.execute("ROLLBACK")
+            await asyncio.wait_for(notifier, 30)
+        finally:
+            stop.set()
+            if not notifier.done():
+                await locker.execute("ROLLBACK")
+                await asyncio.wait_for(notifier, 30)
+    finally:
+        await locker.close()
+        await server.close()
+    rows = {r["job_id"]: r for r in await outbox.pool.fetch(
+        "SELECT job_id, status, attempts FROM outbox")}
+    assert (rows[ok.id]["status"], rows[ok.id]["attempts"]) == ("delivered", 1)
+    assert (rows[slow.id]["status"], rows[slow.id]["attempts"]) == ("pending", 0)
+    assert calls["ok"] == 1

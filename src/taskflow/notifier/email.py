@@ -106,11 +106,12 @@ class EmailSink:
                 try:
                     refused, _ = await smtp.send_message(message)
                 except aiosmtplib.SMTPRecipientsRefused as exc:
-                    permanent = all(r.code >= 500 for r in exc.recipients)
+                    later = [r.recipient for r in exc.recipients if r.code < 500]
                     error = "; ".join(f"{r.recipient}: {r.code} {r.message}"
                                       for r in exc.recipients)
-                    done(item, Attempted.give_up(error) if permanent
-                         else Attempted.retry(error))
+                    # Those refused for now alone get the retry.
+                    done(item, Attempted.retry(error, target=",".join(later)) if later
+                         else Attempted.give_up(error))
                 except aiosmtplib.SMTPResponseException as exc:
                     error = f"SMTP {exc.code} {exc.message}"
                     done(item, Attempted.give_up(error) if exc.code >= 500

@@ -4,6 +4,7 @@ JSON, header ``event``; ``acks="all"`` and an idempotent producer (``idempotent`
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Sequence
 
@@ -17,6 +18,14 @@ from taskflow.notifier.backoff import Attempted
 from taskflow.notifier.sinks import Report
 
 log = logging.getLogger(__name__)
+
+
+def _acknowledged(done: Report, item: Delivery, ack: asyncio.Future[object]) -> None:
+    if ack.cancelled():
+        return  # the producer was reset: deliver() reports it unacknowledged
+    error = ack.exception()
+    done(item, Attempted.delivered() if error is None
+         else Attempted.retry(f"Kafka: {type(error).__name__}: {error}"))
 
 
 class KafkaDeadLetters:
@@ -67,33 +76,35 @@ class KafkaDeadLetters:
         return self._producer
 
     async def deliver(self, items: Sequence[Delivery], done: Report) -> None:
+        # Each acknowledgement is reported as it arrives. Waits are bounded by
+        # request_timeout: with the broker gone, aiokafka waits for it without end (and
+        # the rows' claim would be kept meanwhile); what was not acknowledged by then is
+        # retried.
+        timeout = self.settings.request_timeout
+        acks: list[asyncio.Future[object]] = []
         try:
-            # Bounded: with the broker away, aiokafka's send waits for its metadata
-            # without end, and the claim of the rows would be kept meanwhile.
-            acks = await asyncio.wait_for(self._publish(items), self.settings.request_timeout)
-        except (TimeoutError, KafkaError, OSError) as exc:
-            await self._reset()
+            producer = await asyncio.wait_for(self._ready(), timeout)
             for item in items:
-                done(item, Attempted.retry(f"Kafka: {type(exc).__name__}: {exc}".rstrip(": ")))
-            return
-        failed = False
-        for item, ack in zip(items, acks):
-            if isinstance(ack, BaseException):
-                failed = True
-                done(item, Attempted.retry(f"Kafka: {type(ack).__name__}: {ack}"))
-            else:
-                done(item, Attempted.delivered())
-        if failed:
+                ack = await asyncio.wait_for(producer.send(
+                    self.settings.topic, key=str(item.job_id).encode(),
+                    value=item.body.encode(), headers=[("event", item.event.encode())]),
+                    timeout)
+                ack.add_done_callback(functools.partial(_acknowledged, done, item))
+                acks.append(ack)
+            if acks:
+                await asyncio.wait(acks, timeout=timeout)
+        except (TimeoutError, KafkaError, OSError) as exc:
+            error = f"Kafka: {type(exc).__name__}: {exc}".rstrip(": ")
+        else:
+            error = f"Kafka: no acknowledgement within {timeout:g}s"
+        unacknowledged = [item for item, ack in zip(items, acks) if not ack.done()]
+        unacknowledged += items[len(acks):]  # never sent
+        failed = any(ack.done() and not ack.cancelled() and ack.exception() is not None
+                     for ack in acks)
+        for item in unacknowledged:
+            done(item, Attempted.retry(error))
+        if unacknowledged or failed:
             await self._reset()  # start over with a fresh producer (and sequence numbers)
-
-    async def _publish(self, items: Sequence[Delivery]) -> list[object]:
-        """Send every item, then wait for every acknowledgement (or its error)."""
-        producer = await self._ready()
-        sent = [await producer.send(
-                    self.settings.topic, key=str(i.job_id).encode(),
-                    value=i.body.encode(), headers=[("event", i.event.encode())])
-                for i in items]
-        return await asyncio.gather(*sent, return_exceptions=True)
 
     async def _reset(self) -> None:
         producer, self._producer = self._producer, None

@@ -43,7 +43,10 @@ class Notifier:
         self.wake = asyncio.Event()
         self.listening = False
         self.registered = False
-        self._held: dict[int, Delivery] = {}
+        self._held: dict[int, Delivery] = {}  # claimed, not recorded yet
+        # Attempts that ended, by row, until recorded: kept outside the delivering task so
+        # that a shutdown that cancels it still records them (see _deliver_until_stopped).
+        self._ended: dict[int, tuple[str, Delivery, Attempted]] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("notifier delivering %s", ", ".join(
@@ -124,8 +127,20 @@ class Notifier:
         finally:
             stopping.cancel()
             await cancel_and_wait(keeping)
-            if self._held:
-                await self._hand_back(list(self._held.values()))
+            # What went out is recorded, whatever cut the batch short (a record that was
+            # under way is made again: the claim token makes the second one a no-op), and
+            # only what did not go out is handed back, so only that is sent again.
+            if self._ended:
+                try:
+                    await self._record(list(self._ended.values()))
+                except (TimeoutError, OSError, asyncpg.PostgresError,
+                        asyncpg.InterfaceError) as exc:
+                    log.warning("could not record %d deliveries (%r); they are sent again "
+                                "when their claim expires", len(self._ended), exc)
+            unsent = [d for d in self._held.values() if d.id not in self._ended]
+            self._held, self._ended = {}, {}
+            if unsent:
+                await self._hand_back(unsent)
 
     async def _keep_claim(self, token: str) -> None:
         """While a batch is being delivered, extend the claim of its unsettled rows every
@@ -151,30 +166,28 @@ class Notifier:
 
     async def _deliver_channel(self, channel: str, items: list[Delivery]) -> None:
         began = time.perf_counter()
-        results: dict[int, Attempted] = {}
+
+        def ended(item: Delivery, result: Attempted) -> None:
+            self._ended.setdefault(item.id, (channel, item, result))
+
         try:
-            await self.sinks[channel].deliver(
-                items, lambda item, result: results.setdefault(item.id, result))
+            await self.sinks[channel].deliver(items, ended)
             metrics.NOTIFY_DURATION.labels(channel).observe(time.perf_counter() - began)
-        except asyncio.CancelledError:
-            # The shutdown's grace ran out: what went out is recorded, and only the rest
-            # is handed back (sent again by whoever claims it next).
-            await asyncio.shield(self._record(channel, items, results))
-            raise
         except Exception as exc:  # a bug in a sink: retry (with backoff), do not lose rows
             log.exception("the %s sink failed on %d rows", channel, len(items))
             for item in items:
-                results.setdefault(item.id, Attempted.retry(f"internal error: {exc!r}"))
-        await self._record(channel, items, results)
+                ended(item, Attempted.retry(f"internal error: {exc!r}"))
+        await self._record([self._ended[i.id] for i in items if i.id in self._ended])
 
-    async def _record(self, channel: str, items: list[Delivery],
-                      results: dict[int, Attempted]) -> None:
-        """Settle the items that have a result (the others stay held)."""
-        ended = [item for item in items if item.id in results]
-        settlements = [self._settlement(item, results[item.id]) for item in ended]
-        await self._settle(settlements)
-        for item, s in zip(ended, settlements):
+    async def _record(self, ended: list[tuple[str, Delivery, Attempted]]) -> None:
+        """Settle attempts that ended; they are no longer held."""
+        settlements = [self._settlement(item, result) for _, item, result in ended]
+        recorded = await self._settle(settlements)
+        for (channel, item, _), s in zip(ended, settlements):
+            self._ended.pop(s.id, None)
             self._held.pop(s.id, None)
+            if s.id not in recorded:
+                continue  # recorded before (a record cut short, made again) or taken over
             metrics.NOTIFICATIONS.labels(channel, s.outcome).inc()
             if channel == "dead_letter" and s.outcome == "delivered":
                 metrics.DEAD_LETTERS_PUBLISHED.inc()
@@ -189,13 +202,13 @@ class Notifier:
         return Settlement(item.id, item.token, decision.outcome, decision.delay, result.error,
                           result.target if decision.outcome == "retried" else None)
 
-    async def _settle(self, settlements: list[Settlement]) -> None:
-        """Record outcomes; PostgreSQL trouble is retried briefly (the deliveries are
-        done, and a lost record means a duplicate once the claim expires)."""
+    async def _settle(self, settlements: list[Settlement]) -> set[int]:
+        """Record outcomes (returns the rows recorded); PostgreSQL trouble is retried
+        briefly (the deliveries are done, and a lost record means a duplicate once the
+        claim expires)."""
         for attempt in range(5):
             try:
-                await self.outbox.settle(settlements)
-                return
+                return await self.outbox.settle(settlements)
             except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 if attempt == 4:
                     raise
