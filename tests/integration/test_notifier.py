@@ -458,11 +458,11 @@ async def test_a_slow_delivery_keeps_its_claim(stores, servers, outbox, receiver
     assert [r["attempts"] for r in rows] == [1, 1, 1]
 
 
-async def test_a_stopped_notifier_records_what_went_out_and_hands_back_the_rest(
-        stores, servers, outbox):
-    # One batch: a hook answered at once and one that hangs. Stopped while the second
-    # hangs, the notifier records the first as delivered (handing it back would send it
-    # again) and hands back the second alone.
+
+@contextlib.asynccontextmanager
+async def _ok_and_slow_hooks(stores, settings, on_ok=None) -> AsyncIterator[tuple]:
+    """Two jobs that ended, notifying a receiver's ``/ok`` (answered at once, after
+    ``on_ok``) and ``/slow`` (answered after 30 s): yields (ok job, slow job, calls)."""
     from aiohttp import web
     from aiohttp.test_utils import TestServer
 
@@ -473,6 +473,8 @@ async def test_a_stopped_notifier_records_what_went_out_and_hands_back_the_rest(
         calls[name] += 1
         if name == "slow":
             await asyncio.sleep(30)
+        elif on_ok is not None:
+            await on_ok()
         return web.Response()
 
     app = web.Application()
@@ -480,23 +482,35 @@ async def test_a_stopped_notifier_records_what_went_out_and_hands_back_the_rest(
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     try:
-        settings = notify_settings(servers, shutdown_grace=0.5, webhook_timeout=20.0)
         ok, slow = (await submit(stores.store, stores.dispatch, [
-            NewJob(task="noop", max_attempts=1, notify=JobNotify(on=("succeeded",),
-                                                 webhook=str(server.make_url(f"/{name}"))))
+            NewJob(task="noop", max_attempts=1, notify=JobNotify(
+                on=("succeeded",), webhook=str(server.make_url(f"/{name}"))))
             for name in ("ok", "slow")])).created
         async with running_worker(stores, settings):
             await wait_for_states(stores, [ok.id, slow.id], DONE)
-        async with running_notifier(settings, outbox, servers):
-            await wait_until(lambda: asyncio.sleep(0, calls == {"ok": 1, "slow": 1}))
+        yield ok, slow, calls
     finally:
         await server.close()
+
+
+async def _ok_delivered_once_slow_handed_back(outbox, ok, slow, calls) -> None:
     rows = {r["job_id"]: r for r in await outbox.pool.fetch(
         "SELECT job_id, status, attempts FROM outbox")}
     assert (rows[ok.id]["status"], rows[ok.id]["attempts"]) == ("delivered", 1)
     assert (rows[slow.id]["status"], rows[slow.id]["attempts"]) == ("pending", 0)
     assert calls["ok"] == 1
 
+
+async def test_a_stopped_notifier_records_what_went_out_and_hands_back_the_rest(
+        stores, servers, outbox):
+    # One batch: a hook answered at once and one that hangs. Stopped while the second
+    # hangs, the notifier records the first as delivered (handing it back would send it
+    # again) and hands back the second alone.
+    settings = notify_settings(servers, shutdown_grace=0.5, webhook_timeout=20.0)
+    async with _ok_and_slow_hooks(stores, settings) as (ok, slow, calls):
+        async with running_notifier(settings, outbox, servers):
+            await wait_until(lambda: asyncio.sleep(0, calls == {"ok": 1, "slow": 1}))
+    await _ok_delivered_once_slow_handed_back(outbox, ok, slow, calls)
 
 async def test_an_email_the_mail_library_will_not_write_fails_alone(
         stores, servers, outbox, smtp):
@@ -557,62 +571,37 @@ async def test_recipients_refused_for_now_get_the_retry_alone(stores, servers, o
 
 
 
+
 async def test_a_record_cut_short_by_the_shutdown_is_made_again_not_handed_back(
         stores, servers, outbox):
     # The answered hook's record waits on a row lock (PostgreSQL slow) when the grace
     # runs out and the delivering task is cancelled: the notifier records it once the
     # lock goes, instead of handing it back to be sent again.
     import asyncpg
-    from aiohttp import web
-    from aiohttp.test_utils import TestServer
 
-    calls = {"ok": 0, "slow": 0}
     locker = await asyncpg.connect(servers.database_url)
     locked = asyncio.Event()
 
-    async def hook(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        calls[name] += 1
-        if name == "slow":
-            await asyncio.sleep(30)
-        else:  # hold its outbox row before the notifier records the answer
-            await locker.execute("BEGIN")
-            await locker.execute("SELECT 1 FROM outbox WHERE target LIKE '%/ok' FOR UPDATE")
-            locked.set()
-        return web.Response()
+    async def hold_its_row() -> None:  # before the notifier records the answer
+        await locker.execute("BEGIN")
+        await locker.execute("SELECT 1 FROM outbox WHERE target LIKE '%/ok' FOR UPDATE")
+        locked.set()
 
-    app = web.Application()
-    app.router.add_post("/{name}", hook)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
+    settings = notify_settings(servers, shutdown_grace=0.3, webhook_timeout=20.0)
     try:
-        settings = notify_settings(servers, shutdown_grace=0.3, webhook_timeout=20.0)
-        ok, slow = (await submit(stores.store, stores.dispatch, [
-            NewJob(task="noop", max_attempts=1, notify=JobNotify(
-                on=("succeeded",), webhook=str(server.make_url(f"/{name}"))))
-            for name in ("ok", "slow")])).created
-        async with running_worker(stores, settings):
-            await wait_for_states(stores, [ok.id, slow.id], DONE)
-        stop = asyncio.Event()
-        notifier = asyncio.create_task(run_notifier(settings, outbox, servers.database_url,
-                                                    stop, health_port=0))
-        try:
-            await wait_until(lambda: asyncio.sleep(0, locked.is_set() and calls["slow"]))
-            await asyncio.sleep(0.2)  # the record of the answer waits on the lock
-            stop.set()
-            await asyncio.sleep(1.5)  # the grace ran out, the delivery was cancelled
-            await locker.execute("ROLLBACK")
-            await asyncio.wait_for(notifier, 30)
-        finally:
-            stop.set()
-            if not notifier.done():
+        async with _ok_and_slow_hooks(stores, settings, hold_its_row) as (ok, slow, calls):
+            stop = asyncio.Event()
+            notifier = asyncio.create_task(run_notifier(
+                settings, outbox, servers.database_url, stop, health_port=0))
+            try:
+                await wait_until(lambda: asyncio.sleep(0, locked.is_set() and calls["slow"]))
+                await asyncio.sleep(0.2)  # the record of the answer waits on the lock
+                stop.set()
+                await asyncio.sleep(1.5)  # the grace ran out, the delivery was cancelled
+            finally:
+                stop.set()
                 await locker.execute("ROLLBACK")
                 await asyncio.wait_for(notifier, 30)
     finally:
         await locker.close()
-        await server.close()
-    rows = {r["job_id"]: r for r in await outbox.pool.fetch(
-        "SELECT job_id, status, attempts FROM outbox")}
-    assert (rows[ok.id]["status"], rows[ok.id]["attempts"]) == ("delivered", 1)
-    assert (rows[slow.id]["status"], rows[slow.id]["attempts"]) == ("pending", 0)
-    assert calls["ok"] == 1
+    await _ok_delivered_once_slow_handed_back(outbox, ok, slow, calls)
