@@ -605,3 +605,23 @@ async def test_a_record_cut_short_by_the_shutdown_is_made_again_not_handed_back(
     finally:
         await locker.close()
     await _ok_delivered_once_slow_handed_back(outbox, ok, slow, calls)
+
+
+async def test_a_channel_does_not_wait_on_another(stores, servers, outbox, smtp):
+    # A webhook hangs (20 s to its timeout); an email that comes meanwhile goes out at
+    # once: each channel claims and delivers on its own (one loop held every channel's
+    # next claim until its whole batch ended).
+    settings = notify_settings(servers, webhook_timeout=20.0, smtp={
+        "host": "127.0.0.1", "port": smtp.port, "from": "taskflow@example.com"})
+    async with _ok_and_slow_hooks(stores, settings) as (_, _, calls):
+        async with running_notifier(settings, outbox, servers):
+            await wait_until(lambda: asyncio.sleep(0, calls["slow"] == 1))
+            mail = (await submit(stores.store, stores.dispatch, [NewJob(
+                task="noop", max_attempts=1,
+                notify=JobNotify(on=("succeeded",), email=("ops@example.com",)))])).created
+            async with running_worker(stores, settings):
+                await wait_for_states(stores, [mail[0].id], DONE)
+            began = asyncio.get_running_loop().time()
+            await wait_until(lambda: asyncio.sleep(0, smtp.messages()), timeout=10)
+            assert asyncio.get_running_loop().time() - began < 5
+            assert calls["slow"] == 1  # still hanging: its batch has not ended

@@ -1,6 +1,8 @@
-"""The notifier loop: claim due outbox rows (SKIP LOCKED, so notifiers share the work),
-deliver them through their channel's sink, record each attempt. Woken by LISTEN/NOTIFY
-when the triggers write rows; otherwise it sleeps until the next retry is due.
+"""The notifier loops, one per channel: claim due outbox rows (SKIP LOCKED, so notifiers
+share the work), deliver them through the channel's sink, record each attempt. Woken by
+LISTEN/NOTIFY when the triggers write rows; otherwise each sleeps until its next retry is
+due. A channel never waits on another: a broker away or a slow webhook holds up only the
+deliveries of its own channel.
 
 At-least-once: a claim lasts ``notify.claim_ttl``; a notifier that dies holding rows
 leaves them to be claimed again when it expires. SIGTERM stops claiming, lets the batch
@@ -31,6 +33,18 @@ CHANNEL = "taskflow_outbox"
 """The NOTIFY channel the outbox triggers signal on."""
 
 
+class _Lane:
+    """One channel's deliveries: the batch in hand and what its NOTIFYs wake."""
+
+    def __init__(self, channel: str) -> None:
+        self.channel = channel
+        self.wake = asyncio.Event()
+        self.held: dict[int, Delivery] = {}  # claimed, not recorded yet
+        # Attempts that ended, by row, until recorded: kept outside the delivering task so
+        # that a shutdown that cancels it still records them (see _deliver_until_stopped).
+        self.ended: dict[int, tuple[Delivery, Attempted]] = {}
+
+
 class Notifier:
     def __init__(self, settings: NotifySettings, outbox: OutboxStore, database_url: str,
                  sinks: Sequence[Sink], *, rng: random.Random | None = None) -> None:
@@ -40,13 +54,9 @@ class Notifier:
         self.sinks: Mapping[str, Sink] = {s.channel: s for s in sinks}
         self.channels = sorted(self.sinks)
         self.rng = rng or random.Random()
-        self.wake = asyncio.Event()
+        self.lanes = {c: _Lane(c) for c in self.channels}
         self.listening = False
         self.registered = False
-        self._held: dict[int, Delivery] = {}  # claimed, not recorded yet
-        # Attempts that ended, by row, until recorded: kept outside the delivering task so
-        # that a shutdown that cancels it still records them (see _deliver_until_stopped).
-        self._ended: dict[int, tuple[str, Delivery, Attempted]] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("notifier delivering %s", ", ".join(
@@ -54,7 +64,10 @@ class Notifier:
         listener = asyncio.create_task(supervised("outbox listener", self._listen))
         gauge = asyncio.create_task(supervised("outbox gauge", self._measure))
         try:
-            await self._loop(stop)
+            # A lane that fails stops the others (each hands back what it holds).
+            async with asyncio.TaskGroup() as lanes:
+                for lane in self.lanes.values():
+                    lanes.create_task(self._loop(lane, stop))
         finally:
             await cancel_and_wait(listener, gauge)
             for sink in self.sinks.values():
@@ -69,7 +82,7 @@ class Notifier:
         await self.outbox.register_sink(DEAD_LETTERS, dlq.backend if dlq else None)
         self.registered = True
 
-    async def _loop(self, stop: asyncio.Event) -> None:
+    async def _loop(self, lane: _Lane, stop: asyncio.Event) -> None:
         backoff = 0.1
         while not stop.is_set():
             try:
@@ -77,43 +90,43 @@ class Notifier:
                     await self._register()
                 # Cleared before the claim, so a NOTIFY for rows committed after it
                 # (while this batch is delivered) cuts the next sleep short.
-                self.wake.clear()
+                lane.wake.clear()
                 batch = await self.outbox.claim(self.settings.batch_size,
-                                                self.settings.claim_ttl, self.channels)
+                                                self.settings.claim_ttl, [lane.channel])
                 if batch:
-                    await self._deliver_until_stopped(batch, stop)
+                    await self._deliver_until_stopped(lane, batch, stop)
                     backoff = 0.1
                     if len(batch) == self.settings.batch_size:
                         continue  # more are probably waiting
-                wait = await self.outbox.next_due(self.channels)
+                wait = await self.outbox.next_due([lane.channel])
             except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("outbox unavailable (%r); retrying in %.1fs", exc, backoff)
-                await self._sleep(backoff, stop, wakeable=False)
+                await self._sleep(None, backoff, stop)
                 backoff = min(backoff * 2, 5.0)
                 continue
             idle = self.settings.idle_wait if wait is None else min(max(wait, 0.0),
                                                                     self.settings.idle_wait)
-            await self._sleep(idle, stop)
+            await self._sleep(lane, idle, stop)
 
-    async def _sleep(self, seconds: float, stop: asyncio.Event, *,
-                     wakeable: bool = True) -> None:
-        """Until ``seconds`` pass, ``stop`` is set or (``wakeable``) a NOTIFY arrives."""
+    async def _sleep(self, lane: _Lane | None, seconds: float, stop: asyncio.Event) -> None:
+        """Until ``seconds`` pass, ``stop`` is set or (with a ``lane``) a NOTIFY arrives."""
         if seconds <= 0:
             return
         waits = [asyncio.ensure_future(stop.wait())]
-        if wakeable:
-            waits.append(asyncio.ensure_future(self.wake.wait()))
+        if lane is not None:
+            waits.append(asyncio.ensure_future(lane.wake.wait()))
         try:
             await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for w in waits:
                 w.cancel()
 
-    async def _deliver_until_stopped(self, batch: list[Delivery], stop: asyncio.Event) -> None:
-        self._held = {d.id: d for d in batch}
-        work = asyncio.create_task(self._deliver(batch))
+    async def _deliver_until_stopped(self, lane: _Lane, batch: list[Delivery],
+                                     stop: asyncio.Event) -> None:
+        lane.held = {d.id: d for d in batch}
+        work = asyncio.create_task(self._deliver(lane, batch))
         stopping = asyncio.ensure_future(stop.wait())
-        keeping = asyncio.create_task(self._keep_claim(batch[0].token))
+        keeping = asyncio.create_task(self._keep_claim(lane, batch[0].token))
         try:
             await asyncio.wait([work, stopping], return_when=asyncio.FIRST_COMPLETED)
             if not work.done():
@@ -126,49 +139,43 @@ class Notifier:
                 raise work.exception()  # type: ignore[misc]
         finally:
             stopping.cancel()
-            await cancel_and_wait(keeping)
+            await cancel_and_wait(work, keeping)  # work: ended already, unless we were cancelled
             # What went out is recorded, whatever cut the batch short (a record that was
             # under way is made again: the claim token makes the second one a no-op), and
             # only what did not go out is handed back, so only that is sent again.
-            if self._ended:
+            if lane.ended:
                 try:
-                    await self._record(list(self._ended.values()))
+                    await self._record(lane, list(lane.ended.values()))
                 except (TimeoutError, OSError, asyncpg.PostgresError,
                         asyncpg.InterfaceError) as exc:
                     log.warning("could not record %d deliveries (%r); they are sent again "
-                                "when their claim expires", len(self._ended), exc)
-            unsent = [d for d in self._held.values() if d.id not in self._ended]
-            self._held, self._ended = {}, {}
+                                "when their claim expires", len(lane.ended), exc)
+            unsent = [d for d in lane.held.values() if d.id not in lane.ended]
+            lane.held, lane.ended = {}, {}
             if unsent:
                 await self._hand_back(unsent)
 
-    async def _keep_claim(self, token: str) -> None:
+    async def _keep_claim(self, lane: _Lane, token: str) -> None:
         """While a batch is being delivered, extend the claim of its unsettled rows every
         third of ``claim_ttl``: only a notifier that died (or lost PostgreSQL for longer
         than that) lets another claim them."""
         ttl = self.settings.claim_ttl
         while True:
             await asyncio.sleep(ttl / 3)
-            if self._held:
+            if lane.held:
                 try:
-                    await self.outbox.extend_claim(list(self._held), token, ttl)
+                    await self.outbox.extend_claim(list(lane.held), token, ttl)
                 except (TimeoutError, OSError, asyncpg.PostgresError,
                         asyncpg.InterfaceError) as exc:
                     log.warning("could not extend the claim of %d outbox rows (%r)",
-                                len(self._held), exc)
+                                len(lane.held), exc)
 
-    async def _deliver(self, batch: list[Delivery]) -> None:
-        by_channel: dict[str, list[Delivery]] = {}
-        for item in batch:
-            by_channel.setdefault(item.channel, []).append(item)
-        await asyncio.gather(*(self._deliver_channel(c, items)
-                               for c, items in by_channel.items()))
-
-    async def _deliver_channel(self, channel: str, items: list[Delivery]) -> None:
+    async def _deliver(self, lane: _Lane, items: list[Delivery]) -> None:
+        channel = lane.channel
         began = time.perf_counter()
 
         def ended(item: Delivery, result: Attempted) -> None:
-            self._ended.setdefault(item.id, (channel, item, result))
+            lane.ended.setdefault(item.id, (item, result))
 
         try:
             await self.sinks[channel].deliver(items, ended)
@@ -177,15 +184,16 @@ class Notifier:
             log.exception("the %s sink failed on %d rows", channel, len(items))
             for item in items:
                 ended(item, Attempted.retry(f"internal error: {exc!r}"))
-        await self._record([self._ended[i.id] for i in items if i.id in self._ended])
+        await self._record(lane, [lane.ended[i.id] for i in items if i.id in lane.ended])
 
-    async def _record(self, ended: list[tuple[str, Delivery, Attempted]]) -> None:
+    async def _record(self, lane: _Lane, ended: list[tuple[Delivery, Attempted]]) -> None:
         """Settle attempts that ended; they are no longer held."""
-        settlements = [self._settlement(item, result) for _, item, result in ended]
+        channel = lane.channel
+        settlements = [self._settlement(item, result) for item, result in ended]
         recorded = await self._settle(settlements)
-        for (channel, item, _), s in zip(ended, settlements):
-            self._ended.pop(s.id, None)
-            self._held.pop(s.id, None)
+        for (item, _), s in zip(ended, settlements):
+            lane.ended.pop(s.id, None)
+            lane.held.pop(s.id, None)
             if s.id not in recorded:
                 continue  # recorded before (a record cut short, made again) or taken over
             metrics.NOTIFICATIONS.labels(channel, s.outcome).inc()
@@ -217,7 +225,6 @@ class Notifier:
                 await asyncio.sleep(0.2 * 2 ** attempt)
 
     async def _hand_back(self, items: list[Delivery]) -> None:
-        self._held = {}
         try:
             await self.outbox.settle([Settlement(i.id, i.token, "handed_back") for i in items])
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -233,9 +240,9 @@ class Notifier:
         closed = asyncio.Event()
         try:
             conn.add_termination_listener(lambda _: closed.set())
-            await conn.add_listener(CHANNEL, lambda *_: self.wake.set())
+            await conn.add_listener(CHANNEL, lambda *_: self._wake_lanes())
             self.listening = True
-            self.wake.set()  # rows may have arrived while nobody listened
+            self._wake_lanes()  # rows may have arrived while nobody listened
             while not closed.is_set():
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(closed.wait(), 5.0)
@@ -245,6 +252,10 @@ class Notifier:
         finally:
             self.listening = False
             conn.terminate()
+
+    def _wake_lanes(self) -> None:
+        for lane in self.lanes.values():
+            lane.wake.set()
 
     async def _measure(self) -> None:
         while True:
