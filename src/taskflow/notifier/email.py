@@ -50,15 +50,17 @@ def compose(item: Delivery, sender: str, api_url: str) -> EmailMessage:
     return msg
 
 
-def _partly_sent(refused: dict[str, Any]) -> Attempted:
-    """A message the server took for at least one recipient: delivered, unless some were
-    refused for now (4xx), to whom alone it goes again. Those refused for good (5xx) are
-    told in the log."""
-    later = [rcpt for rcpt, answer in refused.items() if answer.code < 500]
-    error = "; ".join(f"{rcpt}: {answer.code} {answer.message}"
-                      for rcpt, answer in refused.items())
+def _refusals(refused: list[tuple[str, int, str]], sent: bool) -> Attempted:
+    """How a message went whose recipients ``refused`` it (address, code, message),
+    ``sent`` to the others or to none: those refused for now (4xx) alone get the retry;
+    those refused for good (5xx) do not (logged when it went to someone, the delivery
+    failed when to nobody)."""
+    later = [rcpt for rcpt, code, _ in refused if code < 500]
+    error = "; ".join(f"{rcpt}: {code} {message}" for rcpt, code, message in refused)
     if later:
-        return Attempted.retry(f"refused for now: {error}", target=",".join(later))
+        return Attempted.retry(error, target=",".join(later))
+    if not sent:
+        return Attempted.give_up(error)
     if refused:
         log.warning("an email went out, but these recipients refused it: %s", error)
     return Attempted.delivered()
@@ -106,12 +108,8 @@ class EmailSink:
                 try:
                     refused, _ = await smtp.send_message(message)
                 except aiosmtplib.SMTPRecipientsRefused as exc:
-                    later = [r.recipient for r in exc.recipients if r.code < 500]
-                    error = "; ".join(f"{r.recipient}: {r.code} {r.message}"
-                                      for r in exc.recipients)
-                    # Those refused for now alone get the retry.
-                    done(item, Attempted.retry(error, target=",".join(later)) if later
-                         else Attempted.give_up(error))
+                    done(item, _refusals([(r.recipient, r.code, r.message)
+                                          for r in exc.recipients], sent=False))
                 except aiosmtplib.SMTPResponseException as exc:
                     error = f"SMTP {exc.code} {exc.message}"
                     done(item, Attempted.give_up(error) if exc.code >= 500
@@ -122,7 +120,8 @@ class EmailSink:
                         done(rest, Attempted.retry(f"SMTP: {exc}"))
                     break
                 else:
-                    done(item, _partly_sent(refused))
+                    done(item, _refusals([(rcpt, answer.code, answer.message)
+                                          for rcpt, answer in refused.items()], sent=True))
         finally:
             try:
                 await smtp.quit()
