@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 CHANNEL = "taskflow_outbox"
 """The NOTIFY channel the outbox triggers signal on."""
 
+OUTBOX_TROUBLE = (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+"""PostgreSQL unreachable or refusing for now: retried, not a reason to stop."""
+
 
 class _Lane:
     """One channel's deliveries: the batch in hand and what its NOTIFYs wake."""
@@ -99,7 +102,7 @@ class Notifier:
                     if len(batch) == self.settings.batch_size:
                         continue  # more are probably waiting
                 wait = await self.outbox.next_due([lane.channel])
-            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except OUTBOX_TROUBLE as exc:
                 log.warning("outbox unavailable (%r); retrying in %.1fs", exc, backoff)
                 await self._sleep(None, backoff, stop)
                 backoff = min(backoff * 2, 5.0)
@@ -146,8 +149,7 @@ class Notifier:
             if lane.ended:
                 try:
                     await self._record(lane, list(lane.ended.values()))
-                except (TimeoutError, OSError, asyncpg.PostgresError,
-                        asyncpg.InterfaceError) as exc:
+                except OUTBOX_TROUBLE as exc:
                     log.warning("could not record %d deliveries (%r); they are sent again "
                                 "when their claim expires", len(lane.ended), exc)
             unsent = [d for d in lane.held.values() if d.id not in lane.ended]
@@ -165,8 +167,7 @@ class Notifier:
             if lane.held:
                 try:
                     await self.outbox.extend_claim(list(lane.held), token, ttl)
-                except (TimeoutError, OSError, asyncpg.PostgresError,
-                        asyncpg.InterfaceError) as exc:
+                except OUTBOX_TROUBLE as exc:
                     log.warning("could not extend the claim of %d outbox rows (%r)",
                                 len(lane.held), exc)
 
@@ -217,7 +218,7 @@ class Notifier:
         for attempt in range(5):
             try:
                 return await self.outbox.settle(settlements)
-            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except OUTBOX_TROUBLE as exc:
                 if attempt == 4:
                     raise
                 log.warning("could not record %d deliveries (%r); retrying",
@@ -227,7 +228,7 @@ class Notifier:
     async def _hand_back(self, items: list[Delivery]) -> None:
         try:
             await self.outbox.settle([Settlement(i.id, i.token, "handed_back") for i in items])
-        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except OUTBOX_TROUBLE as exc:
             log.warning("could not hand back %d outbox rows (%r); they are delivered when "
                         "their claim expires", len(items), exc)
         else:
